@@ -1,0 +1,89 @@
+"""ViSAGE configuration with size presets.
+
+`get_config("6b")`, `get_config("1b")` or `get_config("tiny")`; from the command line
+`--config=configs/visage.py:6b --config.model.dtype=float32`.
+
+Every number the model, the converter and the jobs use lives here. The `tiny` preset is the
+configuration of the golden files in `../shared/golden` (width 64, depth 8, 8 frames).
+"""
+
+import ml_collections
+
+PRESETS = ("6b", "1b", "tiny")
+
+
+def _backbone(preset: str) -> ml_collections.ConfigDict:
+  b = ml_collections.ConfigDict()
+  b.img_size = 224
+  b.patch_size = 14
+  b.tubelet_size = 1
+  b.in_chans = 3
+  b.num_frames = 20
+  # The released InternVideo2 checkpoint is `-f4`: its position embedding covers 4 frames and is
+  # stretched to `num_frames` when converting (ARCHITECTURE.md §2).
+  b.pretrained_num_frames = 4
+  # "fused": flash-attn's fused MLP, as the released experts were trained and run: tanh GELU, and
+  # the fc1/fc2 LoRA never applied. "plain": PyTorch's Mlp: erf GELU, every LoRA applied.
+  b.mlp_impl = "fused"
+  b.qk_norm_eps = 1e-6
+  b.norm_eps = 1e-6
+  if preset == "6b":
+    b.embed_dim, b.depth, b.num_heads, b.mlp_ratio = 3200, 48, 25, 4.0
+    b.taps = (11, 23, 35, 47)
+  elif preset == "1b":
+    b.embed_dim, b.depth, b.num_heads, b.mlp_ratio = 1408, 40, 16, 48 / 11
+    b.taps = (9, 19, 29, 39)
+  elif preset == "tiny":
+    b.embed_dim, b.depth, b.num_heads, b.mlp_ratio = 64, 8, 4, 4.0
+    b.taps = (1, 3, 5, 7)
+    b.num_frames = 8
+    b.mlp_impl = "plain"
+  else:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+  # Layers run as one `lax.scan` over stacked block weights (False: a Python loop, same numbers).
+  b.scan_layers = True
+  # Rematerialisation of each block: "none", "full" (save nothing), "dots" (save matmul outputs),
+  # "dots_no_batch" (save matmuls without batch dimensions).
+  b.remat_policy = "none"
+  # None lets XLA pick; "cudnn" asks for the fused GPU kernel (bf16/fp16 only).
+  b.attention_impl = None
+  return b
+
+
+def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
+  preset = (arg or "6b").lower()
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {arg!r}; choose one of {PRESETS}")
+  config = ml_collections.ConfigDict()
+  config.preset = preset
+
+  m = config.model = ml_collections.ConfigDict()
+  m.backbone = _backbone(preset)
+  m.neck_dim = {"6b": 1024, "1b": 1024, "tiny": 32}[preset]
+  m.decoder_dim = {"6b": 256, "1b": 256, "tiny": 16}[preset]
+  # Which experts the model carries, in this order; their LoRA is stacked along a leading axis so
+  # that one program runs them all over the shared base weights.
+  m.experts = ("expert1", "expert2")
+  # LoRA on the backbone (peft semantics: a target matches a module-name suffix, so "proj" covers
+  # attn.proj and patch_embed.proj). Under mlp_impl="fused" the fc1/fc2 targets are inactive.
+  m.lora = ml_collections.ConfigDict()
+  # False for a model without adapters (stage 1, or converted from stage-1 expert files).
+  m.lora.enabled = True
+  m.lora.rank = {"6b": 64, "1b": 64, "tiny": 4}[preset]
+  m.lora.alpha = {"6b": 128.0, "1b": 128.0, "tiny": 16.0}[preset]
+  m.lora.dropout = 0.05
+  m.lora.targets = ("qkv", "proj", "fc1", "fc2")
+  # True after `visage-convert --merge_lora`: each expert owns a copy of the backbone with its LoRA
+  # folded in, and there are no LoRA weights left.
+  m.lora_merged = False
+  m.fusion_alpha = 0.5
+  m.fusion_eps = 1e-6
+  # Backbone precision. Necks and decoders always run in float32, as the original does.
+  m.dtype = "float32" if preset == "tiny" else "bfloat16"
+  m.param_dtype = "float32" if preset == "tiny" else "bfloat16"
+  m.output_size = 224
+  m.bn_eps = 1e-5
+  m.bn_momentum = 0.1
+  m.gn_eps = 1e-5
+
+  return config

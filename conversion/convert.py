@@ -1,0 +1,351 @@
+"""`visage-convert`: the original PyTorch weights → one Orbax checkpoint plus its resolved config.
+
+    visage-convert --config=configs/visage.py:6b --backbone=FILE.pt \
+        --expert1=expert1.pth --expert2=expert2.pth --output=DIR [--merge_lora]
+
+Streams tensor by tensor from memory-mapped files into preallocated arrays of the target dtype;
+checks every name, shape and LoRA rank against the model the config describes; reports what it
+ignored; writes into a temporary directory renamed to DIR only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from conversion.keymap import (
+  Slot,
+  canonical_expert_key,
+  classify_ignored,
+  expert_display_name,
+  slots_for,
+)
+from conversion.torch_io import ConversionError, load_state_dict, to_numpy
+
+EXPERT_NAMES = ("expert1", "expert2")
+
+
+def _say(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def _torch_layout(tensor, kind: str, leaf: str):
+  """The PyTorch tensor in our layout (ARCHITECTURE.md §11), still a torch tensor."""
+  if kind == "lora_b" and tensor.ndim == 5:  # Conv3d 1×1×1 r→D: (D, r, 1, 1, 1) → (r, D)
+    return tensor.reshape(tensor.shape[0], tensor.shape[1]).T
+  if leaf in ("kernel", "lora_a", "lora_b"):
+    if tensor.ndim == 2:  # Linear (out, in) → (in, out)
+      return tensor.T
+    # ConvNd (out, in/groups, k...) → (k..., in/groups, out)
+    return tensor.permute(*range(2, tensor.ndim), 1, 0)
+  return tensor
+
+
+def interpolate_pos_embed(tensor, *, pretrained_frames: int, frames: int, grid: int, file: str):
+  """Stretch (1, 1 + T0·g0², D) to (1, 1 + T·g², D) exactly as InternVideo2's loader does:
+  linear along time with half-pixel centres, then bicubic per frame if the grid differs."""
+  import torch
+  import torch.nn.functional as F
+
+  if tensor.ndim != 3 or tensor.shape[0] != 1:
+    raise ConversionError(f"{file}: pos_embed has shape {tuple(tensor.shape)}, expected (1, N, D)")
+  n, d = tensor.shape[1] - 1, tensor.shape[2]
+  g0 = int(round((n / pretrained_frames) ** 0.5)) if n % pretrained_frames == 0 else -1
+  if g0 <= 0 or g0 * g0 * pretrained_frames != n:
+    raise ConversionError(
+      f"{file}: pos_embed has {n} patch rows, not {pretrained_frames} frames of a square grid "
+      f"(model.backbone.pretrained_num_frames={pretrained_frames})"
+    )
+  extra, tokens = tensor[:, :1], tensor[:, 1:]
+  if pretrained_frames != frames:
+    t = (
+      tokens.reshape(1, pretrained_frames, -1, d)
+      .permute(0, 2, 3, 1)
+      .reshape(-1, d, pretrained_frames)
+    )
+    t = F.interpolate(t, size=frames, mode="linear")
+    tokens = t.reshape(1, -1, d, frames).permute(0, 3, 1, 2).reshape(1, -1, d)
+  if g0 != grid:
+    t = tokens.reshape(-1, frames, g0, g0, d).reshape(-1, g0, g0, d).permute(0, 3, 1, 2)
+    t = F.interpolate(t, size=(grid, grid), mode="bicubic", align_corners=False)
+    tokens = t.permute(0, 2, 3, 1).reshape(-1, frames, grid, grid, d).flatten(1, 3)
+  return torch.cat([extra, tokens], dim=1)
+
+
+class _Source:
+  """One checkpoint file with its canonical names."""
+
+  def __init__(self, role: str, path: str, unsafe_pickle: bool):
+    self.role, self.path = role, path
+    sd = load_state_dict(path, unsafe_pickle=unsafe_pickle)
+    self.tensors = {}
+    self.junk = []
+    for key in sd.keys():
+      if role == "backbone":
+        if key.startswith("vision_encoder."):
+          self.tensors[key[len("vision_encoder.") :]] = key
+        else:
+          self.junk.append(key)
+      else:
+        self.tensors[canonical_expert_key(key)] = key
+    self.sd = sd
+    self.used: set[str] = set()
+
+  def display(self, name: str) -> str:
+    if self.role == "backbone":
+      return "vision_encoder." + name
+    return expert_display_name(name)
+
+  def get(self, name: str):
+    original = self.tensors.get(name)
+    if original is None:
+      return None
+    self.used.add(name)
+    return self.sd[original]
+
+  def has_lora(self) -> bool:
+    return any(".lora_" in n for n in self.tensors)
+
+
+def _check_rank(src: _Source, rank: int) -> None:
+  for name in sorted(src.tensors):
+    if ".lora_A." in name:
+      found = int(src.sd[src.tensors[name]].shape[0])
+      if found != rank:
+        raise ConversionError(
+          f"{src.path}: {src.tensors[name]} has LoRA rank {found}, but model.lora.rank={rank}"
+        )
+      return
+
+
+def convert(
+  config,
+  *,
+  backbone: str,
+  output: str,
+  expert1: str | None = None,
+  expert2: str | None = None,
+  merge_lora: bool = False,
+  unsafe_pickle: bool = False,
+) -> dict:
+  """Convert and write `output`; returns the conversion report. Writes nothing on failure."""
+  import ml_dtypes
+
+  from visage_jax import checkpoint as ckpt
+  from visage_jax.models.lora import merged_kernel
+
+  t0 = time.time()
+  output = os.path.abspath(output)
+  if os.path.exists(output):
+    raise ConversionError(f"{output}: output already exists; remove it or choose another --output")
+  parent = os.path.dirname(output)
+  if not os.path.isdir(parent):
+    raise ConversionError(f"{output}: parent directory {parent} does not exist")
+
+  config = config.copy_and_resolve_references()
+  mcfg = config.model
+  sources = {"backbone": _Source("backbone", backbone, unsafe_pickle)}
+  for name, path in zip(EXPERT_NAMES, (expert1, expert2)):
+    if path:
+      sources[name] = _Source(name, path, unsafe_pickle)
+  experts = tuple(n for n in EXPERT_NAMES if n in sources)
+  with config.unlocked():
+    mcfg.experts = experts
+    mcfg.lora_merged = False
+    mcfg.lora.enabled = any(sources[n].has_lora() for n in experts)
+  for n in experts:
+    if sources[n].has_lora():
+      _check_rank(sources[n], mcfg.lora.rank)
+
+  abstract = ckpt.abstract_flat_state(mcfg)
+  slots = slots_for(abstract, experts, mcfg.backbone.depth)
+  arrays = {path: np.empty(sds.shape, np.dtype(sds.dtype)) for path, sds in abstract.items()}
+  filled = defaultdict(int)
+  notes = []
+  stage1 = [n for n in experts if mcfg.lora.enabled and not sources[n].has_lora()]
+  for n in stage1:
+    notes.append(f"{sources[n].path} holds no LoRA (a stage-1 file): {n}'s adapters are zero")
+
+  b = mcfg.backbone
+  grid = b.img_size // b.patch_size
+  frames = b.num_frames // b.tubelet_size
+  _say(f"converting {len(slots)} tensors from {len(sources)} file(s) into {output}")
+  step = max(len(slots) // 10, 1)
+  for k, slot in enumerate(slots):
+    _fill(slot, sources, arrays, filled, stage1, pos=(b.pretrained_num_frames, frames, grid))
+    if (k + 1) % step == 0 or k + 1 == len(slots):
+      _say(f"  {k + 1}/{len(slots)} tensors ({time.time() - t0:.0f} s)")
+
+  for path, sds in abstract.items():
+    stacked = int(np.prod(sds.shape[: _stack_rank(path, slots)]))
+    if filled[path] != max(stacked, 1):
+      raise ConversionError(f"internal: {'.'.join(map(str, path))} filled {filled[path]} times")
+
+  report = _report(sources, mcfg, notes)
+  for line in report["summary"]:
+    _say(line)
+
+  if merge_lora and mcfg.lora.enabled and experts:
+    arrays = _merge(arrays, mcfg, merged_kernel)
+    with config.unlocked():
+      mcfg.lora_merged = True
+    merged_abstract = ckpt.abstract_flat_state(mcfg)
+    for path, sds in merged_abstract.items():
+      if arrays[path].shape != tuple(sds.shape):
+        raise ConversionError(f"internal: merged {path} has shape {arrays[path].shape}")
+    _say("merged every expert's LoRA into its own copy of the backbone kernels")
+
+  tmp = f"{output}.partial-{os.getpid()}"
+  try:
+    os.makedirs(tmp)
+    ckpt.save_params(os.path.join(tmp, ckpt.PARAMS_DIR), arrays)
+    ckpt.write_config(tmp, config)
+    with open(os.path.join(tmp, "conversion_report.json"), "w") as f:
+      json.dump({k: v for k, v in report.items() if k != "summary"}, f, indent=2)
+    os.rename(tmp, output)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  del ml_dtypes
+  _say(f"wrote {output} in {time.time() - t0:.1f} s")
+  return report
+
+
+def _stack_rank(path, slots_cache=None) -> int:
+  if path[0] == "backbone" and path[1] == "blocks":
+    return 2 if path[-1] in ("lora_a", "lora_b") else 1
+  if path[0] == "backbone" and path[1] == "patch_embed" and path[-1] in ("lora_a", "lora_b"):
+    return 1
+  return 0
+
+
+def _fill(slot: Slot, sources, arrays, filled, stage1, *, pos):
+  src = sources[slot.source]
+  target = arrays[slot.path]
+  want = target.shape[len(slot.index) :]
+  tensor = src.get(slot.name)
+  if tensor is None:
+    if slot.kind in ("lora_a", "lora_b") and slot.source in stage1:
+      target[slot.index] = 0
+      filled[slot.path] += 1
+      return
+    missing = [n for n in [slot.name] if n not in src.tensors]
+    raise ConversionError(f"{src.path}: missing tensor {src.display(missing[0])}")
+  if slot.kind == "pos_embed":
+    tensor = interpolate_pos_embed(
+      tensor, pretrained_frames=pos[0], frames=pos[1], grid=pos[2], file=src.path
+    )
+  leaf = str(slot.path[-1])
+  try:
+    converted = _torch_layout(tensor, slot.kind, leaf)
+  except Exception:
+    converted = None
+  if converted is None or tuple(converted.shape) != tuple(want):
+    raise ConversionError(
+      f"{src.path}: {src.display(slot.name)} has shape {tuple(tensor.shape)}, but the model "
+      f"expects {tuple(want)} in our layout for {'.'.join(map(str, slot.path))}"
+    )
+  target[slot.index] = to_numpy(converted, target.dtype)
+  filled[slot.path] += 1
+
+
+def _report(sources, mcfg, notes) -> dict:
+  import torch
+
+  ignored: dict[str, dict[str, list[str]]] = {}
+  summary = list(notes)
+  dropped_b = 0.0
+  dropped_n = 0
+  for src in sources.values():
+    cats: dict[str, list[str]] = defaultdict(list)
+    for key in src.junk:
+      cats["not part of the vision model"].append(key)
+    for name, original in src.tensors.items():
+      if name in src.used:
+        continue
+      why = classify_ignored(name)
+      cats[why].append(original)
+      if why.startswith("fc1/fc2 LoRA"):
+        dropped_n += 1
+        if ".lora_B." in name:
+          dropped_b = max(dropped_b, float(src.sd[original].detach().to(torch.float32).abs().max()))
+    ignored[src.path] = dict(cats)
+    for why, keys in sorted(cats.items()):
+      example = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+      summary.append(f"{src.path}: ignored {len(keys)} tensors: {why} ({example})")
+  if dropped_n:
+    summary.append(
+      f"mlp_impl='fused': dropped {dropped_n} fc1/fc2 LoRA tensors, which the fused MLP never "
+      f"applies (largest |B| dropped: {dropped_b:.6g})"
+    )
+  return {
+    "sources": {role: src.path for role, src in sources.items()},
+    "experts": list(mcfg.experts),
+    "lora_enabled": bool(mcfg.lora.enabled),
+    "ignored": ignored,
+    "fc_lora_dropped": dropped_n,
+    "fc_lora_max_abs_b": dropped_b,
+    "notes": notes,
+    "summary": summary,
+  }
+
+
+def _merge(arrays: dict, mcfg, merged_kernel) -> dict:
+  """Fold each LoRA pair into a per-expert copy of its base kernel and drop the pair."""
+  scale = float(mcfg.lora.alpha) / float(mcfg.lora.rank)
+  out = dict(arrays)
+  owners = {p[:-1] for p in arrays if p[-1] == "lora_a"}
+  for owner in sorted(owners, key=str):
+    kernel = arrays[owner + ("kernel",)]
+    a, bmat = arrays[owner + ("lora_a",)], arrays[owner + ("lora_b",)]
+    if owner[1] == "blocks":  # stacked: kernel (L, in, out), a (L, E, in, r) → (L, E, in, out)
+      merged = np.stack(
+        [np.asarray(merged_kernel(kernel[i], a[i], bmat[i], scale)) for i in range(kernel.shape[0])]
+      )
+    else:
+      merged = np.asarray(merged_kernel(kernel, a, bmat, scale))
+    out[owner + ("kernel",)] = merged
+    del out[owner + ("lora_a",)], out[owner + ("lora_b",)]
+  return out
+
+
+def main(argv=None) -> None:
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  flags_ = flags.FLAGS
+  config_flags.DEFINE_config_file("config", None, "configs/visage.py:PRESET", lock_config=True)
+  flags.DEFINE_string("backbone", None, "InternVideo2 checkpoint (.pt/.pth/.bin/.safetensors)")
+  flags.DEFINE_string("expert1", None, "Expert 1 checkpoint (stage 1 or 2)")
+  flags.DEFINE_string("expert2", None, "Expert 2 checkpoint (stage 1 or 2)")
+  flags.DEFINE_string("output", None, "Output directory (must not exist)")
+  flags.DEFINE_bool("merge_lora", False, "Fold each expert's LoRA into its own backbone copy")
+  flags.DEFINE_bool("unsafe_pickle", False, "Allow pickles with non-tensor objects (runs code)")
+  flags.mark_flags_as_required(["config", "backbone", "output"])
+
+  def run(_):
+    try:
+      convert(
+        flags_.config,
+        backbone=flags_.backbone,
+        expert1=flags_.expert1,
+        expert2=flags_.expert2,
+        output=flags_.output,
+        merge_lora=flags_.merge_lora,
+        unsafe_pickle=flags_.unsafe_pickle,
+      )
+    except ConversionError as e:
+      print(f"visage-convert: error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(run, argv=argv)
+
+
+if __name__ == "__main__":
+  main()

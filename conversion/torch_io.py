@@ -1,0 +1,79 @@
+"""Reading PyTorch checkpoints tensor by tensor: pickles memory-mapped, safetensors lazily."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+
+import ml_dtypes
+import numpy as np
+
+
+class ConversionError(Exception):
+  """A checkpoint cannot be converted. The message names the file and, where known, the key."""
+
+
+_NESTING_KEYS = ("model", "module", "state_dict")
+
+
+class _SafetensorsDict(Mapping):
+  def __init__(self, path: str):
+    from safetensors import safe_open
+
+    self._f = safe_open(path, framework="pt")
+    self._keys = list(self._f.keys())
+
+  def __getitem__(self, key):
+    return self._f.get_tensor(key)
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._keys)
+
+  def __len__(self) -> int:
+    return len(self._keys)
+
+
+def load_state_dict(path: str, *, unsafe_pickle: bool = False) -> Mapping:
+  """The checkpoint's flat mapping of names to tensors, loaded lazily.
+
+  A pickle's dict may be nested under 'model', 'module' or 'state_dict'. Pickles are read with
+  `weights_only=True` (no code runs) and memory-mapped, so tensors are paged in as they are used.
+  """
+  import torch
+
+  if not os.path.isfile(path):
+    raise ConversionError(f"{path}: no such file")
+  try:
+    if path.endswith(".safetensors"):
+      sd = _SafetensorsDict(path)
+    else:
+      sd = torch.load(path, map_location="cpu", mmap=True, weights_only=not unsafe_pickle)
+  except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    hint = ""
+    if "weights_only" in str(e) or "Unsupported global" in str(e):
+      hint = " (the pickle holds non-tensor objects; pass --unsafe_pickle if you trust the file)"
+    raise ConversionError(f"{path}: cannot read the checkpoint: {msg}{hint}") from None
+  for _ in range(3):
+    if isinstance(sd, Mapping):
+      nested = [k for k in _NESTING_KEYS if k in sd and isinstance(sd[k], Mapping)]
+      if nested:
+        sd = sd[nested[0]]
+        continue
+    break
+  if not isinstance(sd, Mapping):
+    raise ConversionError(f"{path}: expected a dict of tensors, found {type(sd).__name__}")
+  return sd
+
+
+def to_numpy(tensor, dtype) -> np.ndarray:
+  """A torch tensor as a numpy array of `dtype` (float32 or bfloat16), rounding as torch does."""
+  import torch
+
+  dtype = np.dtype(dtype)
+  if dtype == np.dtype(ml_dtypes.bfloat16):
+    t = tensor.detach().to(torch.bfloat16).contiguous()
+    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  if dtype == np.float32:
+    return tensor.detach().to(torch.float32).contiguous().numpy()
+  raise ConversionError(f"unsupported parameter dtype {dtype}")

@@ -1,0 +1,130 @@
+"""Converted checkpoints on disk: `DIR/config.json` (the resolved config) and `DIR/params` (Orbax).
+
+A directory written here loads with no other argument: `load_model(DIR)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from visage_jax.models.visage import ViSAGE
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+class CheckpointError(Exception):
+  """A checkpoint directory is missing, incomplete or does not fit its config."""
+
+
+def _key(path) -> tuple[str, ...]:
+  return tuple(str(p) for p in path)
+
+
+def nested_from_flat(flat: dict) -> dict:
+  """{(a, b, c): x} → {"a": {"b": {"c": x}}} with string keys (Orbax stores string keys)."""
+  out: dict = {}
+  for path, value in flat.items():
+    node = out
+    for p in _key(path)[:-1]:
+      node = node.setdefault(p, {})
+    node[_key(path)[-1]] = value
+  return out
+
+
+def flat_from_nested(nested: dict, prefix=()) -> dict:
+  out = {}
+  for k, v in nested.items():
+    if isinstance(v, dict):
+      out.update(flat_from_nested(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def abstract_model(model_cfg) -> ViSAGE:
+  """The model with shapes and dtypes only: no memory is allocated."""
+  return nnx.eval_shape(lambda: ViSAGE(model_cfg, rngs=nnx.Rngs(0)))
+
+
+def abstract_flat_state(model_cfg) -> dict:
+  """{path: jax.ShapeDtypeStruct} for every variable of the model (params and batch stats)."""
+  state = nnx.state(abstract_model(model_cfg))
+  return {tuple(p): v.get_value() for p, v in nnx.to_flat_state(state)}
+
+
+def save_params(directory: str, flat: dict) -> None:
+  """Write {path: numpy array} as one Orbax checkpoint at `directory` (which must not exist)."""
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(directory), nested_from_flat(flat))
+    ckptr.wait_until_finished()
+
+
+def write_config(directory: str, config: ml_collections.ConfigDict) -> None:
+  with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+    f.write("\n")
+
+
+def read_config(directory: str) -> ml_collections.ConfigDict:
+  path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{directory}: not a visage-jax checkpoint (no {CONFIG_FILE})")
+  with open(path) as f:
+    data = json.load(f)
+  cfg = ml_collections.ConfigDict(data)
+  # JSON has no tuples; the model treats these as sequences either way, but keep them immutable.
+  cfg.model.experts = tuple(cfg.model.experts)
+  cfg.model.backbone.taps = tuple(cfg.model.backbone.taps)
+  cfg.model.lora.targets = tuple(cfg.model.lora.targets)
+  return cfg
+
+
+def load_model(directory: str, *, model_overrides: dict | None = None):
+  """(config, model) from a converted checkpoint directory.
+
+  `model_overrides` sets fields of `config.model` that do not change parameter shapes, such as
+  `{"dtype": "bfloat16"}` or `{"backbone.remat_policy": "full"}`.
+  """
+  cfg = read_config(directory)
+  params_dir = os.path.abspath(os.path.join(directory, PARAMS_DIR))
+  if not os.path.isdir(params_dir):
+    raise CheckpointError(f"{directory}: no {PARAMS_DIR}/ directory")
+  stored_param_dtype = cfg.model.param_dtype
+  for k, v in (model_overrides or {}).items():
+    node = cfg.model
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  model = abstract_model(cfg.model)
+  graphdef, state = nnx.split(model)
+  flat_abstract = {tuple(p): v.get_value() for p, v in nnx.to_flat_state(state)}
+  device = jax.devices()[0]
+  target = {}
+  for path, sds in flat_abstract.items():
+    dtype = sds.dtype
+    if path[0] == "backbone" and path[-1] not in ("lora_a", "lora_b"):
+      dtype = np.dtype(jax.numpy.dtype(stored_param_dtype))
+    target[path] = jax.ShapeDtypeStruct(
+      sds.shape, dtype, sharding=jax.sharding.SingleDeviceSharding(device)
+    )
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      restored = ckptr.restore(params_dir, nested_from_flat(target))
+  except Exception as e:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise CheckpointError(f"{directory}: cannot restore parameters: {msg}") from None
+  restored_flat = flat_from_nested(restored)
+  for path, var in nnx.to_flat_state(state):
+    value = restored_flat[_key(path)]
+    want = flat_abstract[tuple(path)]
+    var.set_value(value.astype(want.dtype) if value.dtype != want.dtype else value)
+  return cfg, nnx.merge(graphdef, state)

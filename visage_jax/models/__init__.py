@@ -1,0 +1,1 @@
+"""Model code: knows nothing of files, PyTorch or command lines."""

@@ -1,0 +1,252 @@
+"""The InternVideo2 vision encoder as ViSAGE uses it: patch and position embedding, pre-norm
+blocks with q/k RMSNorm and LayerScale, the residual stream tapped after chosen blocks.
+
+Every activation carries a leading expert axis E: the experts share the base weights and differ by
+their LoRA, so their activations differ from the patch embedding on. Tokens are (E, B, N, D) with
+N = 1 + T'·H'·W' (CLS first, then (t, h, w) with w fastest, as the original flattens).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from visage_jax.models.layers import LayerScale, RMSNorm
+from visage_jax.models.lora import LoRALinear, LoRAPatchEmbed
+
+REMAT_POLICIES = {
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def active_lora_targets(model_cfg) -> tuple[str, ...]:
+  """Module-name suffixes that carry an acting LoRA (peft's suffix match; see ARCHITECTURE.md §3).
+
+  Under the fused MLP the fc1/fc2 adapters are bypassed by the original, so we do not build them.
+  """
+  targets = tuple(model_cfg.lora.targets)
+  if model_cfg.backbone.mlp_impl == "fused":
+    targets = tuple(t for t in targets if t not in ("fc1", "fc2"))
+  elif model_cfg.backbone.mlp_impl != "plain":
+    raise ValueError(
+      f"model.backbone.mlp_impl must be 'fused' or 'plain', got {model_cfg.backbone.mlp_impl!r}"
+    )
+  return targets
+
+
+def _lora_args(name: str, cfg, targets, with_lora: bool) -> dict:
+  """rank and merged flag of one LoRA-capable layer."""
+  active = name in targets and cfg.lora.enabled
+  return dict(
+    rank=cfg.lora.rank if with_lora and active and not cfg.lora_merged else None,
+    merged=bool(with_lora and active and cfg.lora_merged),
+  )
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg, *, num_experts, lora_targets, with_lora, rngs):
+    b = cfg.backbone
+    d = b.embed_dim
+    pdt = jnp.dtype(cfg.param_dtype)
+    lora = dict(num_experts=num_experts, alpha=cfg.lora.alpha, param_dtype=pdt, rngs=rngs)
+    self.qkv = LoRALinear(
+      d, 3 * d, use_bias=False, **_lora_args("qkv", cfg, lora_targets, with_lora), **lora
+    )
+    self.proj = LoRALinear(
+      d, d, use_bias=True, **_lora_args("proj", cfg, lora_targets, with_lora), **lora
+    )
+    self.q_norm = RMSNorm(d, eps=b.qk_norm_eps, param_dtype=pdt)
+    self.k_norm = RMSNorm(d, eps=b.qk_norm_eps, param_dtype=pdt)
+    self.num_heads = b.num_heads
+    self.attention_impl = b.attention_impl
+
+  def __call__(self, x, *, dropout_rate=0.0, rngs=(None, None)):
+    e, bsz, n, d = x.shape
+    h = self.num_heads
+    qkv = self.qkv(x, dropout_rate=dropout_rate, dropout_rng=rngs[0])
+    q, k, v = jnp.split(qkv, 3, axis=-1)
+    # q/k RMSNorm over the whole width, all heads together, before the head split.
+    q, k = self.q_norm(q), self.k_norm(k)
+    shape = (e * bsz, n, h, d // h)
+    out = jax.nn.dot_product_attention(
+      q.reshape(shape),
+      k.reshape(shape),
+      v.reshape(shape),
+      scale=float((d // h) ** -0.5),
+      implementation=self.attention_impl,
+    )
+    return self.proj(out.reshape(e, bsz, n, d), dropout_rate=dropout_rate, dropout_rng=rngs[1])
+
+
+class Mlp(nnx.Module):
+  def __init__(self, cfg, *, num_experts, lora_targets, with_lora, rngs):
+    b = cfg.backbone
+    d = b.embed_dim
+    hidden = int(d * b.mlp_ratio)
+    pdt = jnp.dtype(cfg.param_dtype)
+    lora = dict(num_experts=num_experts, alpha=cfg.lora.alpha, param_dtype=pdt, rngs=rngs)
+    self.fc1 = LoRALinear(
+      d, hidden, use_bias=True, **_lora_args("fc1", cfg, lora_targets, with_lora), **lora
+    )
+    self.fc2 = LoRALinear(
+      hidden, d, use_bias=True, **_lora_args("fc2", cfg, lora_targets, with_lora), **lora
+    )
+    # flash-attn's FusedMLP uses the tanh approximation; PyTorch's nn.GELU the exact erf.
+    self.approximate_gelu = b.mlp_impl == "fused"
+
+  def __call__(self, x, *, dropout_rate=0.0, rngs=(None, None)):
+    x = self.fc1(x, dropout_rate=dropout_rate, dropout_rng=rngs[0])
+    x = jax.nn.gelu(x, approximate=self.approximate_gelu)
+    return self.fc2(x, dropout_rate=dropout_rate, dropout_rng=rngs[1])
+
+
+class Block(nnx.Module):
+  """h = h + ls1·Attn(norm1(h)); h = h + ls2·MLP(norm2(h))."""
+
+  def __init__(self, cfg, *, num_experts, lora_targets, with_lora, rngs):
+    b = cfg.backbone
+    pdt = jnp.dtype(cfg.param_dtype)
+    kw = dict(num_experts=num_experts, lora_targets=lora_targets, with_lora=with_lora, rngs=rngs)
+    self.norm1 = RMSNorm(b.embed_dim, eps=b.norm_eps, param_dtype=pdt)
+    self.attn = Attention(cfg, **kw)
+    self.ls1 = LayerScale(b.embed_dim, param_dtype=pdt)
+    self.norm2 = RMSNorm(b.embed_dim, eps=b.norm_eps, param_dtype=pdt)
+    self.mlp = Mlp(cfg, **kw)
+    self.ls2 = LayerScale(b.embed_dim, param_dtype=pdt)
+
+  def __call__(self, x, *, dropout_rate=0.0, rng=None):
+    keys = (None,) * 4 if rng is None else tuple(jax.random.split(rng, 4))
+    x = x + self.ls1(self.attn(self.norm1(x), dropout_rate=dropout_rate, rngs=keys[:2]))
+    x = x + self.ls2(self.mlp(self.norm2(x), dropout_rate=dropout_rate, rngs=keys[2:]))
+    return x
+
+
+class InternVideo2(nnx.Module):
+  """The shared backbone. `__call__` returns the taps and the CLS token of the last tap."""
+
+  def __init__(self, cfg, *, num_experts: int, with_lora: bool = True, rngs: nnx.Rngs):
+    b = cfg.backbone
+    if list(b.taps) != sorted(set(b.taps)) or not b.taps:
+      raise ValueError(f"model.backbone.taps must be increasing block indices, got {b.taps}")
+    if b.taps[0] < 0 or b.taps[-1] >= b.depth:
+      raise ValueError(f"model.backbone.taps {b.taps} must lie in [0, depth={b.depth})")
+    if b.embed_dim % b.num_heads:
+      raise ValueError(f"embed_dim {b.embed_dim} is not divisible by num_heads {b.num_heads}")
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.taps = tuple(int(t) for t in b.taps)
+    self.depth = int(b.depth)
+    self.scan_layers = bool(b.scan_layers)
+    self.remat_policy = b.remat_policy
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"model.backbone.remat_policy must be one of {sorted(REMAT_POLICIES)}")
+    self.lora_dropout = float(cfg.lora.dropout)
+    self.num_experts = num_experts
+    targets = active_lora_targets(cfg)
+    patch = (b.tubelet_size, b.patch_size, b.patch_size)
+    self.grid = (
+      b.num_frames // b.tubelet_size,
+      b.img_size // b.patch_size,
+      b.img_size // b.patch_size,
+    )
+    self.patch_embed = LoRAPatchEmbed(
+      patch,
+      b.in_chans,
+      b.embed_dim,
+      num_experts=num_experts,
+      **_lora_args("proj", cfg, targets, with_lora),
+      alpha=cfg.lora.alpha,
+      param_dtype=pdt,
+      rngs=rngs,
+    )
+    self.cls_token = nnx.Param(jnp.zeros((1, 1, b.embed_dim), pdt))
+    n = int(np.prod(self.grid))
+    self.pos_embed = nnx.Param(jnp.zeros((1, 1 + n, b.embed_dim), pdt))
+
+    @nnx.split_rngs(splits=b.depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make_blocks(rngs):
+      return Block(
+        cfg, num_experts=num_experts, lora_targets=targets, with_lora=with_lora, rngs=rngs
+      )
+
+    self.blocks = make_blocks(rngs)
+
+  def __call__(self, clip, *, rng=None):
+    """clip: (B, T, H, W, C) normalised frames.
+
+    Returns taps: a list of (E, B, T', H', W', D), one per tapped block, and cls: (E, B, D), the
+    CLS token of the last tap. Activations are in `model.dtype`.
+    """
+    b, t, hh, ww, _ = clip.shape
+    gt, gh, gw = self.grid
+    if (t, hh // self.patch_embed.patch[1], ww // self.patch_embed.patch[2]) != (gt, gh, gw):
+      raise ValueError(
+        f"clip of shape {clip.shape} does not match the model's {gt} frames of "
+        f"{gh * self.patch_embed.patch[1]}×{gw * self.patch_embed.patch[2]}"
+      )
+    train = rng is not None
+    if train:
+      rng, patch_rng = jax.random.split(rng)
+    else:
+      patch_rng = None
+    rate = self.lora_dropout if train else 0.0
+    x = self.patch_embed(clip.astype(self.dtype), dropout_rate=rate, dropout_rng=patch_rng)
+    e = x.shape[0]
+    d = x.shape[-1]
+    x = x.reshape(e, b, -1, d)
+    cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (e, b, 1, d))
+    x = jnp.concatenate([cls, x], axis=2)
+    x = x + self.pos_embed[...].astype(self.dtype)
+
+    hidden = self._run_blocks(x, rng=rng, dropout_rate=rate)
+    taps = [h[:, :, 1:].reshape(e, b, gt, gh, gw, d) for h in hidden]
+    return taps, hidden[-1][:, :, 0]
+
+  def _run_blocks(self, x, *, rng, dropout_rate):
+    n_run = self.taps[-1] + 1
+    graphdef, state = nnx.split(self.blocks)
+    if n_run < self.depth:
+      # Blocks after the last tap are never needed.
+      state = jax.tree.map(lambda p: p[:n_run], state)
+    rngs = jax.random.split(rng, n_run) if rng is not None else None
+
+    def block_fn(layer_state, h, key):
+      block = nnx.merge(graphdef, layer_state)
+      return block(h, dropout_rate=dropout_rate, rng=key)
+
+    policy = REMAT_POLICIES[self.remat_policy]
+    if self.remat_policy != "none":
+      block_fn = jax.checkpoint(block_fn, policy=policy, prevent_cse=not self.scan_layers)
+
+    if not self.scan_layers:
+      outs = []
+      for i in range(n_run):
+        layer_state = jax.tree.map(lambda p, i=i: p[i], state)
+        x = block_fn(layer_state, x, None if rngs is None else rngs[i])
+        if i in self.taps:
+          outs.append(x)
+      return outs
+
+    # One scan over the stacked blocks. The residual stream is written into a buffer slot at each
+    # tap; other blocks write into a spare slot that is dropped.
+    num_taps = len(self.taps)
+    slots = np.full((n_run,), num_taps, np.int32)
+    for k, i in enumerate(self.taps):
+      slots[i] = k
+    buf = jnp.zeros((num_taps + 1, *x.shape), x.dtype)
+
+    def body(carry, xs):
+      h, buf = carry
+      layer_state, slot, key = xs
+      h = block_fn(layer_state, h, key)
+      buf = jax.lax.dynamic_update_index_in_dim(buf, h, slot, axis=0)
+      return (h, buf), None
+
+    (_, buf), _ = jax.lax.scan(body, (x, buf), (state, jnp.asarray(slots), rngs))
+    return [buf[k] for k in range(num_taps)]
