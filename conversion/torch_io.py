@@ -22,9 +22,15 @@ class _SafetensorsDict(Mapping):
 
     self._f = safe_open(path, framework="pt")
     self._keys = list(self._f.keys())
+    self._names = set(self._keys)
 
   def __getitem__(self, key):
+    if key not in self._names:
+      raise KeyError(key)
     return self._f.get_tensor(key)
+
+  def __contains__(self, key) -> bool:
+    return key in self._names
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._keys)

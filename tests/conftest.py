@@ -1,0 +1,100 @@
+"""Shared fixtures: the golden files, converted checkpoints, and compiled forwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(os.path.dirname(REPO), "shared", "golden")
+SPEC = os.path.join(os.path.dirname(REPO), "shared", "spec")
+CONFIG = os.path.join(REPO, "configs", "visage.py")
+
+
+def convert_cmd() -> list[str]:
+  exe = shutil.which("visage-convert")
+  if exe is None:  # not installed (running from a bare checkout): the same entry point
+    return [sys.executable, "-m", "conversion.convert"]
+  return [exe]
+
+
+def run_convert(*args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  return subprocess.run(
+    [*convert_cmd(), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
+  )
+
+
+def golden(name: str) -> str:
+  path = os.path.join(GOLDEN, name)
+  if not os.path.exists(path):
+    pytest.fail(f"golden file {path} is missing: tests need ../shared beside the repository")
+  return path
+
+
+def convert_golden(out_dir: str, *extra: str, experts=("expert1", "expert2")) -> str:
+  args = [
+    f"--config={CONFIG}:tiny",
+    f"--backbone={golden('backbone_t4.pt')}",
+    f"--output={out_dir}",
+  ]
+  for e in experts:
+    args.append(f"--{e}={golden(e + '.pth')}")
+  res = run_convert(*args, *extra)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return out_dir
+
+
+@pytest.fixture(scope="session")
+def expected():
+  return dict(np.load(golden("expected.npz")))
+
+
+@pytest.fixture(scope="session")
+def expected_fusedpath():
+  return dict(np.load(golden("expected_fusedpath.npz")))
+
+
+@pytest.fixture(scope="session")
+def clip(expected):
+  """The golden clip, channels last: (B, T, H, W, 3)."""
+  return expected["x"].transpose(0, 2, 3, 4, 1).copy()
+
+
+@pytest.fixture(scope="session")
+def ckpt_plain(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("ckpt") / "plain")
+  return convert_golden(
+    out,
+    "--config.model.backbone.mlp_impl=plain",
+    "--config.model.dtype=float32",
+    "--config.model.param_dtype=float32",
+  )
+
+
+@pytest.fixture(scope="session")
+def ckpt_fused(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("ckpt") / "fused")
+  return convert_golden(
+    out,
+    "--config.model.backbone.mlp_impl=fused",
+    "--config.model.dtype=float32",
+    "--config.model.param_dtype=float32",
+  )
+
+
+@pytest.fixture(scope="session")
+def plain_outputs(ckpt_plain, clip):
+  """Every output of the plain-path model on the golden clip, with features and aux maps."""
+  from flax import nnx
+
+  from visage_jax import checkpoint as ckpt
+
+  _, model = ckpt.load_model(ckpt_plain)
+  out = nnx.jit(lambda m, x: m(x, with_aux=True, return_features=True))(model, clip)
+  return {k: (v if k == "taps" else np.asarray(v)) for k, v in out.items()}

@@ -1,0 +1,178 @@
+"""visage-convert: bad inputs fail with one line naming the file and key, and write nothing."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIG, convert_golden, golden, run_convert
+
+from visage_jax.inference import Predictor
+
+
+def _assert_clean_failure(res, out_dir, *must_name):
+  assert res.returncode != 0
+  lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("visage-convert: error:")]
+  assert len(lines) == 1, res.stderr[-2000:]
+  for word in must_name:
+    assert word in lines[0], lines[0]
+  parent = os.path.dirname(out_dir)
+  assert not os.path.exists(out_dir)
+  assert not [p for p in os.listdir(parent) if ".partial-" in p]
+
+
+def _convert(tmp_path, backbone, expert1=None, extra=()):
+  out = str(tmp_path / "out")
+  args = [f"--config={CONFIG}:tiny", f"--backbone={backbone}", f"--output={out}"]
+  if expert1:
+    args.append(f"--expert1={expert1}")
+  return run_convert(*args, *extra), out
+
+
+def _load(name):
+  return torch.load(golden(name), map_location="cpu", weights_only=True)
+
+
+def test_truncated_file(tmp_path):
+  data = open(golden("backbone_t4.pt"), "rb").read()
+  bad = tmp_path / "truncated.pt"
+  bad.write_bytes(data[: len(data) // 2])
+  res, out = _convert(tmp_path, str(bad))
+  _assert_clean_failure(res, out, str(bad), "cannot read")
+
+
+def test_missing_block(tmp_path):
+  sd = _load("backbone_t4.pt")
+  sd["module"] = {k: v for k, v in sd["module"].items() if ".blocks.3." not in k}
+  bad = tmp_path / "no_block3.pt"
+  torch.save(sd, bad)
+  res, out = _convert(tmp_path, str(bad))
+  _assert_clean_failure(res, out, str(bad), "missing tensor vision_encoder.blocks.3.")
+
+
+def test_wrong_shape(tmp_path):
+  sd = _load("backbone_t4.pt")
+  key = "vision_encoder.blocks.2.attn.qkv.weight"
+  sd["module"][key] = torch.zeros(96, 64)
+  bad = tmp_path / "wrong_shape.pt"
+  torch.save(sd, bad)
+  res, out = _convert(tmp_path, str(bad))
+  _assert_clean_failure(res, out, str(bad), key, "(96, 64)", "(64, 192)")
+
+
+def test_wrong_lora_rank(tmp_path):
+  sd = _load("expert1.pth")
+  for k in list(sd):
+    if "lora_A" in k:
+      sd[k] = torch.zeros(8, *sd[k].shape[1:])
+    elif "lora_B" in k:
+      sd[k] = torch.zeros(sd[k].shape[0], 8, *sd[k].shape[2:])
+  bad = tmp_path / "rank8.pth"
+  torch.save(sd, bad)
+  res, out = _convert(tmp_path, golden("backbone_t4.pt"), str(bad))
+  _assert_clean_failure(res, out, str(bad), "lora_A", "rank 8", "model.lora.rank=4")
+
+
+def test_missing_expert_tensor(tmp_path):
+  sd = _load("expert2.pth")
+  del sd["decoder.fuse11.norm1.weight"]
+  bad = tmp_path / "e2.pth"
+  torch.save(sd, bad)
+  out = str(tmp_path / "out")
+  res = run_convert(
+    f"--config={CONFIG}:tiny",
+    f"--backbone={golden('backbone_t4.pt')}",
+    f"--expert2={bad}",
+    f"--output={out}",
+  )
+  _assert_clean_failure(res, out, str(bad), "decoder.fuse11.norm1.weight")
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "keep").write_text("x")
+  res = run_convert(
+    f"--config={CONFIG}:tiny", f"--backbone={golden('backbone_t4.pt')}", f"--output={out}"
+  )
+  assert res.returncode != 0 and "already exists" in res.stderr
+  assert (out / "keep").read_text() == "x"
+
+
+def test_nested_state_dict_and_safetensors(tmp_path, ckpt_plain, clip):
+  """A backbone nested under 'state_dict' and experts as .safetensors convert to the same model."""
+  from safetensors.torch import save_file
+
+  sd = _load("backbone_t4.pt")["module"]
+  backbone = tmp_path / "b.bin"
+  torch.save({"state_dict": sd}, backbone)
+  experts = {}
+  for name in ("expert1", "expert2"):
+    e = {k: v.contiguous() for k, v in _load(name + ".pth").items()}
+    experts[name] = str(tmp_path / f"{name}.safetensors")
+    save_file(e, experts[name])
+  out = str(tmp_path / "out")
+  res = run_convert(
+    f"--config={CONFIG}:tiny",
+    f"--backbone={backbone}",
+    f"--expert1={experts['expert1']}",
+    f"--expert2={experts['expert2']}",
+    f"--output={out}",
+  )
+  assert res.returncode == 0, res.stderr[-2000:]
+  a = Predictor.load(out).predict_clip(clip[:1])
+  b = Predictor.load(ckpt_plain).predict_clip(clip[:1])
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_merged_lora_matches_unmerged(tmp_path, ckpt_plain, clip):
+  merged = convert_golden(
+    str(tmp_path / "merged"),
+    "--merge_lora",
+    "--config.model.backbone.mlp_impl=plain",
+  )
+  pm = Predictor.load(merged)
+  assert pm.config.model.lora_merged
+  kernel = pm.model.backbone.blocks.attn.qkv.kernel[...]
+  assert kernel.shape == (8, 2, 64, 192)  # (depth, expert, in, out)
+  assert pm.model.backbone.blocks.attn.qkv.lora_a is None
+  a = pm.predict_clip(clip)
+  b = Predictor.load(ckpt_plain).predict_clip(clip)
+  for k in ("expert1", "expert2", "fused"):
+    err = float(np.max(np.abs(a[k] - b[k])))
+    assert err <= 1e-5, f"{k}: {err}"
+
+
+def test_one_expert_and_backbone_only(tmp_path, ckpt_plain, clip):
+  one = convert_golden(str(tmp_path / "one"), experts=("expert2",))
+  out = Predictor.load(one).predict_clip(clip[:1])
+  assert set(out) == {"expert2", "fused"}
+  np.testing.assert_array_equal(out["fused"], out["expert2"])
+  both = Predictor.load(ckpt_plain).predict_clip(clip[:1])
+  # Another program (one expert instead of two): float32 noise only.
+  assert float(np.max(np.abs(out["expert2"] - both["expert2"]))) <= 1e-5
+
+  bare = convert_golden(str(tmp_path / "bare"), experts=())
+  with pytest.raises(Exception, match="only a backbone"):
+    Predictor.load(bare)
+
+
+def test_stage1_expert_file_converts_without_lora(tmp_path, clip):
+  sd = {k: v for k, v in _load("expert1.pth").items() if "lora_" not in k}
+  stage1 = tmp_path / "stage1_expert1.pth"
+  torch.save(sd, stage1)
+  out = str(tmp_path / "out")
+  res = run_convert(
+    f"--config={CONFIG}:tiny",
+    f"--backbone={golden('backbone_t4.pt')}",
+    f"--expert1={stage1}",
+    f"--output={out}",
+  )
+  assert res.returncode == 0, res.stderr[-2000:]
+  p = Predictor.load(out)
+  assert not p.config.model.lora.enabled
+  assert p.model.backbone.blocks.attn.qkv.lora_a is None
+  assert np.isfinite(p.predict_clip(clip[:1])["fused"]).all()
