@@ -330,6 +330,9 @@ def main(argv=None) -> None:
   flags.mark_flags_as_required(["config", "backbone", "output"])
 
   def run(_):
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save at INFO
     try:
       convert(
         flags_.config,

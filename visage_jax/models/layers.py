@@ -195,7 +195,11 @@ def resize_trilinear(x, size: tuple[int, int, int]):
 
 
 def torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
-  """torch.linspace in float32: the first half counts up from start, the second down from end."""
+  """torch.linspace in float32: the first half counts up from start, the second down from end.
+
+  This is torch's scalar formula; its vectorised CPU kernel can differ in the last bit (by SIMD
+  width), which moves the centre-bias grid by at most one ulp.
+  """
   step = np.float32((np.float32(end) - np.float32(start)) / np.float32(steps - 1))
   idx = np.arange(steps)
   half = steps // 2

@@ -1,0 +1,75 @@
+"""The backbone's execution choices (scan or loop, remat or not) do not change its numbers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from visage_jax import checkpoint as ckpt
+
+
+def _run(directory, clip, **overrides):
+  _, model = ckpt.load_model(directory, model_overrides=overrides)
+  out = nnx.jit(lambda m, x: m(x, return_features=True))(model, clip)
+  return out
+
+
+@pytest.fixture(scope="module")
+def small_clip(clip):
+  return clip[:1]
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt_plain, small_clip):
+  return _run(ckpt_plain, small_clip)
+
+
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    {"backbone.scan_layers": False},
+    {"backbone.remat_policy": "full"},
+    {"backbone.remat_policy": "dots", "backbone.scan_layers": False},
+  ],
+  ids=["unrolled", "scan+remat_full", "unrolled+remat_dots"],
+)
+def test_same_outputs(ckpt_plain, small_clip, reference, overrides):
+  out = _run(ckpt_plain, small_clip, **overrides)
+  for k in ("expert1", "expert2", "fused", "cls"):
+    assert float(jnp.max(jnp.abs(out[k] - reference[k]))) <= 1e-6, k
+  for a, b in zip(out["taps"], reference["taps"]):
+    assert float(jnp.max(jnp.abs(a - b))) <= 1e-6
+
+
+def test_remat_gradients_match(ckpt_plain, small_clip):
+  """Gradients of the LoRA weights through the backbone are the same with remat on or off."""
+
+  def grads(policy):
+    _, model = ckpt.load_model(ckpt_plain, model_overrides={"backbone.remat_policy": policy})
+    backbone = model.backbone
+
+    def loss(bb):
+      taps, cls = bb(jnp.asarray(small_clip))
+      return sum(jnp.mean(jnp.square(t)) for t in taps) + jnp.mean(cls)
+
+    return nnx.jit(nnx.grad(loss, argnums=nnx.DiffState(0, nnx.LoRAParam)))(backbone)
+
+  g0 = jax.tree.leaves(grads("none"))
+  g1 = jax.tree.leaves(grads("full"))
+  assert len(g0) == len(g1) > 0
+  for a, b in zip(g0, g1):
+    scale = float(jnp.max(jnp.abs(a))) + 1e-12
+    assert float(jnp.max(jnp.abs(a - b))) / scale <= 1e-5
+
+
+def test_lora_dropout_only_with_an_rng(ckpt_plain, small_clip, reference):
+  _, model = ckpt.load_model(ckpt_plain)
+  fwd = nnx.jit(lambda m, x, key: m.backbone(x, rng=key)[1])
+  a = fwd(model, small_clip, jax.random.key(0))
+  b = fwd(model, small_clip, jax.random.key(1))
+  assert float(jnp.max(jnp.abs(a - b))) > 1e-4  # dropout on the LoRA inputs acts in training
+  c = nnx.jit(lambda m, x: m.backbone(x)[1])(model, small_clip)
+  np.testing.assert_allclose(np.asarray(c), np.asarray(reference["cls"]), atol=1e-6)
