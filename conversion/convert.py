@@ -26,7 +26,13 @@ from conversion.keymap import (
   expert_display_name,
   slots_for,
 )
-from conversion.torch_io import ConversionError, load_state_dict, to_numpy
+from conversion.torch_io import (
+  ConversionError,
+  is_memory_mapped,
+  load_state_dict,
+  release_pages,
+  to_numpy,
+)
 
 EXPERT_NAMES = ("expert1", "expert2")
 
@@ -96,6 +102,7 @@ class _Source:
         self.tensors[canonical_expert_key(key)] = key
     self.sd = sd
     self.used: set[str] = set()
+    self.mapped = is_memory_mapped(path)
 
   def display(self, name: str) -> str:
     if self.role == "backbone":
@@ -229,7 +236,7 @@ def _fill(slot: Slot, sources, arrays, filled, stage1, *, pos):
   src = sources[slot.source]
   target = arrays[slot.path]
   want = target.shape[len(slot.index) :]
-  tensor = src.get(slot.name)
+  tensor = original = src.get(slot.name)
   if tensor is None:
     if slot.kind in ("lora_a", "lora_b") and slot.source in stage1:
       target[slot.index] = 0
@@ -253,6 +260,8 @@ def _fill(slot: Slot, sources, arrays, filled, stage1, *, pos):
     )
   target[slot.index] = to_numpy(converted, target.dtype)
   filled[slot.path] += 1
+  if src.mapped:
+    release_pages(original)
 
 
 def _report(sources, mcfg, notes) -> dict:

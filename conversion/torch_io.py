@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
+import sys
 from collections.abc import Iterator, Mapping
 
 import ml_dtypes
@@ -39,6 +42,11 @@ class _SafetensorsDict(Mapping):
     return len(self._keys)
 
 
+def is_memory_mapped(path: str) -> bool:
+  """True when `load_state_dict` reads this file through torch's private file mapping."""
+  return not path.endswith(".safetensors")
+
+
 def load_state_dict(path: str, *, unsafe_pickle: bool = False) -> Mapping:
   """The checkpoint's flat mapping of names to tensors, loaded lazily.
 
@@ -70,6 +78,31 @@ def load_state_dict(path: str, *, unsafe_pickle: bool = False) -> Mapping:
   if not isinstance(sd, Mapping):
     raise ConversionError(f"{path}: expected a dict of tensors, found {type(sd).__name__}")
   return sd
+
+
+_MADV_DONTNEED = 4
+
+
+def release_pages(tensor) -> None:
+  """Drop the resident pages of a tensor read from a memory-mapped pickle.
+
+  The mapping is private and never written, so the kernel re-reads a page from the file if it is
+  touched again; without this, every converted tensor's pages would stay in our resident set until
+  the whole file had been mapped in. Only call it for tensors of `torch.load(mmap=True)`.
+  """
+  if not sys.platform.startswith("linux"):
+    return
+  try:
+    storage = tensor.untyped_storage()
+    ptr, n = storage.data_ptr(), storage.nbytes()
+  except Exception:
+    return
+  page = mmap.PAGESIZE
+  start = -(-ptr // page) * page
+  end = ((ptr + n) // page) * page
+  if end > start:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
 
 
 def to_numpy(tensor, dtype) -> np.ndarray:
