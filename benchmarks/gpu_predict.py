@@ -1,0 +1,147 @@
+"""Dual-expert inference speed and memory on whatever accelerator JAX sees.
+
+Builds the model from the config with random weights directly on the device (no checkpoint
+needed: speed and memory do not depend on the values), compiles the one-program forward of both
+experts plus the fusion, and reports fused frames per second, XLA's memory analysis, the device's
+peak memory, and MFU (model FLOPs from XLA's cost analysis over the time, as a fraction of a plain
+bf16 matmul's FLOP/s measured in the same run and of the card's nominal peak).
+
+    python benchmarks/gpu_predict.py --config=6b [--batch=1,2] [--iters=10] [--out=result.json]
+
+Each result is printed as one JSON line as soon as it is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def backbone_flops(cfg, batch: int) -> float:
+  """Matmul FLOPs of the backbone for one call, every expert: 2·(12·D²)·N per block for the
+  projections and 4·N²·D for attention, over the blocks up to the last tap. The decoders (about
+  1 % at 6B) are left out, so MFU is a slight underestimate. XLA's cost analysis cannot be used:
+  it counts a scan's body once and custom calls (cuDNN attention) not at all."""
+  b = cfg.model.backbone
+  n = 1 + (b.num_frames // b.tubelet_size) * (b.img_size // b.patch_size) ** 2
+  d, hidden = b.embed_dim, int(b.embed_dim * b.mlp_ratio)
+  per_block = 2 * n * (3 * d * d + d * d + 2 * d * hidden) + 4 * n * n * d
+  return float(per_block * (b.taps[-1] + 1) * batch * max(len(cfg.model.experts), 1))
+
+
+def _emit(record, out):
+  line = json.dumps(record)
+  print(line, flush=True)
+  if out:
+    with open(out, "a") as f:
+      f.write(line + "\n")
+
+
+def matmul_tflops(jax, jnp, n=8192, iters=10):
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  t0 = time.perf_counter()
+  for _ in range(iters):
+    c = f(a, b)
+  c.block_until_ready()
+  return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--config", default="6b")
+  ap.add_argument("--batch", default="1")
+  ap.add_argument("--iters", type=int, default=10)
+  ap.add_argument("--attention", default="auto", help="comma list: auto, xla, cudnn")
+  ap.add_argument("--out", default="")
+  args = ap.parse_args()
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from configs.visage import get_config
+  from visage_jax.models.visage import ViSAGE
+
+  dev = jax.devices()[0]
+  kind = getattr(dev, "device_kind", str(dev))
+  peak = next((v for k, v in NOMINAL_BF16_TFLOPS.items() if k in kind), None)
+  mm = matmul_tflops(jax, jnp)
+  _emit({"device": kind, "jax": jax.__version__, "matmul_bf16_tflops": round(mm, 1)}, args.out)
+
+  for impl in args.attention.split(","):
+    cfg = get_config(args.config)
+    cfg.model.backbone.attention_impl = impl
+    t0 = time.perf_counter()
+    model = nnx.jit(lambda c=cfg: ViSAGE(c.model, rngs=nnx.Rngs(0)))()
+    graphdef, state = nnx.split(model)
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+    def forward(state, clip, graphdef=graphdef):
+      out = nnx.merge(graphdef, state)(clip)
+      return out["fused"], out["expert1"], out["expert2"]
+
+    fwd = jax.jit(forward)
+    b = cfg.model.backbone
+    for batch in [int(x) for x in args.batch.split(",")]:
+      clip = jnp.zeros((batch, b.num_frames, b.img_size, b.img_size, 3), jnp.float32)
+      t0 = time.perf_counter()
+      compiled = fwd.lower(state, clip).compile()
+      compile_s = time.perf_counter() - t0
+      mem = compiled.memory_analysis()
+      flops = backbone_flops(cfg, batch)
+      jax.block_until_ready(compiled(state, clip))
+      jax.block_until_ready(compiled(state, clip))
+      t0 = time.perf_counter()
+      for _ in range(args.iters):
+        res = compiled(state, clip)
+      jax.block_until_ready(res)
+      dt = (time.perf_counter() - t0) / args.iters
+      frames = batch * b.num_frames
+      stats = dev.memory_stats() or {}
+      rec = {
+        "config": args.config,
+        "attention": impl,
+        "batch": batch,
+        "frames_per_call": frames,
+        "step_s": round(dt, 4),
+        "fused_frames_per_s": round(frames / dt, 1),
+        "backbone_tflops_per_call": round(flops / 1e12, 2),
+        "achieved_tflops": round(flops / dt / 1e12, 1),
+        "mfu_vs_nominal": round(flops / dt / 1e12 / peak, 3) if peak else None,
+        "fraction_of_matmul": round(flops / dt / 1e12 / mm, 3),
+        "param_gib": round(param_bytes / 2**30, 2),
+        "xla_temp_gib": round(mem.temp_size_in_bytes / 2**30, 2) if mem else None,
+        "xla_args_gib": round(mem.argument_size_in_bytes / 2**30, 2) if mem else None,
+        "xla_total_gib": round(
+          (
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes
+          )
+          / 2**30,
+          2,
+        )
+        if mem
+        else None,
+        "peak_device_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
+        "init_s": round(init_s, 1),
+        "compile_s": round(compile_s, 1),
+      }
+      _emit(rec, args.out)
+
+
+if __name__ == "__main__":
+  main()
