@@ -145,7 +145,7 @@ def convert(
   import ml_dtypes
 
   from visage_jax import checkpoint as ckpt
-  from visage_jax.models.lora import merged_kernel
+  from visage_jax.models.lora import fold_lora
 
   t0 = time.time()
   output = os.path.abspath(output)
@@ -199,7 +199,7 @@ def convert(
     _say(line)
 
   if merge_lora and mcfg.lora.enabled and experts:
-    arrays = _merge(arrays, mcfg, merged_kernel)
+    arrays = fold_lora(arrays, float(mcfg.lora.alpha) / float(mcfg.lora.rank))
     with config.unlocked():
       mcfg.lora_merged = True
     merged_abstract = ckpt.abstract_flat_state(mcfg)
@@ -303,25 +303,6 @@ def _report(sources, mcfg, notes) -> dict:
     "notes": notes,
     "summary": summary,
   }
-
-
-def _merge(arrays: dict, mcfg, merged_kernel) -> dict:
-  """Fold each LoRA pair into a per-expert copy of its base kernel and drop the pair."""
-  scale = float(mcfg.lora.alpha) / float(mcfg.lora.rank)
-  out = dict(arrays)
-  owners = {p[:-1] for p in arrays if p[-1] == "lora_a"}
-  for owner in sorted(owners, key=str):
-    kernel = arrays[owner + ("kernel",)]
-    a, bmat = arrays[owner + ("lora_a",)], arrays[owner + ("lora_b",)]
-    if owner[1] == "blocks":  # stacked: kernel (L, in, out), a (L, E, in, r) → (L, E, in, out)
-      merged = np.stack(
-        [np.asarray(merged_kernel(kernel[i], a[i], bmat[i], scale)) for i in range(kernel.shape[0])]
-      )
-    else:
-      merged = np.asarray(merged_kernel(kernel, a, bmat, scale))
-    out[owner + ("kernel",)] = merged
-    del out[owner + ("lora_a",)], out[owner + ("lora_b",)]
-  return out
 
 
 def main(argv=None) -> None:

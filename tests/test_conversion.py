@@ -176,3 +176,45 @@ def test_stage1_expert_file_converts_without_lora(tmp_path, clip):
   assert not p.config.model.lora.enabled
   assert p.model.backbone.blocks.attn.qkv.lora_a is None
   assert np.isfinite(p.predict_clip(clip[:1])["fused"]).all()
+
+
+def test_grid_change_resizes_position_embedding_bicubically(tmp_path):
+  """A model at 112×112 (8×8 patches) takes the 16×16-grid checkpoint, as the original would."""
+  import torch.nn.functional as F
+
+  from visage_jax import checkpoint as ckpt
+
+  out = str(tmp_path / "small")
+  res = run_convert(
+    f"--config={CONFIG}:tiny",
+    f"--backbone={golden('backbone_t4.pt')}",
+    f"--output={out}",
+    "--config.model.backbone.img_size=112",
+    "--config.model.backbone.num_frames=4",
+  )
+  assert res.returncode == 0, res.stderr[-2000:]
+  _, model = ckpt.load_model(out)
+  pe = np.asarray(model.backbone.pos_embed[...])
+  src = _load("backbone_t4.pt")["module"]["vision_encoder.pos_embed"]
+  assert pe.shape == (1, 1 + 4 * 64, 64)
+  np.testing.assert_array_equal(pe[0, 0], src[0, 0].numpy())
+  # frame 2 of the 4-frame grid, resized 16×16 → 8×8 on its own
+  frame = src[0, 1:].reshape(4, 16, 16, 64)[2].permute(2, 0, 1)[None]
+  ref = F.interpolate(frame, size=(8, 8), mode="bicubic", align_corners=False)[0]
+  np.testing.assert_allclose(
+    pe[0, 1:].reshape(4, 8, 8, 64)[2], ref.permute(1, 2, 0).numpy(), atol=1e-6
+  )
+
+
+def test_merge_lora_in_memory(ckpt_plain, clip):
+  from flax import nnx
+
+  from visage_jax import checkpoint as ckpt
+  from visage_jax.models.visage import merge_lora
+
+  cfg, model = ckpt.load_model(ckpt_plain)
+  mcfg, merged = merge_lora(cfg.model, model)
+  assert mcfg.lora_merged and not cfg.model.lora_merged
+  f = nnx.jit(lambda m, x: m(x)["fused"])
+  err = float(np.max(np.abs(np.asarray(f(merged, clip[:1])) - np.asarray(f(model, clip[:1])))))
+  assert err <= 1e-5

@@ -161,3 +161,25 @@ def merged_kernel(kernel: np.ndarray, lora_a: np.ndarray, lora_b: np.ndarray, sc
   delta = jnp.einsum("e...r,ero->e...o", a, b, precision=jax.lax.Precision.HIGHEST) * scale
   base = jnp.asarray(kernel).astype(jnp.float32)
   return (base[None] + delta).astype(jnp.asarray(kernel).dtype)
+
+
+def fold_lora(flat: dict, scale: float) -> dict:
+  """Fold every LoRA pair of a flat state {path: array} into per-expert kernels; drop the pairs.
+
+  Stacked blocks have kernel (L, in, out) and A (L, E, in, r): the result is (L, E, in, out);
+  the patch embedding's kernel (kt, kh, kw, C, D) becomes (E, kt, kh, kw, C, D).
+  """
+  out = dict(flat)
+  owners = {tuple(p[:-1]) for p in flat if p[-1] == "lora_a"}
+  for owner in sorted(owners, key=str):
+    kernel = flat[owner + ("kernel",)]
+    a, b = flat[owner + ("lora_a",)], flat[owner + ("lora_b",)]
+    if "blocks" in owner:
+      merged = np.stack(
+        [np.asarray(merged_kernel(kernel[i], a[i], b[i], scale)) for i in range(kernel.shape[0])]
+      )
+    else:
+      merged = np.asarray(merged_kernel(kernel, a, b, scale))
+    out[owner + ("kernel",)] = merged
+    del out[owner + ("lora_a",)], out[owner + ("lora_b",)]
+  return out

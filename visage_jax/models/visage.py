@@ -62,3 +62,27 @@ class ViSAGE(nnx.Module):
       out["taps"] = taps
       out["cls"] = cls
     return out
+
+
+def merge_lora(model_cfg, model: ViSAGE):
+  """(config, model) with each expert's LoRA folded into its own copy of the backbone kernels.
+
+  For inference: the merged model runs the same numbers without the low-rank branch, at the cost
+  of one backbone copy per expert.
+  """
+  import numpy as np
+
+  from visage_jax.models.lora import fold_lora
+
+  if model_cfg.lora_merged or not model_cfg.lora.enabled or not model_cfg.experts:
+    raise ValueError("nothing to merge: the model has no unmerged LoRA")
+  state = nnx.state(model)
+  flat = {tuple(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state)}
+  merged = fold_lora(flat, float(model_cfg.lora.alpha) / float(model_cfg.lora.rank))
+  new_cfg = model_cfg.copy_and_resolve_references()
+  new_cfg.lora_merged = True
+  new_model = nnx.eval_shape(lambda: ViSAGE(new_cfg, rngs=nnx.Rngs(0)))
+  graphdef, new_state = nnx.split(new_model)
+  for path, var in nnx.to_flat_state(new_state):
+    var.set_value(jnp.asarray(merged[tuple(path)]))
+  return new_cfg, nnx.merge(graphdef, new_state)
