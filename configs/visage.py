@@ -86,4 +86,15 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   m.bn_momentum = 0.1
   m.gn_eps = 1e-5
 
+  # The original's VSPLoss (ARCHITECTURE.md §8) and Expert 2's deep supervision.
+  loss = config.loss = ml_collections.ConfigDict()
+  loss.kl_weight = 10.0
+  loss.cc_weight = 2.0
+  loss.sim_weight = 1.0
+  loss.bce_weight = 1.0
+  loss.nss_weight = 0.0
+  loss.fixation_alpha = 3.0  # BCE weight 1 + alpha·F on the (max-filtered) fixation map
+  # Expert 2's auxiliary heads: L without BCE and without fixations, weighted per head.
+  loss.aux_weights = ml_collections.ConfigDict({"p23": 0.10, "p17": 0.15, "p11": 0.20})
+
   return config
