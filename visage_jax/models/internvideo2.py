@@ -84,15 +84,21 @@ class Attention(nnx.Module):
     q, k, v = jnp.split(qkv, 3, axis=-1)
     # q/k RMSNorm over the whole width, all heads together, before the head split.
     q, k = self.q_norm(q), self.k_norm(k)
-    shape = (e * bsz, n, h, d // h)
+
+    # Fold the expert axis into the batch *behind* it, so that a batch sharded over devices
+    # stays sharded through the reshape (E in front would force an all-gather).
+    def heads(x):
+      return jnp.swapaxes(x, 0, 1).reshape(bsz * e, n, h, d // h)
+
     out = jax.nn.dot_product_attention(
-      q.reshape(shape),
-      k.reshape(shape),
-      v.reshape(shape),
+      heads(q),
+      heads(k),
+      heads(v),
       scale=float((d // h) ** -0.5),
       implementation=resolve_attention_impl(self.attention_impl, q.dtype),
     )
-    return self.proj(out.reshape(e, bsz, n, d), dropout_rate=dropout_rate, dropout_rng=rngs[1])
+    out = jnp.swapaxes(out.reshape(bsz, e, n, d), 0, 1)
+    return self.proj(out, dropout_rate=dropout_rate, dropout_rng=rngs[1])
 
 
 class Mlp(nnx.Module):

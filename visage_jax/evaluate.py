@@ -1,0 +1,162 @@
+"""Evaluation: one jitted step giving both experts' maps, the fused map and per-frame metrics, and
+the aggregation of those numbers per video and over a set.
+
+Per frame, each map (expert1, expert2, fused) is scored at the ground truth's resolution the way
+the challenge scores a submission: written as 8-bit (optional, on by default, as a saved map is),
+read back (min-max), resized with OpenCV's bilinear, and compared with the ground truth read the
+same way, in both metric variants.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from visage_jax import metrics
+
+METRICS = ("cc", "sim", "nss", "auc_judd", "kld")
+VARIANTS = metrics.VARIANTS
+
+
+def frame_metrics(pred, gt, fixations, *, quantize_uint8: bool = True):
+  """pred: (..., h, w) probabilities; gt: (..., H, W) ground-truth map (any scale); fixations:
+  (..., H, W) event counts. Returns {variant: {metric: (...)}}."""
+  if quantize_uint8:
+    pred = jnp.floor(jnp.clip(pred.astype(jnp.float32) * 255, 0, 255))
+  g = metrics.ntire2026_preprocess(gt, gt.shape[-2:], channels=False)
+  p = metrics.ntire2026_preprocess(pred, gt.shape[-2:], channels=False)
+  out = {}
+  for variant in VARIANTS:
+    out[variant] = {
+      "cc": metrics.cc(p, g, variant=variant),
+      "sim": metrics.sim(p, g, variant=variant),
+      "kld": metrics.kld(p, g, variant=variant),
+      "nss": metrics.nss(p, fixations, variant=variant),
+      "auc_judd": metrics.auc_judd(p, fixations, variant=variant),
+    }
+  return out
+
+
+def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
+  """The jitted step: (state, batch) → {"maps": {...}, "metrics": {source: {variant: {metric}}}}.
+
+  batch: clip (B, T, S, S, 3) normalised frames; gt (B, T, H, W); fixations (B, T, H, W) int
+  counts; mask (B, T) bool, false on padded frames, whose metrics come out NaN. With `mesh`, the
+  batch is split over its (data, fsdp) axes and the parameters are replicated.
+  """
+
+  def step(state, batch):
+    model = nnx.merge(graphdef, state)
+    out = model(batch["clip"])
+    names = [k for k in ("expert1", "expert2") if k in out] + ["fused"]
+    result = {"maps": {k: out[k] for k in names}, "metrics": {}}
+    mask = batch["mask"]
+    for k in names:
+      m = frame_metrics(out[k], batch["gt"], batch["fixations"], quantize_uint8=quantize_uint8)
+      result["metrics"][k] = jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), m)
+    return result
+
+  if mesh is None:
+    return jax.jit(step)
+  from visage_jax import parallel
+
+  data = parallel.batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
+
+
+class Aggregator:
+  """Collects per-frame metrics per video; reports the challenge's aggregation (mean over a
+  video's frames, then the unweighted mean over videos) and the pooled mean over all frames.
+
+  Frames whose metric is undefined (NaN: no fixations, a constant map under a definition that
+  divides by its spread) are left out of that metric's means and counted.
+  """
+
+  def __init__(self):
+    self._frames: dict[str, list] = {}
+
+  def add(self, video: str, per_frame: dict, mask) -> None:
+    """per_frame: {source: {variant: {metric: (T,)}}} for one window of `video`; mask: (T,)."""
+    mask = np.asarray(mask, bool)
+    flat = {}
+    for source, by_variant in per_frame.items():
+      for variant, by_metric in by_variant.items():
+        for metric, values in by_metric.items():
+          flat[(source, variant, metric)] = np.asarray(values, np.float64)[mask]
+    self._frames.setdefault(video, []).append(flat)
+
+  def videos(self) -> list[str]:
+    return sorted(self._frames)
+
+  def _stack(self, video):
+    chunks = self._frames[video]
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+  def report(self) -> dict:
+    per_video = {}
+    pooled: dict = {}
+    for video in self.videos():
+      stacked = self._stack(video)
+      entry: dict = {"frames": int(len(next(iter(stacked.values()))))}
+      for (source, variant, metric), values in stacked.items():
+        ok = ~np.isnan(values)
+        node = entry.setdefault(source, {}).setdefault(variant, {})
+        node[metric] = float(values[ok].mean()) if ok.any() else None
+        skipped = int((~ok).sum())
+        if skipped:
+          node.setdefault("undefined_frames", {})[metric] = skipped
+        pooled.setdefault((source, variant, metric), []).append(values)
+      per_video[video] = entry
+    overall: dict = {"videos": len(per_video)}
+    for (source, variant, metric), chunks in sorted(pooled.items()):
+      node = overall.setdefault(source, {}).setdefault(variant, {})
+      vmeans = [
+        per_video[v][source][variant][metric]
+        for v in per_video
+        if per_video[v][source][variant][metric] is not None
+      ]
+      allv = np.concatenate(chunks)
+      ok = ~np.isnan(allv)
+      node[metric] = {
+        "challenge": float(np.mean(vmeans)) if vmeans else None,
+        "pooled": float(allv[ok].mean()) if ok.any() else None,
+        "frames": int(ok.sum()),
+        "undefined_frames": int((~ok).sum()),
+        "videos_without_value": len(per_video) - len(vmeans),
+      }
+    return {"overall": overall, "per_video": per_video}
+
+
+def format_table(report: dict, variant: str = "ntire2026") -> str:
+  """The headline numbers: challenge aggregation, one row per map."""
+  overall = report["overall"]
+  cols = ("cc", "sim", "nss", "auc_judd")
+  lines = [f"{variant} (mean over videos of per-video means; {overall['videos']} videos)"]
+  lines.append(f"{'map':<9}" + "".join(f"{c:>10}" for c in cols))
+  for source in [s for s in ("expert1", "expert2", "fused") if s in overall]:
+    row = overall[source][variant]
+    cells = []
+    for c in cols:
+      v = row[c]["challenge"] if c in row else None
+      cells.append(f"{v:>10.4f}" if v is not None else f"{'—':>10}")
+    lines.append(f"{source:<9}" + "".join(cells))
+  return "\n".join(lines)
+
+
+def write_json(path: str, obj) -> None:
+  def clean(x):
+    if isinstance(x, float) and math.isnan(x):
+      return None
+    if isinstance(x, dict):
+      return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+      return [clean(v) for v in x]
+    return x
+
+  with open(path, "w") as f:
+    json.dump(clean(obj), f, indent=2)
