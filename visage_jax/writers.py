@@ -23,3 +23,49 @@ def fuse_uint8(maps_u8, alpha: float = 0.5, eps: float = 1e-6) -> np.ndarray:
   z = alpha * np.log(a / (1 - a)) + (1 - alpha) * np.log(b / (1 - b))
   fused = 1.0 / (1.0 + np.exp(-z))
   return np.clip(fused * 255, 0, 255).astype(np.uint8)
+
+
+def write_png(path: str, image_u8) -> None:
+  """An 8-bit grayscale (H, W) or RGB (H, W, 3) PNG."""
+  from PIL import Image
+
+  Image.fromarray(np.asarray(image_u8, np.uint8)).save(path, format="PNG")
+
+
+def write_mp4(path: str, frames, fps: float, *, crf: int = 18, lossless: bool = False) -> None:
+  """uint8 frames (N, H, W) or (N, H, W, 3) → H.264 mp4 at `fps`, one video frame per array frame.
+
+  `lossless` uses x264's lossless mode in 4:4:4, so a grayscale map decodes back exactly (up to
+  the YUV↔RGB conversion of the reader); otherwise yuv420p at `crf`, which every player reads.
+  Odd sizes are padded by repeating the last row/column (yuv420p needs even sizes).
+  """
+  import fractions
+
+  import av
+
+  frames = np.asarray(frames, np.uint8)
+  if frames.ndim == 3:
+    frames = np.repeat(frames[..., None], 3, axis=-1)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+    raise ValueError(f"{path}: expected (N, H, W[, 3]) uint8 frames, got {frames.shape}")
+  h, w = frames.shape[1:3]
+  if not lossless and (h % 2 or w % 2):
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+  rate = fractions.Fraction(fps).limit_denominator(1001)
+  with av.open(path, mode="w", format="mp4") as container:
+    stream = container.add_stream("libx264", rate=rate)
+    stream.width, stream.height = frames.shape[2], frames.shape[1]
+    if lossless:
+      stream.pix_fmt = "yuv444p"
+      stream.options = {"qp": "0", "preset": "medium"}
+    else:
+      stream.pix_fmt = "yuv420p"
+      stream.options = {"crf": str(crf), "preset": "medium"}
+    stream.time_base = 1 / rate
+    for i, f in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+      frame.pts = i
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)

@@ -1,0 +1,137 @@
+"""Reading video frames: a small interface, decord behind it, guarded against hangs.
+
+Every failure becomes a `VideoError` naming the file (and the frame where one is involved).
+Frames come out as uint8 (N, H, W, 3) RGB at the source resolution; `resize_frames` and
+`normalize` turn them into model input exactly as the original's torchvision transform does.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from typing import Protocol
+
+import numpy as np
+
+CLIP_MEAN = np.asarray((0.48145466, 0.4578275, 0.40821073), np.float32)
+CLIP_STD = np.asarray((0.26862954, 0.26130258, 0.27577711), np.float32)
+
+
+class VideoError(Exception):
+  """A video cannot be read. The message names the file and, where known, the frame."""
+
+
+class VideoReader(Protocol):
+  path: str
+  num_frames: int
+  fps: float
+  height: int
+  width: int
+
+  def frames(self, indices) -> np.ndarray:
+    """uint8 (len(indices), H, W, 3) RGB frames, in the order asked."""
+    ...
+
+
+# decord can hang on some broken files; its calls run in this pool with a time limit. A call
+# that times out leaves its thread behind (a C call cannot be interrupted); the error says so.
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="decord")
+
+
+def _guarded(fn, timeout_s: float, what: str):
+  future = _POOL.submit(fn)
+  try:
+    return future.result(timeout=timeout_s)
+  except concurrent.futures.TimeoutError:
+    raise VideoError(f"{what}: decoder gave no answer within {timeout_s:.0f} s") from None
+
+
+class DecordReader:
+  """Frame-exact random access through decord (`VideoReader.get_batch`)."""
+
+  def __init__(self, path: str, *, timeout_s: float = 60.0):
+    self.path = path
+    self.timeout_s = timeout_s
+    if not os.path.isfile(path):
+      raise VideoError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+      raise VideoError(f"{path}: empty file")
+
+    def open_():
+      import decord
+
+      return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+
+    try:
+      self._vr = _guarded(open_, timeout_s, path)
+    except VideoError:
+      raise
+    except Exception as e:
+      raise VideoError(f"{path}: cannot open video: {_first_line(e)}") from None
+    self.num_frames = len(self._vr)
+    if self.num_frames == 0:
+      raise VideoError(f"{path}: no frames")
+    self.fps = float(self._vr.get_avg_fps())
+    first = self.frames([0])
+    self.height, self.width = int(first.shape[1]), int(first.shape[2])
+
+  def frames(self, indices) -> np.ndarray:
+    idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+    bad = [i for i in idx if not 0 <= i < self.num_frames]
+    if bad:
+      raise VideoError(f"{self.path}: frame {bad[0]} out of range (video has {self.num_frames})")
+
+    def read():
+      return self._vr.get_batch(idx).asnumpy()
+
+    try:
+      out = _guarded(read, self.timeout_s, f"{self.path} frames {idx[0]}..{idx[-1]}")
+    except VideoError:
+      raise
+    except Exception as e:
+      where = f"frame {idx[0]}" if len(idx) == 1 else f"frames {idx[0]}..{idx[-1]}"
+      raise VideoError(f"{self.path}: cannot decode {where}: {_first_line(e)}") from None
+    if out.shape[0] != len(idx) or out.ndim != 4 or out.shape[-1] != 3:
+      raise VideoError(f"{self.path}: decoder returned {out.shape} for {len(idx)} frames")
+    return out
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def open_video(path: str, *, timeout_s: float = 60.0) -> VideoReader:
+  return DecordReader(path, timeout_s=timeout_s)
+
+
+def resize_frames(frames: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+  """uint8 (N, H, W, C) → uint8 (N, h, w, C) with PIL's bilinear filter (antialiased when
+  shrinking), as torchvision's Resize on a PIL image does in the original. C is 3 or 1."""
+  from PIL import Image
+
+  h, w = (size, size) if isinstance(size, int) else size
+  frames = np.asarray(frames)
+  if frames.shape[1:3] == (h, w):
+    return frames.copy()
+  out = np.empty((frames.shape[0], h, w, frames.shape[-1]), np.uint8)
+  for i, f in enumerate(frames):
+    img = Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f)
+    r = np.asarray(img.resize((w, h), Image.BILINEAR))
+    out[i] = r[..., None] if f.shape[-1] == 1 else r
+  return out
+
+
+def to_gray(frames: np.ndarray) -> np.ndarray:
+  """Saliency-map frames (N, H, W, 3) → (N, H, W) uint8, as PIL's convert('L') does."""
+  f = np.asarray(frames).astype(np.uint32)
+  # ITU-R 601-2 luma, PIL's integer formula: (R·299 + G·587 + B·114) / 1000 rounded.
+  return ((f[..., 0] * 19595 + f[..., 1] * 38470 + f[..., 2] * 7471 + 0x8000) >> 16).astype(
+    np.uint8
+  )
+
+
+def normalize(frames_u8: np.ndarray) -> np.ndarray:
+  """uint8 (…, 3) → float32 CLIP-normalised, as ToTensor + Normalize."""
+  x = np.asarray(frames_u8, np.float32) / np.float32(255.0)
+  return (x - CLIP_MEAN) / CLIP_STD
