@@ -23,13 +23,25 @@ METRICS = ("cc", "sim", "nss", "auc_judd", "kld")
 VARIANTS = metrics.VARIANTS
 
 
+def submission_maps(pred, out_hw):
+  """What a submission holds: the map resized to the ground truth's (H, W) with OpenCV's bilinear
+  and written as 8-bit (trunc(p·255)); float values 0…255."""
+  big = metrics.cv2_resize_linear(pred, tuple(out_hw))
+  return jnp.floor(jnp.clip(big * 255, 0, 255))
+
+
 def frame_metrics(pred, gt, fixations, *, quantize_uint8: bool = True):
   """pred: (..., h, w) probabilities; gt: (..., H, W) ground-truth map (any scale); fixations:
-  (..., H, W) event counts. Returns {variant: {metric: (...)}}."""
-  if quantize_uint8:
-    pred = jnp.floor(jnp.clip(pred.astype(jnp.float32) * 255, 0, 255))
-  g = metrics.ntire2026_preprocess(gt, gt.shape[-2:], channels=False)
-  p = metrics.ntire2026_preprocess(pred, gt.shape[-2:], channels=False)
+  (..., H, W) event counts. Returns {variant: {metric: (...)}}.
+
+  With `quantize_uint8` the prediction is scored as the challenge scores a submitted 8-bit map at
+  the ground truth's resolution (`submission_maps`); otherwise the float map goes through the
+  scorer's min-max and resize directly.
+  """
+  hw = gt.shape[-2:]
+  g = metrics.ntire2026_preprocess(gt, hw, channels=False)
+  src = submission_maps(pred, hw) if quantize_uint8 else pred
+  p = metrics.ntire2026_preprocess(src, hw, channels=False)
   out = {}
   for variant in VARIANTS:
     out[variant] = {
@@ -42,12 +54,13 @@ def frame_metrics(pred, gt, fixations, *, quantize_uint8: bool = True):
   return out
 
 
-def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
+def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None, return_submission=False):
   """The jitted step: (state, batch) → {"maps": {...}, "metrics": {source: {variant: {metric}}}}.
 
   batch: clip (B, T, S, S, 3) normalised frames; gt (B, T, H, W); fixations (B, T, H, W) int
   counts; mask (B, T) bool, false on padded frames, whose metrics come out NaN. With `mesh`, the
-  batch is split over its (data, fsdp) axes and the parameters are replicated.
+  batch is split over its (data, fsdp) axes and the parameters are replicated. With
+  `return_submission`, also "submission": the fused maps exactly as scored, uint8 (B, T, H, W).
   """
 
   def step(state, batch):
@@ -59,6 +72,9 @@ def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
     for k in names:
       m = frame_metrics(out[k], batch["gt"], batch["fixations"], quantize_uint8=quantize_uint8)
       result["metrics"][k] = jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), m)
+    if return_submission:
+      u8 = submission_maps(out["fused"], batch["gt"].shape[-2:]).astype(jnp.uint8)
+      result["submission"] = u8
     return result
 
   if mesh is None:

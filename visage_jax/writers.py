@@ -69,3 +69,24 @@ def write_mp4(path: str, frames, fps: float, *, crf: int = 18, lossless: bool = 
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
+
+
+def resize_map(prob, out_hw: tuple[int, int]) -> np.ndarray:
+  """A float (h, w) map resized to (H, W) with OpenCV's bilinear (the challenge's resize)."""
+  from visage_jax.metrics import _cv_linear_weights
+
+  x = np.asarray(prob, np.float64)
+  for axis, n in ((1, out_hw[1]), (0, out_hw[0])):
+    if x.shape[axis] == n:
+      continue
+    i0, i1, w0, w1 = _cv_linear_weights(x.shape[axis], n)
+    if axis == 1:
+      x = x[:, i0] * w0 + x[:, i1] * w1
+    else:
+      x = x[i0] * w0[:, None] + x[i1] * w1[:, None]
+  return x
+
+
+def map_filename(frame_index: int) -> str:
+  """The challenge's name for 0-based frame `frame_index`: eyeMap_%05d.png, 1-based."""
+  return f"eyeMap_{frame_index + 1:05d}.png"

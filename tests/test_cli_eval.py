@@ -1,0 +1,123 @@
+"""visage-eval over a small challenge-layout dataset, and visage-check-submission on its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+from test_metrics import ref_ntire
+
+from visage_jax.data.challenge import ChallengeLayout, load_fixations
+from visage_jax.data.synth import write_dataset
+from visage_jax.data.video import open_video, to_gray
+
+FRAMES = 26  # not a multiple of 6 · 8
+
+
+def _run(module, *args):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=900
+  )
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("data") / "synth")
+  write_dataset(root, videos=4, frames=FRAMES, size=(72, 128), seed=1)
+  return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(dataset, ckpt_plain, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("eval") / "out")
+  res = _run(
+    "visage_jax.cli.evaluate",
+    f"--checkpoint={ckpt_plain}",
+    f"--data={dataset}",
+    "--split=public_test",
+    f"--output={out}",
+    "--save_maps",
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "fused" in res.stdout and "ntire2026" in res.stdout
+  return out
+
+
+def test_eval_writes_metrics_and_submission(evaluated, dataset):
+  report = json.load(open(os.path.join(evaluated, "metrics.json")))
+  names = [e.name for e in ChallengeLayout(dataset).entries("public_test")]
+  assert sorted(report["per_video"]) == sorted(names)
+  for source in ("expert1", "expert2", "fused"):
+    for variant in ("ntire2026", "mit"):
+      node = report["overall"][source][variant]
+      for metric in ("cc", "sim", "nss", "auc_judd", "kld"):
+        assert node[metric]["challenge"] is not None
+        assert node[metric]["frames"] == FRAMES * len(names)
+  for name in names:
+    folder = os.path.join(evaluated, "predictions", name)
+    files = sorted(os.listdir(folder))
+    assert files == [f"eyeMap_{i:05d}.png" for i in range(1, FRAMES + 1)]
+    assert open_video(os.path.join(evaluated, "predictions", name + ".mp4")).num_frames == FRAMES
+
+
+def test_eval_numbers_are_the_challenge_scorers_on_the_written_maps(evaluated, dataset):
+  """Score the written PNGs with the scorer's own steps (float64): the same per-video numbers."""
+  from PIL import Image
+
+  report = json.load(open(os.path.join(evaluated, "metrics.json")))
+  eps = np.finfo(np.float32).eps
+  for entry in ChallengeLayout(dataset).entries("public_test"):
+    video = open_video(entry.video)
+    gt = to_gray(open_video(entry.saliency).frames(range(FRAMES))).astype(np.float64)
+    points = load_fixations(entry.fixations, FRAMES, video.height, video.width)
+    scores = {k: [] for k in ("cc", "sim", "nss", "auc_judd")}
+    for i in range(FRAMES):
+      png = np.asarray(
+        Image.open(os.path.join(evaluated, "predictions", entry.name, f"eyeMap_{i + 1:05d}.png")),
+        np.float64,
+      )
+      s = (png - png.min()) / (png.max() - png.min() + eps)
+      g = (gt[i] - gt[i].min()) / (gt[i].max() - gt[i].min() + eps)
+      r = ref_ntire(s, g, points[i].astype(np.int64))
+      for k in scores:
+        scores[k].append(r[k])
+    ours = report["per_video"][entry.name]["fused"]["ntire2026"]
+    for k, v in scores.items():
+      assert abs(ours[k] - np.mean(v)) <= 1e-5 * (1 + abs(np.mean(v))), (k, ours[k], np.mean(v))
+
+
+def test_check_submission_accepts_and_rejects(evaluated, dataset, tmp_path):
+  preds = os.path.join(evaluated, "predictions")
+  ok = _run("visage_jax.cli.check_submission", f"--predictions={preds}", f"--videos={dataset}")
+  assert ok.returncode == 0, ok.stdout + ok.stderr
+  assert "1/1 videos OK" in ok.stdout
+
+  broken = str(tmp_path / "broken")
+  shutil.copytree(preds, broken)
+  name = sorted(d for d in os.listdir(broken) if os.path.isdir(os.path.join(broken, d)))[0]
+  os.remove(os.path.join(broken, name, "eyeMap_00017.png"))
+  bad = _run("visage_jax.cli.check_submission", f"--predictions={broken}", f"--videos={dataset}")
+  assert bad.returncode == 1
+  assert f"{name}: missing frame 17 (eyeMap_00017.png)" in bad.stdout
+
+
+def test_eval_names_a_missing_video(dataset, ckpt_plain, tmp_path):
+  broken = str(tmp_path / "ds")
+  shutil.copytree(dataset, broken)
+  entry = ChallengeLayout(broken).entries("public_test")[0]
+  os.remove(entry.video)
+  res = _run(
+    "visage_jax.cli.evaluate",
+    f"--checkpoint={ckpt_plain}",
+    f"--data={broken}",
+    f"--output={tmp_path / 'out'}",
+  )
+  assert res.returncode == 2
+  assert entry.video in res.stderr and "missing" in res.stderr
