@@ -120,14 +120,53 @@ def nss(pred, fixations, variant: str = "ntire2026"):
   return jnp.where(n > 0, _sum(c * z) / jnp.where(n > 0, n, 1), jnp.nan)
 
 
-def _count_at_least(s):
-  """A_p = #{q : s_q ≥ s_p} for every pixel p, per map."""
-  shape = s.shape
-  flat = s.reshape(-1, shape[-2] * shape[-1])
-  n = flat.shape[-1]
-  srt = jnp.sort(flat, axis=-1)
-  below = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left"))(srt, flat)
-  return (n - below).reshape(shape)
+# Fixations are sparse: a frame has tens to a few hundred fixated pixels among 10⁴–10⁶. The rank
+# statistics below work on the fixated (and negative) pixels only, gathered into a fixed number
+# of slots; a frame with more fixated pixels than slots takes the full sort instead (same numbers).
+SPARSE_SLOTS = 512
+
+
+def _compact(mask, values, slots: int, fills):
+  """Per row: the entries of each array in `values` where `mask`, packed into `slots` places
+  (padded with the matching entry of `fills`). mask, values: (R, P). Returns (packed…, count)."""
+  count = jnp.sum(mask, axis=-1)
+
+  def row(m, *vs):
+    idx = jnp.where(m, jnp.cumsum(m) - 1, slots)
+    return tuple(
+      jnp.full((slots + 1,), f, v.dtype).at[idx].set(v)[:slots] for v, f in zip(vs, fills)
+    )
+
+  packed = jax.vmap(row)(mask, *values)
+  return (*packed, count)
+
+
+def _count_at_least_sparse(flat, values):
+  """For each row, #{q : flat_q ≥ v} for every v in `values` (R, K), by binary search of every
+  pixel into the sorted values and a histogram: O(P·log K) instead of a sort of P."""
+  k = values.shape[-1]
+  u = jnp.sort(values, axis=-1)
+  ranks = jax.vmap(lambda a, q: jnp.searchsorted(a, q, side="right", method="scan"))(u, flat)
+  hist = jax.vmap(lambda r: jnp.bincount(r, length=k + 1))(ranks)
+  at_least_sorted = jnp.cumsum(hist[:, ::-1], axis=-1)[:, ::-1][:, 1:]  # A(u_k) = Σ_{j≥k} hist_j
+  # back to the order of `values`
+  pos = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left", method="scan"))(u, values)
+  return jnp.take_along_axis(at_least_sorted, pos, axis=-1)
+
+
+def _sorted_groups(flat, *weights):
+  """Sort each row (R, P) by value, carrying `weights` along. Returns (values, weights…,
+  group_start, group_end): for each sorted position, the first and last positions of its run of
+  equal values."""
+  p = flat.shape[-1]
+  out = jax.lax.sort((flat, *weights), dimension=1, num_keys=1)
+  v, ws = out[0], list(out[1:])
+  pos = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), v.shape)
+  first = jnp.concatenate([jnp.ones_like(v[:, :1], bool), v[:, 1:] != v[:, :-1]], axis=1)
+  last = jnp.concatenate([v[:, :-1] != v[:, 1:], jnp.ones_like(v[:, :1], bool)], axis=1)
+  start = jax.lax.cummax(jnp.where(first, pos, 0), axis=1)
+  end = jax.lax.cummin(jnp.where(last, pos, p - 1), axis=1, reverse=True)
+  return v, *ws, start, end
 
 
 def auc_judd(pred, fixations, variant: str = "ntire2026"):
@@ -149,8 +188,23 @@ def auc_judd(pred, fixations, variant: str = "ntire2026"):
   else:
     c = c.astype(s.dtype)
   n = _sum(c)
-  a = _count_at_least(s).astype(s.dtype)
-  a_last = jnp.max(jnp.where(c > 0, a, 0), axis=(-2, -1))
+  lead = s.shape[:-2]
+  flat, cflat = s.reshape(-1, h * w), c.reshape(-1, h * w)
+  slots = min(SPARSE_SLOTS, h * w)
+
+  def dense(_):
+    _, cs, start, _ = _sorted_groups(flat, cflat)
+    a = (h * w - start).astype(s.dtype)  # A_p = P − first index of p's run of equal values
+    return jnp.sum(cs * a, axis=-1), jnp.max(jnp.where(cs > 0, a, 0), axis=-1)
+
+  def sparse(_):
+    vals, cs, _ = _compact(cflat > 0, (flat, cflat), slots, (jnp.inf, 0))
+    a = _count_at_least_sparse(flat, vals).astype(s.dtype)
+    return jnp.sum(cs * a, axis=-1), jnp.max(jnp.where(cs > 0, a, 0), axis=-1)
+
+  fits = jnp.max(jnp.sum(cflat > 0, axis=-1)) <= slots
+  sum_ca, a_last = jax.lax.cond(fits, sparse, dense, None)
+  sum_ca, a_last = sum_ca.reshape(lead), a_last.reshape(lead)
   if variant == "ntire2026":
     rows = jnp.arange(h)[:, None]
     cols = jnp.arange(w)[None, :]
@@ -159,7 +213,7 @@ def auc_judd(pred, fixations, variant: str = "ntire2026"):
   else:
     d = h * w - n
   n_safe = jnp.where(n > 0, n, 1)
-  auc = 1 + (n_safe * n_safe + a_last - 2 * _sum(c * a)) / (2 * n_safe * d)
+  auc = 1 + (n_safe * n_safe + a_last - 2 * sum_ca) / (2 * n_safe * d)
   return jnp.where(n > 0, auc, jnp.nan)
 
 
@@ -202,24 +256,33 @@ def sauc(pred, fixations, negatives, variant: str = "ntire2026"):
     fp = jnp.concatenate([zeros, fp, ones], axis=-1)
     auc = jnp.sum((fp[..., 1:] - fp[..., :-1]) * (tp[..., 1:] + tp[..., :-1]) / 2, axis=-1)
     return jnp.where((npos > 0) & (nneg > 0) & spread, auc, jnp.nan)
-  shape = s.shape
-  flat = s.reshape(-1, shape[-2] * shape[-1])
-  p = pos.reshape(flat.shape)
-  q = neg.reshape(flat.shape)
+  lead = s.shape[:-2]
+  hw = s.shape[-1] * s.shape[-2]
+  flat, pflat, nflat = s.reshape(-1, hw), pos.reshape(-1, hw), neg.reshape(-1, hw)
+  slots = min(SPARSE_SLOTS, hw)
 
-  def one(v, pw, nw):
-    order = jnp.argsort(v)
-    vs, ns = v[order], nw[order]
-    cum = jnp.concatenate([jnp.zeros((1,), v.dtype), jnp.cumsum(ns)])
-    lo = jnp.searchsorted(vs, v, side="left")
-    hi = jnp.searchsorted(vs, v, side="right")
-    below, equal = cum[lo], cum[hi] - cum[lo]
-    total_p, total_n = jnp.sum(pw), jnp.sum(nw)
-    wins = jnp.sum(pw * (below + 0.5 * equal))
-    ok = (total_p > 0) & (total_n > 0)
-    return jnp.where(ok, wins / jnp.where(ok, total_p * total_n, 1), jnp.nan)
+  def dense(_):
+    _, pw, nw, start, end = _sorted_groups(flat, pflat, nflat)
+    incl = jnp.cumsum(nw, axis=-1)
+    excl = incl - nw
+    below = jnp.take_along_axis(excl, start, axis=-1)  # negatives strictly below the value
+    equal = jnp.take_along_axis(incl, end, axis=-1) - below  # negatives tied with it
+    return jnp.sum(pw * (below + 0.5 * equal), axis=-1)
 
-  return jax.vmap(one)(flat, p, q).reshape(shape[:-2])
+  def sparse(_):
+    pv, pw, _ = _compact(pflat > 0, (flat, pflat), slots, (0, 0))
+    nv, nw, _ = _compact(nflat > 0, (flat, nflat), slots, (0, 0))
+    greater = (pv[:, :, None] > nv[:, None, :]).astype(s.dtype)
+    tied = (pv[:, :, None] == nv[:, None, :]).astype(s.dtype)
+    pair = pw[:, :, None] * nw[:, None, :]  # padding has weight 0
+    return jnp.sum(pair * (greater + 0.5 * tied), axis=(-2, -1))
+
+  fits = jnp.maximum(jnp.max(jnp.sum(pflat > 0, -1)), jnp.max(jnp.sum(nflat > 0, -1))) <= slots
+  wins = jax.lax.cond(fits, sparse, dense, None)
+  total_p, total_n = jnp.sum(pflat, axis=-1), jnp.sum(nflat, axis=-1)
+  ok = (total_p > 0) & (total_n > 0)
+  auc = jnp.where(ok, wins / jnp.where(ok, total_p * total_n, 1), jnp.nan)
+  return auc.reshape(lead)
 
 
 # ------------------------------------------------------------------------------------------------
