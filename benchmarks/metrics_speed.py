@@ -27,8 +27,8 @@ def main():
   args = ap.parse_args()
 
   import jax
-
   from test_metrics import ref_ntire, ref_sauc_events
+
   from visage_jax import metrics
 
   rng = np.random.default_rng(0)
