@@ -42,28 +42,30 @@ class ChallengeLayout:
     # The original also accepts "public test" spelled with a space.
     self.splits = {s: list(raw.get(s, raw.get(s.replace("_", " "), []))) for s in SPLITS}
 
-  def entries(self, split: str, *, require_gt: bool = True) -> list[VideoEntry]:
+  def names(self, split: str) -> list[str]:
     if split not in SPLITS:
       raise DataError(f"unknown split {split!r}; the challenge has {SPLITS}")
-    out = []
-    sub = (
-      ("SaliencyTrain/Train", "FixationsTrain/Train")
-      if split == "train"
-      else ("SaliencyTest/Test", "FixationsTest/Test")
-    )
-    for item in self.splits[split]:
-      name = item[:-4] if item.endswith(".mp4") else item
-      video = os.path.join(self.root, "Videos", name + ".mp4")
-      if not os.path.isfile(video):
-        raise DataError(f"{video}: listed in {self.split_file} ({split}) but missing")
-      sal = os.path.join(self.root, sub[0], name + ".mp4")
-      fix = os.path.join(self.root, sub[1], name, "fixations.json")
-      has = os.path.isfile(sal), os.path.isfile(fix)
-      if require_gt and not all(has):
-        missing = sal if not has[0] else fix
-        raise DataError(f"{missing}: ground truth for {name} ({split}) is missing")
-      out.append(VideoEntry(name, split, video, sal if has[0] else None, fix if has[1] else None))
-    return out
+    return [item[:-4] if item.endswith(".mp4") else item for item in self.splits[split]]
+
+  def entry(self, name: str, split: str, *, require_gt: bool = True) -> VideoEntry:
+    """One video's files, checked to exist."""
+    if split == "train":
+      sub = ("SaliencyTrain/Train", "FixationsTrain/Train")
+    else:
+      sub = ("SaliencyTest/Test", "FixationsTest/Test")
+    video = os.path.join(self.root, "Videos", name + ".mp4")
+    if not os.path.isfile(video):
+      raise DataError(f"{video}: listed in {self.split_file} ({split}) but missing")
+    sal = os.path.join(self.root, sub[0], name + ".mp4")
+    fix = os.path.join(self.root, sub[1], name, "fixations.json")
+    has = os.path.isfile(sal), os.path.isfile(fix)
+    if require_gt and not all(has):
+      missing = sal if not has[0] else fix
+      raise DataError(f"{missing}: ground truth for {name} ({split}) is missing")
+    return VideoEntry(name, split, video, sal if has[0] else None, fix if has[1] else None)
+
+  def entries(self, split: str, *, require_gt: bool = True) -> list[VideoEntry]:
+    return [self.entry(n, split, require_gt=require_gt) for n in self.names(split)]
 
 
 def load_fixations(path: str, num_frames: int, height: int, width: int) -> list[np.ndarray]:

@@ -39,10 +39,12 @@ def _background(rng, t, h, w):
     x = xx + vx * i + 1
     y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
     fy, fx = (y - y0)[:, None, None], (x - x0)[None, :, None]
-    c00 = coarse[y0][:, x0]
-    c01 = coarse[y0][:, x0 + 1]
-    c10 = coarse[y0 + 1][:, x0]
-    c11 = coarse[y0 + 1][:, x0 + 1]
+    ya, yb = y0 % gh, (y0 + 1) % gh  # the texture wraps around as it drifts
+    xa, xb = x0 % gw, (x0 + 1) % gw
+    c00 = coarse[ya][:, xa]
+    c01 = coarse[ya][:, xb]
+    c10 = coarse[yb][:, xa]
+    c11 = coarse[yb][:, xb]
     tex = (1 - fy) * ((1 - fx) * c00 + fx * c01) + fy * ((1 - fx) * c10 + fx * c11)
     out[i] = 40 + 100 * tex
   return out

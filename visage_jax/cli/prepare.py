@@ -1,0 +1,64 @@
+"""`visage-prepare`: TFDS ArrayRecord files for training from a dataset as distributed.
+
+visage-prepare --layout=ntire2026|dhf1k --root=DIR --output=DIR [--fps=5] [--skip_bad]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_enum("layout", None, ["ntire2026", "dhf1k"], "Dataset layout")
+flags.DEFINE_string("root", None, "The dataset as distributed")
+flags.DEFINE_string("output", None, "Where the prepared dataset goes (new or empty)")
+flags.DEFINE_float("fps", 5.0, "Training frame rate: every round(source_fps / fps)-th frame")
+flags.DEFINE_float("source_fps", None, "Override the videos' frame rate")
+flags.DEFINE_integer("offset", 0, "First source frame of the sampled sequence")
+flags.DEFINE_integer("size", 224, "Model input size")
+flags.DEFINE_list(
+  "splits", None, "Splits to prepare (default: train and the test/validation split)"
+)
+flags.DEFINE_bool("skip_bad", False, "Skip broken videos and list them in OUTPUT/skipped.json")
+FLAGS = flags.FLAGS
+
+
+def main(_):
+  from absl import logging
+
+  from visage_jax.data.challenge import DataError
+  from visage_jax.data.prepare import prepare
+  from visage_jax.data.video import VideoError
+
+  logging.set_verbosity(logging.WARNING)
+  for name in ("layout", "root", "output"):
+    if not getattr(FLAGS, name):
+      print(f"visage-prepare: error: --{name} is required", file=sys.stderr)
+      sys.exit(2)
+  try:
+    report = prepare(
+      FLAGS.layout,
+      FLAGS.root,
+      FLAGS.output,
+      splits=FLAGS.splits,
+      size=FLAGS.size,
+      fps=FLAGS.fps,
+      source_fps=FLAGS.source_fps,
+      offset=FLAGS.offset,
+      skip_bad=FLAGS.skip_bad,
+      progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
+  except (DataError, VideoError) as e:
+    print(f"visage-prepare: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  for item in report["skipped"]:
+    print(f"skipped {item['video']}: {item['error']}", file=sys.stderr)
+  print(f"prepared {report['splits']} videos into {report['path']}")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

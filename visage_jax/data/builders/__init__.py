@@ -1,0 +1,1 @@
+"""TFDS builders (ArrayRecord) for the challenge layout and DHF1K."""

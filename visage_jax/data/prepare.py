@@ -1,0 +1,197 @@
+"""`visage-prepare`: a dataset as distributed → TFDS ArrayRecord files for training.
+
+Every video is checked before anything is written (its frames decode, its saliency video has as
+many frames, its fixations lie inside the frame and cover every frame). A bad video stops the run
+with an error naming the file, or with `skip_bad` is left out and listed in `skipped.json` beside
+the output. The dataset is built in a temporary directory and moved into place only when whole.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+
+from visage_jax.data import challenge
+from visage_jax.data.builders.common import SourceVideo
+from visage_jax.data.video import VideoError, open_video, to_gray
+
+DHF1K_SPLITS = {"train": range(1, 601), "validation": range(601, 701)}
+
+
+def _ntire_openers(root: str, splits, check):
+  layout = challenge.ChallengeLayout(root)
+  out = {}
+  for split in splits:
+    openers = []
+    for name in layout.names(split):
+
+      def opener(name=name, split=split):
+        entry = layout.entry(name, split)
+        video, sal = challenge.open_pair(entry)
+        points = challenge.load_fixations(
+          entry.fixations, video.num_frames, video.height, video.width
+        )
+        return SourceVideo(name, video, lambda idx, sal=sal: to_gray(sal.frames(idx)), points)
+
+      openers.append((name, opener))
+    out[split] = check(openers)
+  return out
+
+
+def _png_stack(paths, idx):
+  from PIL import Image
+
+  return np.stack([np.asarray(Image.open(paths[int(i)]).convert("L")) for i in idx])
+
+
+def _dhf1k_openers(root: str, splits, check):
+  videos = {}
+  for p in glob.glob(os.path.join(root, "video", "*")):
+    m = re.match(r"^(\d+)\.avi$", os.path.basename(p), re.IGNORECASE)
+    if m:
+      videos[int(m.group(1))] = p
+  if not videos:
+    raise challenge.DataError(f"{os.path.join(root, 'video')}: no NNN.AVI videos (not DHF1K?)")
+  out = {}
+  for split in splits:
+    if split not in DHF1K_SPLITS:
+      raise challenge.DataError(f"unknown DHF1K split {split!r}; it has {tuple(DHF1K_SPLITS)}")
+    openers = []
+    for k in DHF1K_SPLITS[split]:
+      if k not in videos:
+        continue
+      name = f"{k:03d}"
+
+      def opener(k=k, name=name):
+        video = open_video(videos[k])
+        ann = os.path.join(root, "annotation", f"{k:04d}")
+        maps = sorted(glob.glob(os.path.join(ann, "maps", "*.png")))
+        fix = sorted(glob.glob(os.path.join(ann, "fixation", "*.png")))
+        for what, files in (("maps", maps), ("fixation", fix)):
+          if len(files) != video.num_frames:
+            raise challenge.DataError(
+              f"{os.path.join(ann, what)}: {len(files)} PNGs, but {videos[k]} has "
+              f"{video.num_frames} frames"
+            )
+        points = []
+        for path in fix:
+          ys, xs = np.nonzero(_png_stack([path], [0])[0])
+          points.append(np.stack([ys, xs], 1).astype(np.int32))
+        return SourceVideo(name, video, lambda idx, maps=maps: _png_stack(maps, idx), points)
+
+      openers.append((name, opener))
+    out[split] = check(openers)
+  return out
+
+
+def prepare(
+  layout: str,
+  root: str,
+  output: str,
+  *,
+  splits=None,
+  size: int = 224,
+  fps: float = 5.0,
+  source_fps: float | None = None,
+  offset: int = 0,
+  skip_bad: bool = False,
+  progress=None,
+) -> dict:
+  """Build the dataset into `output`. Returns {"path", "splits", "skipped"}."""
+  from visage_jax.data.builders.visage import BUILDERS
+
+  if layout not in BUILDERS:
+    raise challenge.DataError(f"unknown layout {layout!r}; choose one of {sorted(BUILDERS)}")
+  output = os.path.abspath(output)
+  if os.path.exists(output) and os.listdir(output):
+    raise challenge.DataError(f"{output}: already exists and is not empty")
+  skipped: list[dict] = []
+
+  def check(openers):
+    """Open each video once (the checks live in the openers); keep the good ones."""
+    good = []
+    for name, opener in openers:
+      try:
+        src = opener()
+        rate = source_fps or src.video.fps
+        del src
+      except (challenge.DataError, VideoError) as e:
+        if not skip_bad:
+          raise
+        skipped.append({"video": name, "error": str(e)})
+        continue
+      good.append((opener, rate))
+      if progress:
+        progress(f"checked {name}")
+    return good
+
+  if layout == "ntire2026":
+    splits = splits or ["train", "public_test"]
+    sources = _ntire_openers(root, splits, check)
+  else:
+    splits = splits or ["train", "validation"]
+    sources = _dhf1k_openers(root, splits, check)
+  rates = {round(r, 3) for openers in sources.values() for _, r in openers}
+  if len(rates) > 1 and not source_fps:
+    raise challenge.DataError(
+      f"{root}: videos have different frame rates {sorted(rates)}; pass --source_fps to force one"
+    )
+  rate = rates.pop() if rates else 30.0
+  stride = max(1, int(round(rate / fps)))
+  tmp = f"{output}.partial-{os.getpid()}"
+  try:
+    builder = BUILDERS[layout](
+      sources={s: [o for o, _ in openers] for s, openers in sources.items()},
+      size=size,
+      stride=stride,
+      offset=offset,
+      data_dir=tmp,
+    )
+    builder.download_and_prepare()
+    os.makedirs(output, exist_ok=True)
+    for item in os.listdir(tmp):
+      if item == "downloads":  # TFDS's empty download cache
+        continue
+      shutil.move(os.path.join(tmp, item), os.path.join(output, item))
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  shutil.rmtree(tmp, ignore_errors=True)
+  path = dataset_dir(output)
+  report = {
+    "layout": layout,
+    "path": path,
+    "splits": {s: len(o) for s, o in sources.items()},
+    "stride": stride,
+    "offset": offset,
+    "size": size,
+    "skipped": skipped,
+  }
+  with open(os.path.join(output, "skipped.json"), "w") as f:
+    json.dump({"skipped": skipped}, f, indent=2)
+  return report
+
+
+def dataset_dir(prepared: str) -> str:
+  """The one `<name>/<config>/<version>` directory under a `visage-prepare` output."""
+  infos = glob.glob(os.path.join(prepared, "*", "*", "*", "dataset_info.json"))
+  if not infos:
+    raise challenge.DataError(f"{prepared}: no prepared dataset (run visage-prepare)")
+  if len(infos) > 1:
+    raise challenge.DataError(f"{prepared}: several prepared datasets: {sorted(infos)}")
+  return os.path.dirname(infos[0])
+
+
+def data_source(prepared: str, split: str):
+  """Random-access reader of one split (no TensorFlow needed)."""
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder_from_directory(dataset_dir(prepared))
+  if split not in builder.info.splits:
+    raise challenge.DataError(f"{prepared}: no split {split!r}; it has {list(builder.info.splits)}")
+  return builder.as_data_source(split=split), builder.info
