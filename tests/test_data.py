@@ -151,3 +151,108 @@ def test_video_in_split_but_missing(synth, tmp_path):
   path = os.path.join(root, "Videos", "synth_001.mp4")
   os.remove(path)
   _expect_failure(root, tmp_path, path, "missing")
+
+
+def _write_avi(path, frames, fps=30):
+  import fractions
+
+  import av
+
+  with av.open(path, mode="w", format="avi") as c:
+    s = c.add_stream("mpeg4", rate=fractions.Fraction(fps))
+    s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    s.options = {"qscale": "2"}
+    for f in frames:
+      for p in s.encode(__import__("av").VideoFrame.from_ndarray(f, format="rgb24")):
+        c.mux(p)
+    for p in s.encode():
+      c.mux(p)
+
+
+def test_dhf1k_layout(tmp_path):
+  from visage_jax.writers import write_png
+
+  root = tmp_path / "dhf1k"
+  (root / "video").mkdir(parents=True)
+  for k in (1, 601):
+    frames, sal, fix = make_video(k, 14, (48, 64))
+    _write_avi(str(root / "video" / f"{k:03d}.AVI"), frames)
+    for sub in ("maps", "fixation"):
+      (root / "annotation" / f"{k:04d}" / sub).mkdir(parents=True)
+    for i in range(14):
+      write_png(str(root / "annotation" / f"{k:04d}" / "maps" / f"{i + 1:04d}.png"), sal[i])
+      binary = np.zeros((48, 64), np.uint8)
+      for y, x in fix[i]:
+        binary[y, x] = 255
+      write_png(str(root / "annotation" / f"{k:04d}" / "fixation" / f"{i + 1:04d}.png"), binary)
+  out = str(tmp_path / "prepared")
+  report = prepare("dhf1k", str(root), out, size=32)
+  assert report["splits"] == {"train": 1, "validation": 1}
+  ds, _ = data_source(out, "validation")
+  ex = ds[0]
+  assert ex["name"] == b"601" and ex["frames"].shape == (3, 32, 32, 3)  # frames 0, 6, 12
+  _, _, fix = make_video(601, 14, (48, 64))
+  got = ex["fixations"][ex["fixations"][:, 0] == 1][:, 1:]
+  assert sorted(map(tuple, got.tolist())) == sorted(set(map(tuple, fix[6])))  # binary: unique
+
+
+def test_two_processes_read_disjoint_shards_of_the_same_global_batches(tmp_path):
+  import socket
+  import subprocess
+  import sys
+
+  from conftest import REPO
+
+  root = str(tmp_path / "ds")
+  write_dataset(root, videos=10, frames=30, size=(36, 64), seed=9)  # 8 train videos
+  out = str(tmp_path / "prepared")
+  prepare("ntire2026", root, out, size=32)
+  helper = os.path.join(REPO, "tests", "helpers", "two_process_data.py")
+  env = dict(os.environ, PYTHONPATH=REPO)
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  one = str(tmp_path / "one.json")
+  res = subprocess.run(
+    [sys.executable, helper, out, str(port), "0", "1", "4", one],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  two = str(tmp_path / "two.json")
+  procs = [
+    subprocess.Popen(
+      [sys.executable, helper, out, str(port), str(i), "2", "2", two],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  a, b = json.load(open(one)), json.load(open(two))
+  assert a["processes"] == 1 and b["processes"] == 2 and a["devices"] == b["devices"] == 4
+  assert len(a["batches"]) == 4  # 8 videos / 4 per global batch × 2 epochs
+  assert a["batches"] == b["batches"]
+
+
+def test_sampler_shards_are_disjoint_and_cover_the_global_batch():
+  from visage_jax.data.pipeline import GlobalBatchSampler
+
+  one = GlobalBatchSampler(11, 4, seed=2, num_epochs=3)
+  parts = [
+    GlobalBatchSampler(11, 4, process_index=p, process_count=2, seed=2, num_epochs=3)
+    for p in range(2)
+  ]
+  assert len(one) == 3 * 2 * 4 and all(len(p) == 3 * 2 * 2 for p in parts)
+  for step in range(6):
+    whole = {one[step * 4 + j].record_key for j in range(4)}
+    shards = [{p[step * 2 + j].record_key for j in range(2)} for p in parts]
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == whole
+  epoch0 = {one[i].record_key for i in range(8)}
+  assert len(epoch0) == 8  # no video twice within an epoch
