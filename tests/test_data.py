@@ -256,3 +256,27 @@ def test_sampler_shards_are_disjoint_and_cover_the_global_batch():
     assert not shards[0] & shards[1] and shards[0] | shards[1] == whole
   epoch0 = {one[i].record_key for i in range(8)}
   assert len(epoch0) == 8  # no video twice within an epoch
+
+
+def test_pipeline_state_resumes_exactly(prepared):
+  ds, _ = data_source(prepared, "train")
+  loader = make_loader(ds, num_frames=8, global_batch=3, seed=4)
+  it = iter(loader)
+  next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(2)]
+  again = iter(make_loader(ds, num_frames=8, global_batch=3, seed=4))
+  again.set_state(state)
+  for w in want:
+    got = next(again)
+    for k in w:
+      np.testing.assert_array_equal(got[k], w[k])
+
+
+def test_a_hanging_decoder_becomes_an_error_naming_the_file():
+  import time
+
+  from visage_jax.data.video import _guarded
+
+  with pytest.raises(VideoError, match=r"some\.mp4 frame 3: decoder gave no answer within 0 s"):
+    _guarded(lambda: time.sleep(5), 0.2, "some.mp4 frame 3")

@@ -23,7 +23,7 @@ if int(nproc) > 1:
   )
 
 from visage_jax import parallel  # noqa: E402
-from visage_jax.data.pipeline import make_loader  # noqa: E402
+from visage_jax.data.pipeline import global_batch, make_loader  # noqa: E402
 from visage_jax.data.prepare import data_source  # noqa: E402
 
 ds, _ = data_source(prepared, "train")
@@ -40,9 +40,8 @@ mesh = parallel.make_mesh()
 sharding = parallel.batch_sharding(mesh)
 batches = []
 for local in loader:
-  video = jax.make_array_from_process_local_data(sharding, local["video"])
-  start = jax.make_array_from_process_local_data(sharding, local["start"])
-  frames = jax.make_array_from_process_local_data(sharding, local["frames"])
+  g = global_batch(mesh, {k: local[k] for k in ("video", "start", "frames")})
+  video, start, frames = g["video"], g["start"], g["frames"]
   sums = jax.jit(lambda f: f.astype(np.int64).sum(axis=(1, 2, 3, 4)), out_shardings=sharding)(
     frames
   )

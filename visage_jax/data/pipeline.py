@@ -112,6 +112,11 @@ def make_loader(
 ):
   """A Grain DataLoader yielding this process's part of each global batch:
   frames uint8 (L, T, S, S, 3), saliency and fixations float32 (L, T, S, S), mask (L, T)."""
+  if worker_count:
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags
+      flags.FLAGS.mark_as_parsed()
   sampler = GlobalBatchSampler(
     len(source),
     global_batch,
@@ -131,3 +136,16 @@ def make_loader(
 
 def video_names(batch) -> list[str]:
   return [bytes(v).rstrip(b"\0").decode() for v in np.asarray(batch["video"])]
+
+
+def global_batch(mesh, local: dict) -> dict:
+  """This process's part of a global batch → global jax.Arrays laid out over the mesh's batch
+  axes (data, fsdp), each process contributing the rows it read."""
+  import jax
+
+  from visage_jax import parallel
+
+  sharding = parallel.batch_sharding(mesh)
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
+  }
