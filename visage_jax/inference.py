@@ -56,3 +56,10 @@ class Predictor:
       )
     out = self._forward(self._state, clip.astype(np.float32))
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+  def predict_video(self, path: str, *, batch_size: int = 1) -> dict:
+    """Every frame of a video, once: {"expert1", "expert2", "fused": float32 (N, S, S) at the
+    model's size, "fps", "source_size": (H, W)}. Decoding and windows as `visage-predict`."""
+    from visage_jax.predict import video_maps
+
+    return video_maps(self, path, batch_size=batch_size)

@@ -90,3 +90,20 @@ def resize_map(prob, out_hw: tuple[int, int]) -> np.ndarray:
 def map_filename(frame_index: int) -> str:
   """The challenge's name for 0-based frame `frame_index`: eyeMap_%05d.png, 1-based."""
   return f"eyeMap_{frame_index + 1:05d}.png"
+
+
+def _jet(x: np.ndarray) -> np.ndarray:
+  """Matplotlib-style 'jet' colours for x in [0, 1]: (..., 3) float in [0, 1]."""
+  r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
+  g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
+  b = np.clip(1.5 - np.abs(4 * x - 1), 0, 1)
+  return np.stack([r, g, b], axis=-1)
+
+
+def overlay(frame_u8, map_u8, *, strength: float = 0.6) -> np.ndarray:
+  """The map as a colour heat map blended over the frame, more opaque where it is higher."""
+  m = np.asarray(map_u8, np.float32) / 255.0
+  alpha = (strength * m)[..., None]
+  heat = _jet(m) * 255.0
+  out = (1 - alpha) * np.asarray(frame_u8, np.float32) + alpha * heat
+  return np.clip(out + 0.5, 0, 255).astype(np.uint8)

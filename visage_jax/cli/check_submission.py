@@ -89,9 +89,11 @@ def check(predictions: str, videos: dict[str, str]) -> tuple[list[str], int]:
         problems.append(f"{name}: {name}.mp4 is not readable: {e}")
     ok += len(problems) == before
   known = set(videos)
+  # what visage-eval and visage-predict write beside the maps
+  auxiliary = {"overlays", "experts", "metrics.json"}
   for entry in sorted(os.listdir(predictions)):
     stem = entry[:-4] if entry.endswith(".mp4") else entry
-    if stem not in known and not entry.startswith("."):
+    if stem not in known and not entry.startswith(".") and entry not in auxiliary:
       problems.append(f"{entry}: not a video of this split (would be ignored or rejected)")
   return problems, ok
 
