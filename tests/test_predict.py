@@ -1,0 +1,135 @@
+"""visage-predict on real mp4 files: one map per frame, resumable after SIGKILL, broken input
+reported and skipped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from visage_jax.data.synth import make_video
+from visage_jax.data.video import open_video
+from visage_jax.writers import write_mp4
+
+FRAMES, SIZE = 26, (72, 128)  # 26 is not a multiple of 6 · num_frames (48)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+  root = tmp_path_factory.mktemp("videos")
+  for i in range(3):
+    frames, _, _ = make_video(40 + i, FRAMES, SIZE)
+    write_mp4(str(root / f"clip{i}.mp4"), frames, 30)
+  return str(root)
+
+
+def _predict(ckpt, output, *inputs, wait=True):
+  cmd = [
+    sys.executable,
+    "-m",
+    "visage_jax.cli.predict",
+    f"--checkpoint={ckpt}",
+    f"--output={output}",
+  ]
+  cmd += [f"--input={i}" for i in inputs]
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  if not wait:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _tree(root):
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      if f.endswith(".png"):
+        p = os.path.join(d, f)
+        out[os.path.relpath(p, root)] = open(p, "rb").read()
+  return out
+
+
+@pytest.fixture(scope="module")
+def reference(videos, ckpt_plain, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("pred") / "ref")
+  res = _predict(ckpt_plain, out, videos)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return out
+
+
+def test_one_map_per_frame_named_sized_and_accepted(reference, videos):
+  from PIL import Image
+
+  for i in range(3):
+    folder = os.path.join(reference, f"clip{i}")
+    assert sorted(os.listdir(folder)) == [f"eyeMap_{k:05d}.png" for k in range(1, FRAMES + 1)]
+    img = Image.open(os.path.join(folder, "eyeMap_00026.png"))
+    assert img.mode == "L" and img.size == (SIZE[1], SIZE[0])
+    maps = open_video(os.path.join(reference, f"clip{i}.mp4"))
+    assert maps.num_frames == FRAMES and abs(maps.fps - 30) < 1e-6
+    assert open_video(os.path.join(reference, "overlays", f"clip{i}.mp4")).num_frames == FRAMES
+  env = dict(os.environ, PYTHONPATH=REPO)
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "visage_jax.cli.check_submission",
+      f"--predictions={reference}",
+      f"--videos={videos}",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+  )
+  assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, videos, ckpt_plain, tmp_path):
+  out = str(tmp_path / "out")
+  proc = _predict(ckpt_plain, out, videos, wait=False)
+  deadline = time.time() + 600
+  while not os.path.isdir(os.path.join(out, "clip0")) and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.isdir(os.path.join(out, "clip0"))
+  assert not os.path.isdir(os.path.join(out, "clip2"))  # killed before the end
+  res = _predict(ckpt_plain, out, videos)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "already complete" in res.stdout
+  assert _tree(out) == _tree(reference)
+  assert not [p for p in os.listdir(out) if ".partial" in p]
+
+
+def test_a_broken_video_is_reported_and_skipped(videos, ckpt_plain, tmp_path):
+  broken = tmp_path / "broken.mp4"
+  broken.write_bytes(os.urandom(5000))
+  out = str(tmp_path / "out")
+  res = _predict(ckpt_plain, out, os.path.join(videos, "clip1.mp4"), str(broken))
+  assert res.returncode == 1
+  assert str(broken) in res.stderr
+  assert os.path.isdir(os.path.join(out, "clip1")) and not os.path.exists(
+    os.path.join(out, "broken")
+  )
+
+
+def test_predict_video_arrays(ckpt_plain, videos):
+  from visage_jax.inference import Predictor
+
+  p = Predictor.load(ckpt_plain)
+  out = p.predict_video(os.path.join(videos, "clip0.mp4"))
+  assert out["fused"].shape == (FRAMES, 224, 224) and out["source_size"] == SIZE
+  assert set(out) >= {"expert1", "expert2", "fused"}
+  assert 0 <= out["fused"].min() and out["fused"].max() <= 1
+  # frame 0 is the first frame of the first window (offset 0: frames 0, 6, 12, 18, 24 then padding)
+  from visage_jax.data.clips import load_batch
+  from visage_jax.data.windows import inference_windows
+
+  window = inference_windows(FRAMES, 8, 6)[0]
+  clip = load_batch([window], open_video(os.path.join(videos, "clip0.mp4")), size=224)["clip"]
+  np.testing.assert_allclose(out["fused"][6], p.predict_clip(clip)["fused"][0, 1], atol=1e-6)
