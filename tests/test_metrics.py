@@ -286,3 +286,22 @@ def test_metrics_jit_and_reject_unknown_variant():
   assert np.isfinite(a) and np.isfinite(b)
   with pytest.raises(ValueError, match="variant"):
     metrics.cc(s, g, variant="dhf1k")
+
+
+def test_float64_when_x64_is_on():
+  import jax
+
+  s, g, F = make_case("random", 1)
+  c = counts_from_events(F, s.shape)
+  with jax.enable_x64(True):
+    out = [
+      metrics.cc(s, g),
+      metrics.nss(s, c),
+      metrics.auc_judd(s, c),
+      metrics.sim(s, g, variant="mit"),
+    ]
+    assert all(o.dtype == np.float64 for o in out)
+    ref = ref_ntire(s, g, F)
+    assert abs(float(out[0]) - ref["cc"]) <= 1e-12
+    assert abs(float(out[2]) - ref["auc_judd"]) <= 1e-12
+  assert metrics.cc(s, g).dtype == np.float32
