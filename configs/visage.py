@@ -97,4 +97,23 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   # Expert 2's auxiliary heads: L without BCE and without fixations, weighted per head.
   loss.aux_weights = ml_collections.ConfigDict({"p23": 0.10, "p17": 0.15, "p11": 0.20})
 
+  # Training (ARCHITECTURE.md §9). One expert at a time, stage 1 (decoder) or stage 2 (+ LoRA).
+  t = config.train = ml_collections.ConfigDict()
+  t.stage = 1
+  t.expert = 2
+  t.batch_size = 4  # global
+  t.seed = 0
+  t.lr_decoder_stage1 = 1e-4
+  t.lr_decoder_stage2 = 1e-5
+  t.lr_lora = 1e-4
+  t.weight_decay = 1e-4
+  t.b1, t.b2, t.eps = 0.9, 0.999, 1e-8
+  t.warmup_steps = 0  # linear warm-up from 1 % (Expert 2, stage 2: two epochs)
+  t.cosine_steps = 0  # then cosine to min_lr over this many steps (0: constant)
+  t.min_lr = 1e-6
+  t.aux_loss = True  # Expert 2's deep supervision
+
+  # The device mesh: data × fsdp × tensor; -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
   return config

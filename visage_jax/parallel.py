@@ -45,3 +45,53 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_size_multiple(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+# Parameter layout: one table, matched against each parameter's path (last matching rule wins is
+# avoided: the first match is used). Entries give the mesh axis for each dimension *after* the
+# stacked block axis; a dimension whose size the axis does not divide stays whole.
+PARAM_RULES = (
+  # Megatron split within a block: column-parallel qkv/fc1, row-parallel proj/fc2; the other
+  # dimension sharded over fsdp.
+  (("blocks", "attn", "qkv", "kernel"), ("fsdp", "tensor")),
+  (("blocks", "mlp", "fc1", "kernel"), ("fsdp", "tensor")),
+  (("blocks", "attn", "proj", "kernel"), ("tensor", "fsdp")),
+  (("blocks", "mlp", "fc2", "kernel"), ("tensor", "fsdp")),
+  (("backbone", "pos_embed"), (None, None, "fsdp")),
+)
+
+
+def _matches(path, pattern) -> bool:
+  path = [str(p) for p in path]
+  it = iter(path)
+  return all(any(p == q for p in it) for q in pattern)
+
+
+def param_spec(path, shape, mesh: Mesh) -> P:
+  """PartitionSpec of one parameter (see PARAM_RULES); everything else is replicated."""
+  for pattern, axes in PARAM_RULES:
+    if _matches(path, pattern):
+      lead = len(shape) - len(axes)
+      spec = [None] * lead
+      for dim, axis in zip(shape[lead:], axes):
+        ok = axis is not None and dim % mesh.shape[axis] == 0
+        spec.append(axis if ok else None)
+      return P(*spec)
+  return P()
+
+
+def state_shardings(state, mesh: Mesh):
+  """NamedShardings for every leaf of an nnx.State (or any pytree with paths)."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, x: NamedSharding(mesh, param_spec(_keys(path), x.shape, mesh)), state
+  )
+
+
+def _keys(path):
+  out = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        out.append(getattr(k, attr))
+        break
+  return out

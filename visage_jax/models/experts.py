@@ -192,7 +192,14 @@ class TemporalGate(nnx.Module):
 
   def __call__(self, x):
     pooled = jnp.mean(x, axis=(2, 3))  # (B, T, C)
-    gate = self.pointwise(self.depthwise(pooled))
+    # Depthwise k=3 conv over time written out as three shifted products: the same sums as
+    # PyTorch's grouped Conv1d, and it avoids XLA's grouped-convolution gradient, which came out
+    # wrong when the batch is sharded over devices on the CPU backend (jaxlib 0.10.2).
+    k = self.depthwise.kernel[...][:, 0, :]  # (3, C)
+    padded = jnp.pad(pooled, ((0, 0), (1, 1), (0, 0)))
+    t = pooled.shape[1]
+    depth = padded[:, 0:t] * k[0] + padded[:, 1 : t + 1] * k[1] + padded[:, 2 : t + 2] * k[2]
+    gate = self.pointwise(depth)
     return jax.nn.sigmoid(gate)[:, :, None, None, :]
 
 

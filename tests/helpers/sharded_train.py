@@ -1,0 +1,92 @@
+"""One training step on 1 device and on 8 emulated devices (data=2, fsdp=2, tensor=2), for both
+experts and both stages; prints the largest relative differences of the loss and the updated
+trainable weights as JSON (used by test_train.py)."""
+
+import json
+import os
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs.visage import get_config  # noqa: E402
+from visage_jax import parallel, train  # noqa: E402
+
+
+def small_config(expert, stage):
+  cfg = get_config("tiny")
+  b = cfg.model.backbone
+  b.img_size, b.num_frames, b.depth, b.taps = 56, 4, 4, (0, 1, 2, 3)
+  cfg.model.output_size = 56
+  cfg.train.expert, cfg.train.stage = expert, stage
+  return cfg
+
+
+def run(cfg, mesh, batch):
+  model = train.init_model(cfg, seed=1)
+  graphdef, trainable, stats, frozen = train.split(model, cfg)
+  if cfg.train.stage == 2:  # LoRA B starts at zero; give it values so its gradient path is real
+    trainable = jax.tree.map(lambda x: x + 0.01, trainable)
+  tx = train.make_optimizer(cfg)
+  opt_state = tx.init(trainable)
+  step, (trainable, stats, frozen, opt_state) = train.jit_train_step(
+    graphdef, cfg, tx, mesh, trainable, stats, frozen, opt_state, return_grads=True
+  )
+  rng = jax.random.key(3)
+  trainable, stats, opt_state, parts = step(trainable, stats, frozen, opt_state, batch, rng)
+  return jax.device_get(parts), jax.device_get(trainable), jax.device_get(stats)
+
+
+def main():
+  rng = np.random.default_rng(0)
+  s = 56
+  batch = {
+    "frames": rng.integers(0, 255, (4, 4, s, s, 3), dtype=np.uint8),
+    "saliency": rng.random((4, 4, s, s)).astype(np.float32) ** 3,
+    "fixations": (rng.random((4, 4, s, s)) > 0.98).astype(np.float32),
+    "mask": np.ones((4, 4), bool),
+  }
+  results = {}
+  for expert in (1, 2):
+    for stage in (1, 2):
+      cfg = small_config(expert, stage)
+      one = parallel.make_mesh(devices=jax.devices()[:1])
+      eight = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+      p1, t1, b1 = run(cfg, one, batch)
+      p8, t8, b8 = run(cfg, eight, batch)
+      loss_rel = abs(float(p1["total"]) - float(p8["total"])) / abs(float(p1["total"]))
+      g1 = jax.tree_util.tree_leaves_with_path(p1["grads"])
+      g8 = jax.tree.leaves(p8["grads"])
+      w1, w8 = jax.tree.leaves(t1), jax.tree.leaves(t8)
+      gmax = max(float(np.max(np.abs(g))) for _, g in g1)
+      grad_rel = weights_rel = 0.0
+      floor = []  # tensors whose gradient is numerically zero (see test_train.py)
+      for (path, a), b, wa, wb in zip(g1, g8, w1, w8):
+        amax = float(np.max(np.abs(a)))
+        if amax < 1e-6 * gmax:
+          floor.append((jax.tree_util.keystr(path), amax, float(np.max(np.abs(wa - wb)))))
+          continue
+        grad_rel = max(grad_rel, float(np.max(np.abs(a - b))) / amax)
+        weights_rel = max(
+          weights_rel, float(np.max(np.abs(wa - wb)) / (np.max(np.abs(wa)) + 1e-12))
+        )
+      srel = 0.0
+      for a, b in zip(jax.tree.leaves(b1), jax.tree.leaves(b8)):
+        srel = max(srel, float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12)))
+      results[f"expert{expert}_stage{stage}"] = {
+        "loss": float(p1["total"]),
+        "loss_rel": loss_rel,
+        "grads_rel": grad_rel,
+        "weights_rel": weights_rel,
+        "batch_stats_rel": srel,
+        "n_trainable": len(w1),
+        "numerically_zero_grads": floor,
+        "lr": max(cfg.train.lr_lora, cfg.train.lr_decoder_stage1),
+      }
+  print(json.dumps(results))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,165 @@
+"""The training step: the two-stage LoRA recipe (ARCHITECTURE.md §9) as one jitted program with
+explicit shardings over a (data, fsdp, tensor) mesh.
+
+This module holds the pieces that define the numbers: which weights train in which stage, the
+optimiser groups and schedules, and the step itself. (The `visage-train` command around it,
+checkpoints and validation land with the rest of the training issue.)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from visage_jax import parallel
+from visage_jax.data.video import CLIP_MEAN, CLIP_STD
+from visage_jax.losses import expert2_aux_loss, vsp_loss
+from visage_jax.models.layers import BatchNorm
+from visage_jax.models.visage import ViSAGE
+
+
+def expert_name(cfg) -> str:
+  if cfg.train.expert not in (1, 2):
+    raise ValueError(f"train.expert must be 1 or 2, got {cfg.train.expert}")
+  return f"expert{cfg.train.expert}"
+
+
+def training_model_config(cfg):
+  """config.model for training one expert in one stage: that expert only; LoRA only in stage 2."""
+  if cfg.train.stage not in (1, 2):
+    raise ValueError(f"train.stage must be 1 or 2, got {cfg.train.stage}")
+  m = cfg.model.copy_and_resolve_references()
+  m.experts = (expert_name(cfg),)
+  m.lora.enabled = cfg.train.stage == 2
+  m.lora_merged = False
+  return m
+
+
+def trainable_filter(cfg):
+  """Stage 1: the expert's neck, decoder and FiLM. Stage 2: those and the backbone's LoRA."""
+  decoder = nnx.All(nnx.Param, nnx.PathContains(expert_name(cfg)))
+  if cfg.train.stage == 1:
+    return decoder
+  return nnx.Any(decoder, nnx.LoRAParam)
+
+
+def set_batchnorm_mode(model, train: bool) -> None:
+  """Stage 1 trains BatchNorm (batch statistics, running averages updated); stage 2 freezes it."""
+  for _, module in model.iter_modules():
+    if isinstance(module, BatchNorm):
+      module.use_running_average = not train
+
+
+def split(model, cfg):
+  """(graphdef, trainable, batch_stats, frozen)."""
+  set_batchnorm_mode(model, train=cfg.train.stage == 1)
+  return nnx.split(model, trainable_filter(cfg), nnx.BatchStat, ...)
+
+
+def _schedule(base: float, cfg):
+  t = cfg.train
+  parts, bounds = [], []
+  if t.warmup_steps:
+    parts.append(optax.linear_schedule(0.01 * base, base, t.warmup_steps))
+    bounds.append(t.warmup_steps)
+  if t.cosine_steps:
+    parts.append(optax.cosine_decay_schedule(base, t.cosine_steps, alpha=t.min_lr / base))
+  else:
+    parts.append(optax.constant_schedule(base))
+  return optax.join_schedules(parts, bounds) if bounds else parts[0]
+
+
+def param_labels(params):
+  def label(path, _):
+    keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    return "lora" if any(k in ("lora_a", "lora_b") for k in keys) else "decoder"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(cfg):
+  """AdamW groups as the original: LoRA at lr_lora, the rest at the stage's decoder rate."""
+  t = cfg.train
+  dec_lr = t.lr_decoder_stage1 if t.stage == 1 else t.lr_decoder_stage2
+
+  def adamw(lr):
+    return optax.adamw(_schedule(lr, cfg), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay)
+
+  return optax.multi_transform({"lora": adamw(t.lr_lora), "decoder": adamw(dec_lr)}, param_labels)
+
+
+def normalize_on_device(frames_u8):
+  x = frames_u8.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
+
+
+def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
+  """step(trainable, batch_stats, frozen, opt_state, batch, rng) →
+  (trainable, batch_stats, opt_state, metrics). batch: frames uint8 (B, T, S, S, 3), saliency and
+  fixations float32 (B, T, S, S), mask (B, T)."""
+  name = expert_name(cfg)
+  stage2 = cfg.train.stage == 2
+  with_aux = name == "expert2" and cfg.train.aux_loss
+
+  def step(trainable, batch_stats, frozen, opt_state, batch, rng):
+    clip = normalize_on_device(batch["frames"])
+
+    def loss_fn(trainable, batch_stats, frozen):
+      # every state an argument, so that BatchNorm's running statistics are updated at the trace
+      # level where the model is rebuilt
+      model = nnx.merge(graphdef, trainable, batch_stats, frozen, copy=True)
+      out = model(clip, with_aux=with_aux, rng=rng if stage2 else None)
+      loss, parts = vsp_loss(
+        out[name], batch["saliency"], batch["fixations"], cfg=cfg.loss, frame_mask=batch["mask"]
+      )
+      if with_aux:
+        aux = {k: out[f"expert2_aux_{k}"] for k in ("p23", "p17", "p11")}
+        aux_loss, aux_parts = expert2_aux_loss(
+          aux, batch["saliency"], cfg=cfg.loss, frame_mask=batch["mask"]
+        )
+        loss = loss + aux_loss
+        parts.update(aux_parts)
+      parts["total"] = loss
+      return loss, (parts, nnx.state(model, nnx.BatchStat))
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, (parts, new_stats)), grads = grad_fn(trainable, batch_stats, frozen)
+    updates, opt_state = tx.update(grads, opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    parts["grad_norm"] = optax.global_norm(grads)
+    if return_grads:
+      parts["grads"] = grads
+    return trainable, new_stats, opt_state, parts
+
+  return step
+
+
+def jit_train_step(
+  graphdef, cfg, tx, mesh, trainable, batch_stats, frozen, opt_state, *, return_grads=False
+):
+  """The step as one `jax.jit` with explicit in/out shardings on `mesh`; returns (step, placed
+  state) where the state has been put on its shardings."""
+  shard = lambda tree: parallel.state_shardings(tree, mesh)  # noqa: E731
+  s_tr, s_bs, s_fr, s_opt = shard(trainable), shard(batch_stats), shard(frozen), shard(opt_state)
+  data = parallel.batch_sharding(mesh)
+  repl = parallel.replicated(mesh)
+  fn = jax.jit(
+    make_train_step(graphdef, cfg, tx, return_grads=return_grads),
+    in_shardings=(s_tr, s_bs, s_fr, s_opt, data, repl),
+    out_shardings=(s_tr, s_bs, s_opt, repl),
+    donate_argnums=(0, 1, 3),
+  )
+  placed = (
+    jax.device_put(trainable, s_tr),
+    jax.device_put(batch_stats, s_bs),
+    jax.device_put(frozen, s_fr),
+    jax.device_put(opt_state, s_opt),
+  )
+  return fn, placed
+
+
+def init_model(cfg, seed: int = 0):
+  """A fresh training model (random weights) for `cfg.train`'s expert and stage."""
+  return ViSAGE(training_model_config(cfg), rngs=nnx.Rngs(seed))
