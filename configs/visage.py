@@ -112,6 +112,16 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   t.cosine_steps = 0  # then cosine to min_lr over this many steps (0: constant)
   t.min_lr = 1e-6
   t.aux_loss = True  # Expert 2's deep supervision
+  t.num_steps = 1000
+  t.checkpoint_every = 100
+  t.keep = 2  # latest checkpoints kept
+  t.log_every = 10
+  t.init = ""  # a visage-convert output (backbone-only for stage 1) to start from
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dir = ""  # a visage-prepare output
+  config.data.train_split = "train"
+  config.data.workers = 0
 
   # The device mesh: data × fsdp × tensor; -1 takes the remaining devices.
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
