@@ -117,10 +117,12 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   t.keep = 2  # latest checkpoints kept
   t.log_every = 10
   t.init = ""  # a visage-convert output (backbone-only for stage 1) to start from
+  t.eval_every = 0  # validation every N steps (0: at the end only, when data.val_split is set)
 
   config.data = ml_collections.ConfigDict()
   config.data.dir = ""  # a visage-prepare output
   config.data.train_split = "train"
+  config.data.val_split = ""  # e.g. "public_test" (challenge layout) or "validation" (DHF1K)
   config.data.workers = 0
 
   # The device mesh: data × fsdp × tensor; -1 takes the remaining devices.

@@ -26,6 +26,8 @@ SMALL = [
   "--config.train.checkpoint_every=2",
   "--config.train.log_every=1",
   "--config.train.expert=1",
+  "--config.data.val_split=public_test",
+  "--config.train.eval_every=4",
 ]
 
 
@@ -62,6 +64,12 @@ def test_kill9_then_rerun_equals_uninterrupted(prepared, tmp_path):
   res = subprocess.run(_cmd(ref, prepared), env=_env(), capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   assert "step 8:" in res.stdout
+  import json
+
+  lines = [json.loads(x) for x in open(os.path.join(ref, "validation.jsonl"))]
+  assert [x["step"] for x in lines] == [4, 8]
+  for x in lines:
+    assert {"cc", "sim", "nss", "auc_judd"} <= set(x) and -1 <= x["cc"] <= 1
 
   run = str(tmp_path / "run")
   proc = subprocess.Popen(

@@ -5,7 +5,11 @@ statistics, optimiser state, the step and the input iterator's state; the step's
 `fold_in(seed, step)`, so a resumed run continues exactly where the last checkpoint left it.
 SIGTERM makes the loop save at the current step and exit.
 
-Still to come with the training issue: validation and best-k, EMA, TensorBoard, MFU.
+Validation (`data.val_split`): the original's 4 evenly spaced windows per video, metrics of the
+expert's map at model size (challenge variant, per video then over videos), one JSON line per
+evaluation appended to WORKDIR/validation.jsonl.
+
+Still to come with the training issue: best-k by validation CC, EMA, TensorBoard, MFU.
 """
 
 from __future__ import annotations
@@ -48,6 +52,50 @@ def load_init(model, directory: str, expert: str) -> list[str]:
   return sorted(loaded)
 
 
+def make_validator(graphdef_eval, cfg, prepared: str, split: str):
+  """A function (trainable, stats, frozen) → {"cc", "sim", "nss", "auc_judd", "kld", "frames"}."""
+  import jax.numpy as jnp
+
+  from visage_jax import evaluate
+  from visage_jax.data.prepare import data_source
+  from visage_jax.data.windows import validation_windows
+
+  source, _ = data_source(prepared, split)
+  t_frames = cfg.model.backbone.num_frames
+  name = train.expert_name(cfg)
+  clips = []
+  for i in range(len(source)):
+    ex = source[i]
+    n, size = ex["frames"].shape[:2]
+    fix = ex["fixations_model"]
+    counts = np.zeros((n, size, size), np.int32)
+    np.add.at(counts, (fix[:, 0], fix[:, 1], fix[:, 2]), 1)
+    for idx, mask in validation_windows(n, t_frames):
+      clips.append((ex["name"].decode(), ex["frames"][idx], ex["saliency"][idx], counts[idx], mask))
+
+  @jax.jit
+  def frame_scores(trainable, stats, frozen, frames, sal, counts, mask):
+    model = nnx.merge(graphdef_eval, trainable, stats, frozen, copy=True)
+    out = model(train.normalize_on_device(frames))[name]
+    m = evaluate.frame_metrics(out, sal.astype(jnp.float32), counts, quantize_uint8=False)
+    return jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), m["ntire2026"])
+
+  def validate(trainable, stats, frozen):
+    agg = evaluate.Aggregator()
+    for video, frames, sal, counts, mask in clips:
+      scores = frame_scores(
+        trainable, stats, frozen, frames[None], sal[None], counts[None], mask[None]
+      )
+      agg.add(video, {"map": {"ntire2026": jax.tree.map(lambda x: x[0], scores)}}, mask)
+    overall = agg.report()["overall"]["map"]["ntire2026"]
+    out = {k: v["challenge"] for k, v in overall.items()}
+    out["frames"] = overall["cc"]["frames"]
+    out["videos"] = len(agg.videos())
+    return out
+
+  return validate
+
+
 def _save_tree(tree):
   leaves = jax.tree.leaves(tree)
   return {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}
@@ -81,7 +129,25 @@ def run(cfg, workdir: str, *, log=print) -> dict:
     worker_count=cfg.data.workers,
   )
   it = iter(loader)
+  import json
+
   import grain.python as grain
+
+  validate = None
+  if cfg.data.val_split:
+    eval_model = nnx.merge(graphdef, trainable, stats, frozen)
+    train.set_batchnorm_mode(eval_model, train=False)
+    graphdef_eval = nnx.split(eval_model, train.trainable_filter(cfg), nnx.BatchStat, ...)[0]
+    validate = make_validator(graphdef_eval, cfg, cfg.data.dir, cfg.data.val_split)
+
+  def run_validation(step):
+    scores = validate(trainable, stats, frozen)
+    record = {"step": int(step), **scores}
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "validation.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    log(f"validation at step {step}: cc {scores['cc']:.4f}, nss {scores['nss']:.4f}")
+    return record
 
   mngr = ocp.CheckpointManager(
     os.path.abspath(os.path.join(workdir, "checkpoints")),
@@ -137,6 +203,8 @@ def run(cfg, workdir: str, *, log=print) -> dict:
         save(step)
         log(f"SIGTERM: saved step {step}")
         break
+      if validate and ((t.eval_every and step % t.eval_every == 0) or step == t.num_steps):
+        run_validation(step)
       if step % t.checkpoint_every == 0 or step == t.num_steps:
         save(step)
   finally:
