@@ -142,8 +142,6 @@ def convert(
   unsafe_pickle: bool = False,
 ) -> dict:
   """Convert and write `output`; returns the conversion report. Writes nothing on failure."""
-  import ml_dtypes
-
   from visage_jax import checkpoint as ckpt
   from visage_jax.models.lora import fold_lora
 
@@ -189,9 +187,11 @@ def convert(
     if (k + 1) % step == 0 or k + 1 == len(slots):
       _say(f"  {k + 1}/{len(slots)} tensors ({time.time() - t0:.0f} s)")
 
+  # every index along a parameter's stacked axes (blocks, experts) must have been filled once
+  stack_rank = {slot.path: len(slot.index) for slot in slots}
   for path, sds in abstract.items():
-    stacked = int(np.prod(sds.shape[: _stack_rank(path, slots)]))
-    if filled[path] != max(stacked, 1):
+    stacked = int(np.prod(sds.shape[: stack_rank.get(path, 0)]))
+    if filled[path] != stacked:
       raise ConversionError(f"internal: {'.'.join(map(str, path))} filled {filled[path]} times")
 
   report = _report(sources, mcfg, notes)
@@ -219,17 +219,8 @@ def convert(
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  del ml_dtypes
   _say(f"wrote {output} in {time.time() - t0:.1f} s")
   return report
-
-
-def _stack_rank(path, slots_cache=None) -> int:
-  if path[0] == "backbone" and path[1] == "blocks":
-    return 2 if path[-1] in ("lora_a", "lora_b") else 1
-  if path[0] == "backbone" and path[1] == "patch_embed" and path[-1] in ("lora_a", "lora_b"):
-    return 1
-  return 0
 
 
 def _fill(slot: Slot, sources, arrays, filled, stage1, *, pos):
@@ -242,8 +233,7 @@ def _fill(slot: Slot, sources, arrays, filled, stage1, *, pos):
       target[slot.index] = 0
       filled[slot.path] += 1
       return
-    missing = [n for n in [slot.name] if n not in src.tensors]
-    raise ConversionError(f"{src.path}: missing tensor {src.display(missing[0])}")
+    raise ConversionError(f"{src.path}: missing tensor {src.display(slot.name)}")
   if slot.kind == "pos_embed":
     tensor = interpolate_pos_embed(
       tensor, pretrained_frames=pos[0], frames=pos[1], grid=pos[2], file=src.path
