@@ -30,28 +30,39 @@ def submission_maps(pred, out_hw):
   return jnp.floor(jnp.clip(big * 255, 0, 255))
 
 
-def frame_metrics(pred, gt, fixations, *, quantize_uint8: bool = True):
-  """pred: (..., h, w) probabilities; gt: (..., H, W) ground-truth map (any scale); fixations:
-  (..., H, W) event counts. Returns {variant: {metric: (...)}}.
-
-  With `quantize_uint8` the prediction is scored as the challenge scores a submitted 8-bit map at
-  the ground truth's resolution (`submission_maps`); otherwise the float map goes through the
-  scorer's min-max and resize directly.
-  """
-  hw = gt.shape[-2:]
-  g = metrics.ntire2026_preprocess(gt, hw, channels=False)
-  src = submission_maps(pred, hw) if quantize_uint8 else pred
-  p = metrics.ntire2026_preprocess(src, hw, channels=False)
+def score(pred_read, gt_read, fixations):
+  """Both variants' metrics of maps already read as the scorer reads them (min-max, resized to
+  the ground truth): {variant: {metric: (...)}}."""
   out = {}
   for variant in VARIANTS:
     out[variant] = {
-      "cc": metrics.cc(p, g, variant=variant),
-      "sim": metrics.sim(p, g, variant=variant),
-      "kld": metrics.kld(p, g, variant=variant),
-      "nss": metrics.nss(p, fixations, variant=variant),
-      "auc_judd": metrics.auc_judd(p, fixations, variant=variant),
+      "cc": metrics.cc(pred_read, gt_read, variant=variant),
+      "sim": metrics.sim(pred_read, gt_read, variant=variant),
+      "kld": metrics.kld(pred_read, gt_read, variant=variant),
+      "nss": metrics.nss(pred_read, fixations, variant=variant),
+      "auc_judd": metrics.auc_judd(pred_read, fixations, variant=variant),
     }
   return out
+
+
+def read_gt(gt):
+  return metrics.ntire2026_preprocess(gt, gt.shape[-2:], channels=False)
+
+
+def read_pred(pred, hw, *, quantize_uint8: bool):
+  """(the map as scored, the 8-bit submission map or None). With `quantize_uint8` the prediction
+  is read as the challenge reads a submitted 8-bit map at the ground truth's resolution
+  (`submission_maps`); otherwise the float map goes through the scorer's min-max and resize."""
+  sub = submission_maps(pred, hw) if quantize_uint8 else None
+  src = pred if sub is None else sub
+  return metrics.ntire2026_preprocess(src, hw, channels=False), sub
+
+
+def frame_metrics(pred, gt, fixations, *, quantize_uint8: bool = True):
+  """pred: (..., h, w) probabilities; gt: (..., H, W) ground-truth map (any scale); fixations:
+  (..., H, W) event counts. Returns {variant: {metric: (...)}}."""
+  p, _ = read_pred(pred, gt.shape[-2:], quantize_uint8=quantize_uint8)
+  return score(p, read_gt(gt), fixations)
 
 
 def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None, return_submission=False):
@@ -69,12 +80,16 @@ def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None, return_s
     names = [k for k in ("expert1", "expert2") if k in out] + ["fused"]
     result = {"maps": {k: out[k] for k in names}, "metrics": {}}
     mask = batch["mask"]
+    g = read_gt(batch["gt"])  # once for all three maps
+    hw = batch["gt"].shape[-2:]
     for k in names:
-      m = frame_metrics(out[k], batch["gt"], batch["fixations"], quantize_uint8=quantize_uint8)
+      p, sub = read_pred(out[k], hw, quantize_uint8=quantize_uint8)
+      m = score(p, g, batch["fixations"])
       result["metrics"][k] = jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), m)
-    if return_submission:
-      u8 = submission_maps(out["fused"], batch["gt"].shape[-2:]).astype(jnp.uint8)
-      result["submission"] = u8
+      if return_submission and k == "fused":
+        if sub is None:  # scored as floats; the written maps are still the 8-bit ones
+          sub = submission_maps(out[k], hw)
+        result["submission"] = sub.astype(jnp.uint8)
     return result
 
   if mesh is None:
