@@ -35,11 +35,11 @@ def main():
 
   from configs.visage import get_config
   from conversion.convert import convert
-  from visage_jax import checkpoint as ckpt
   from visage_jax import metrics, parallel, train
   from visage_jax.data.pipeline import make_loader
   from visage_jax.data.prepare import data_source, prepare
   from visage_jax.data.synth import write_dataset
+  from visage_jax.trainer import load_init
 
   size, frames = 112, 4
   tmp = tempfile.mkdtemp()
@@ -54,16 +54,8 @@ def main():
   cfg.train.lr_decoder_stage1 = args.lr
   bb = os.path.join(tmp, "backbone")
   convert(cfg, backbone=os.path.join(GOLDEN, "backbone_t4.pt"), output=bb)
-  _, base = ckpt.load_model(bb)
-
   model = train.init_model(cfg, seed=0)
-  # the converted backbone's weights into the training model (same paths)
-  base_flat = dict(nnx.to_flat_state(nnx.state(base)))
-  state = nnx.state(model)
-  for path, var in nnx.to_flat_state(state):
-    if path in base_flat and path[0] == "backbone":
-      var.set_value(base_flat[path].get_value())
-  nnx.update(model, state)
+  load_init(model, bb, train.expert_name(cfg))
 
   graphdef, trainable, stats, frozen = train.split(model, cfg)
   tx = train.make_optimizer(cfg)
@@ -80,16 +72,13 @@ def main():
   )
   name = f"expert{args.expert}"
 
+  eval_graphdef = train.eval_graphdef(graphdef, cfg, trainable, stats, frozen)
+
   @jax.jit
   def val_cc(trainable, stats, frozen, batch):
-    train.set_batchnorm_mode  # noqa: B018 (eval mode comes from the graphdef copy below)
-    model = nnx.merge(eval_graphdef, trainable, stats, frozen)
+    model = nnx.merge(eval_graphdef, trainable, stats, frozen, copy=True)
     out = model(train.normalize_on_device(batch["frames"]))[name]
     return metrics.cc(out, batch["saliency"]).mean()
-
-  eval_model = nnx.merge(graphdef, trainable, stats, frozen)
-  train.set_batchnorm_mode(eval_model, train=False)
-  eval_graphdef = nnx.split(eval_model, train.trainable_filter(cfg), nnx.BatchStat, ...)[0]
 
   curve = []
   t0 = time.time()

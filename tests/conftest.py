@@ -30,6 +30,23 @@ def run_convert(*args: str) -> subprocess.CompletedProcess:
   )
 
 
+def run_helper(script: str, *args: str) -> dict:
+  """Run tests/helpers/SCRIPT in a child process (device counts are fixed when JAX starts) and
+  return the JSON object it prints last."""
+  import json
+
+  env = dict(os.environ, PYTHONPATH=REPO)
+  res = subprocess.run(
+    [sys.executable, os.path.join(REPO, "tests", "helpers", script), *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=900,
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def golden(name: str) -> str:
   path = os.path.join(GOLDEN, name)
   if not os.path.exists(path):
@@ -66,26 +83,24 @@ def clip(expected):
   return expected["x"].transpose(0, 2, 3, 4, 1).copy()
 
 
-@pytest.fixture(scope="session")
-def ckpt_plain(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("ckpt") / "plain")
+def _convert_float32(tmp_path_factory, mlp_impl: str) -> str:
+  out = str(tmp_path_factory.mktemp("ckpt") / mlp_impl)
   return convert_golden(
     out,
-    "--config.model.backbone.mlp_impl=plain",
+    f"--config.model.backbone.mlp_impl={mlp_impl}",
     "--config.model.dtype=float32",
     "--config.model.param_dtype=float32",
   )
+
+
+@pytest.fixture(scope="session")
+def ckpt_plain(tmp_path_factory):
+  return _convert_float32(tmp_path_factory, "plain")
 
 
 @pytest.fixture(scope="session")
 def ckpt_fused(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("ckpt") / "fused")
-  return convert_golden(
-    out,
-    "--config.model.backbone.mlp_impl=fused",
-    "--config.model.dtype=float32",
-    "--config.model.param_dtype=float32",
-  )
+  return _convert_float32(tmp_path_factory, "fused")
 
 
 @pytest.fixture(scope="session")

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
-from conftest import REPO
+from conftest import run_helper
 
 from visage_jax import evaluate
 
 
 def test_sharded_eval_step_matches_single_device(ckpt_plain):
-  env = dict(os.environ, PYTHONPATH=REPO)
-  res = subprocess.run(
-    [sys.executable, os.path.join(REPO, "tests", "helpers", "sharded_eval.py"), ckpt_plain],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=900,
-  )
-  assert res.returncode == 0, res.stderr[-3000:]
-  out = json.loads(res.stdout.strip().splitlines()[-1])
+  out = run_helper("sharded_eval.py", ckpt_plain)
   assert out["devices"] == 8
   assert "data" in out["batch_spec"] and "fsdp" in out["batch_spec"]
   assert out["frame_max_diff"] <= 1e-6, out

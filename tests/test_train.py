@@ -9,25 +9,11 @@ update by up to lr. See the closing notes of the session that added it.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-from conftest import REPO
+from conftest import run_helper
 
 
 def test_sharded_train_step_matches_single_device():
-  env = dict(os.environ, PYTHONPATH=REPO)
-  res = subprocess.run(
-    [sys.executable, os.path.join(REPO, "tests", "helpers", "sharded_train.py")],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=900,
-  )
-  assert res.returncode == 0, res.stderr[-3000:]
-  out = json.loads(res.stdout.strip().splitlines()[-1])
+  out = run_helper("sharded_train.py")
   assert set(out) == {f"expert{e}_stage{s}" for e in (1, 2) for s in (1, 2)}
   for name, r in out.items():
     assert r["loss_rel"] <= 1e-6, (name, r["loss_rel"])

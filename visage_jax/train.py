@@ -58,6 +58,13 @@ def split(model, cfg):
   return nnx.split(model, trainable_filter(cfg), nnx.BatchStat, ...)
 
 
+def eval_graphdef(graphdef, cfg, trainable, batch_stats, frozen):
+  """The same model with BatchNorm in evaluation mode, for validation on the training states."""
+  model = nnx.merge(graphdef, trainable, batch_stats, frozen)
+  set_batchnorm_mode(model, train=False)
+  return nnx.split(model, trainable_filter(cfg), nnx.BatchStat, ...)[0]
+
+
 def _schedule(base: float, cfg):
   t = cfg.train
   parts, bounds = [], []

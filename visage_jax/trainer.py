@@ -135,9 +135,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
 
   validate = None
   if cfg.data.val_split:
-    eval_model = nnx.merge(graphdef, trainable, stats, frozen)
-    train.set_batchnorm_mode(eval_model, train=False)
-    graphdef_eval = nnx.split(eval_model, train.trainable_filter(cfg), nnx.BatchStat, ...)[0]
+    graphdef_eval = train.eval_graphdef(graphdef, cfg, trainable, stats, frozen)
     validate = make_validator(graphdef_eval, cfg, cfg.data.dir, cfg.data.val_split)
 
   def run_validation(step):
