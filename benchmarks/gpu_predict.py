@@ -3,8 +3,8 @@
 Builds the model from the config with random weights directly on the device (no checkpoint
 needed: speed and memory do not depend on the values), compiles the one-program forward of both
 experts plus the fusion, and reports fused frames per second, XLA's memory analysis, the device's
-peak memory, and MFU (model FLOPs from XLA's cost analysis over the time, as a fraction of a plain
-bf16 matmul's FLOP/s measured in the same run and of the card's nominal peak).
+peak memory, and MFU (the backbone's matmul FLOPs, `visage_jax.perf`, over the time, as a
+fraction of a plain bf16 matmul's FLOP/s measured in the same run and of the card's nominal peak).
 
     python benchmarks/gpu_predict.py --config=6b [--batch=1,2] [--iters=10] [--out=result.json]
 
@@ -20,20 +20,6 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def backbone_flops(cfg, batch: int) -> float:
-  """Matmul FLOPs of the backbone for one call, every expert: 2·(12·D²)·N per block for the
-  projections and 4·N²·D for attention, over the blocks up to the last tap. The decoders (about
-  1 % at 6B) are left out, so MFU is a slight underestimate. XLA's cost analysis cannot be used:
-  it counts a scan's body once and custom calls (cuDNN attention) not at all."""
-  b = cfg.model.backbone
-  n = 1 + (b.num_frames // b.tubelet_size) * (b.img_size // b.patch_size) ** 2
-  d, hidden = b.embed_dim, int(b.embed_dim * b.mlp_ratio)
-  per_block = 2 * n * (3 * d * d + d * d + 2 * d * hidden) + 4 * n * n * d
-  return float(per_block * (b.taps[-1] + 1) * batch * max(len(cfg.model.experts), 1))
 
 
 def _emit(record, out):
@@ -71,10 +57,12 @@ def main():
 
   from configs.visage import get_config
   from visage_jax.models.visage import ViSAGE
+  from visage_jax.perf import backbone_flops, nominal_peak_flops
 
   dev = jax.devices()[0]
   kind = getattr(dev, "device_kind", str(dev))
-  peak = next((v for k, v in NOMINAL_BF16_TFLOPS.items() if k in kind), None)
+  peak = nominal_peak_flops(dev)
+  peak = peak / 1e12 if peak else None
   mm = matmul_tflops(jax, jnp)
   _emit({"device": kind, "jax": jax.__version__, "matmul_bf16_tflops": round(mm, 1)}, args.out)
 

@@ -2,10 +2,20 @@
 
     python benchmarks/memory_plan.py --config=configs/visage.py:6b --job=predict
 
+    python benchmarks/memory_plan.py --config=configs/visage.py:6b --job=train
+
 job=predict: the dual-expert inference program (both experts and the fusion in one jit) at
-batch × num_frames on one device, in the config's dtype (bf16 at 6B). The last line printed is one
-JSON object: job, devices, bytes_per_device (arguments + outputs + temporaries − aliased), the
-parts, and mesh. job=train lands with the training issue.
+batch × num_frames on one device, in the config's dtype (bf16 at 6B).
+
+job=train: the sharded training step of `visage_jax.train` (`--stage`, default 2, for the config's
+expert, default Expert 2: auxiliary heads and EMA) on `--devices` emulated CPU devices (default 8)
+with `--batch` clips per device (global batch = batch × data × fsdp), mesh from `--mesh`
+(data,fsdp,tensor; default 1,8,1: the frozen bf16 backbone, LoRA, optimiser state and EMA sharded
+over all 8), the config's `train.remat_policy` (default full). The CPU compile uses XLA's attention
+(N×N scores per layer in the temporaries); cuDNN's on a GPU needs less.
+
+The last line printed is one JSON object: job, devices, bytes_per_device (arguments + outputs +
+temporaries − aliased), the parts, and mesh.
 """
 
 from __future__ import annotations
@@ -22,19 +32,92 @@ from ml_collections import config_flags  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "configs/visage.py:PRESET")
 flags.DEFINE_enum("job", "predict", ["predict", "train"], "Which program to plan")
 flags.DEFINE_integer("batch", 1, "Clips per device")
+flags.DEFINE_integer("devices", 8, "Emulated CPU devices (job=train)")
+flags.DEFINE_string("mesh", "1,8,1", "data,fsdp,tensor (job=train)")
+flags.DEFINE_integer("stage", 2, "Training stage (job=train)")
 FLAGS = flags.FLAGS
 
 
+def _total(mem) -> int:
+  return int(
+    mem.argument_size_in_bytes
+    + mem.output_size_in_bytes
+    + mem.temp_size_in_bytes
+    - mem.alias_size_in_bytes
+  )
+
+
+def plan_train(cfg):
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from visage_jax import parallel, train
+
+  data, fsdp, tensor = (int(x) for x in FLAGS.mesh.split(","))
+  mesh = parallel.make_mesh(data=data, fsdp=fsdp, tensor=tensor)
+  cfg.train.stage = FLAGS.stage
+  cfg.train.batch_size = FLAGS.batch * data * fsdp
+  model = nnx.eval_shape(lambda: train.init_model(cfg))
+  graphdef, trainable, stats, frozen = train.split(model, cfg)
+  tx = train.make_optimizer(cfg)
+  opt_state = jax.eval_shape(tx.init, trainable)
+  ema = jax.eval_shape(lambda t: train.init_ema(cfg, t), trainable)
+  step, _ = train.jitted_step(graphdef, cfg, tx, mesh, trainable, stats, frozen, opt_state, ema)
+  b = cfg.model.backbone
+  n, t, s = cfg.train.batch_size, b.num_frames, b.img_size
+  batch = {
+    "frames": jax.ShapeDtypeStruct((n, t, s, s, 3), jnp.uint8),
+    "saliency": jax.ShapeDtypeStruct((n, t, s, s), jnp.float32),
+    "fixations": jax.ShapeDtypeStruct((n, t, s, s), jnp.float32),
+    "mask": jax.ShapeDtypeStruct((n, t), jnp.bool_),
+  }
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  compiled = step.lower(trainable, stats, frozen, opt_state, ema, batch, rng).compile()
+  mem = compiled.memory_analysis()
+  count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))  # noqa: E731
+  return {
+    "job": "train",
+    "config": cfg.preset,
+    "devices": len(jax.devices()),
+    "stage": cfg.train.stage,
+    "expert": cfg.train.expert,
+    "batch_per_device": FLAGS.batch,
+    "global_batch": n,
+    "frames": t,
+    "dtype": cfg.model.dtype,
+    "remat_policy": train.training_model_config(cfg).backbone.remat_policy,
+    "ema": train.ema_decay(cfg) > 0,
+    "trainable_params": count(trainable),
+    "frozen_params": count(frozen),
+    "backend": jax.default_backend(),
+    "bytes_per_device": _total(mem),
+    "gib_per_device": round(_total(mem) / 2**30, 2),
+    "arguments_bytes": int(mem.argument_size_in_bytes),
+    "temp_bytes": int(mem.temp_size_in_bytes),
+    "output_bytes": int(mem.output_size_in_bytes),
+    "alias_bytes": int(mem.alias_size_in_bytes),
+    "fits_80gb": _total(mem) <= 80e9,
+    "mesh": {"data": data, "fsdp": fsdp, "tensor": tensor},
+  }
+
+
 def main(_):
+  cfg = FLAGS.config
+  if FLAGS.job == "train":
+    os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={FLAGS.devices}"
+    )
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    print(json.dumps(plan_train(cfg)))
+    return
+
   import jax
   import jax.numpy as jnp
   from flax import nnx
 
   from visage_jax.models.visage import ViSAGE
 
-  cfg = FLAGS.config
-  if FLAGS.job == "train":
-    raise SystemExit("memory_plan: --job=train needs the training step (the training issue)")
   model = nnx.eval_shape(lambda: ViSAGE(cfg.model, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
   b = cfg.model.backbone
@@ -46,12 +129,7 @@ def main(_):
 
   compiled = jax.jit(forward).lower(state, clip).compile()
   mem = compiled.memory_analysis()
-  total = (
-    mem.argument_size_in_bytes
-    + mem.output_size_in_bytes
-    + mem.temp_size_in_bytes
-    - mem.alias_size_in_bytes
-  )
+  total = _total(mem)
   print(
     json.dumps(
       {

@@ -45,8 +45,11 @@ def _backbone(preset: str) -> ml_collections.ConfigDict:
   # Rematerialisation of each block: "none", "full" (save nothing), "dots" (save matmul outputs),
   # "dots_no_batch" (save matmuls without batch dimensions).
   b.remat_policy = "none"
-  # "auto": cuDNN's fused attention on a GPU in bf16/fp16, XLA's elsewhere; or "xla", "cudnn".
+  # "auto": cuDNN's fused attention on a GPU in bf16/fp16; elsewhere XLA's, by blocks of
+  # `attention_chunk` queries ("chunked") for sequences longer than two blocks; or "xla", "cudnn",
+  # "chunked".
   b.attention_impl = "auto"
+  b.attention_chunk = 1024
   return b
 
 
@@ -112,12 +115,28 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   t.cosine_steps = 0  # then cosine to min_lr over this many steps (0: constant)
   t.min_lr = 1e-6
   t.aux_loss = True  # Expert 2's deep supervision
+  # The backbone's rematerialisation while training ("": the model's). Stage 2 differentiates
+  # through the backbone; "full" keeps one activation per block (6B: ~1.6 GB per clip of 20
+  # frames instead of tens of GB). Stage 1 stores nothing of the backbone either way.
+  t.remat_policy = "full"
   t.num_steps = 1000
   t.checkpoint_every = 100
-  t.keep = 2  # latest checkpoints kept
-  t.log_every = 10
-  t.init = ""  # a visage-convert output (backbone-only for stage 1) to start from
+  t.keep = 2  # latest checkpoints kept (for resuming)
+  t.best_k = 4  # best checkpoints kept by validation CC (WORKDIR/best; the EMA weights if any)
+  # EMA of the trainable weights, used for validation and the best checkpoints. -1: the original's
+  # recipe (0.99 for Expert 2 in stage 2, none otherwise); 0: none; else the decay.
+  t.ema_decay = -1.0
+  t.log_every = 10  # loss parts, learning rates, gradient norm: console and TensorBoard
+  # Where the weights start: a visage-convert output (backbone-only for stage 1, or with this
+  # expert for stage 2), or a stage-1 workdir (its best checkpoint, over its own init's backbone).
+  t.init = ""
+  # The other expert, fixed, so that validation scores the fused map as the challenge does: a
+  # workdir or a visage-convert output holding it. Empty: validation scores this expert's map.
+  t.partner = ""
   t.eval_every = 0  # validation every N steps (0: at the end only, when data.val_split is set)
+  # Peak FLOP/s of one device for the MFU estimate; 0: the nominal bf16 figure for known GPUs and
+  # TPUs, a float32 matmul measured at start-up on a CPU.
+  t.peak_flops = 0.0
 
   config.data = ml_collections.ConfigDict()
   config.data.dir = ""  # a visage-prepare output

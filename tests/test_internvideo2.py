@@ -73,3 +73,33 @@ def test_lora_dropout_only_with_an_rng(ckpt_plain, small_clip, reference):
   assert float(jnp.max(jnp.abs(a - b))) > 1e-4  # dropout on the LoRA inputs acts in training
   c = nnx.jit(lambda m, x: m.backbone(x)[1])(model, small_clip)
   np.testing.assert_allclose(np.asarray(c), np.asarray(reference["cls"]), atol=1e-6)
+
+
+def test_chunked_attention_equals_xla_values_and_gradients():
+  """Query blocks (with a ragged last block) give XLA's attention and its gradients."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from visage_jax.models.internvideo2 import chunked_attention
+
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 37, 3, 8)), jnp.float32) for _ in range(3))
+  full = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=0.3, implementation="xla")
+  part = lambda q, k, v: chunked_attention(q, k, v, scale=0.3, chunk=8)
+  assert np.max(np.abs(full(q, k, v) - part(q, k, v))) <= 1e-6
+  w = jnp.asarray(rng.normal(size=(2, 37, 3, 8)), jnp.float32)
+  gf = jax.grad(lambda *a: jnp.sum(full(*a) * w), argnums=(0, 1, 2))(q, k, v)
+  gp = jax.grad(lambda *a: jnp.sum(part(*a) * w), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(gf, gp):
+    assert np.max(np.abs(a - b)) <= 1e-5 * float(np.max(np.abs(a)))
+
+
+def test_auto_attention_blocks_long_sequences_off_gpu():
+  import jax.numpy as jnp
+
+  from visage_jax.models.internvideo2 import resolve_attention_impl
+
+  assert resolve_attention_impl("auto", jnp.float32, 129, 1024) == "xla"
+  assert resolve_attention_impl("auto", jnp.bfloat16, 5121, 1024) == "chunked"  # 6B, 20 frames
+  assert resolve_attention_impl("xla", jnp.bfloat16, 5121, 1024) == "xla"

@@ -23,3 +23,61 @@ def test_sharded_train_step_matches_single_device():
     # different sign on each side; Adam then moves them by at most ~lr each way
     for _, _, dw in r["numerically_zero_grads"]:
       assert dw <= 2.5 * r["lr"], (name, dw)
+
+
+def test_ema_follows_the_weights_and_the_recipe():
+  """EMA(t) = EMA(t−1) + (1 − d)·(w(t) − EMA(t−1)) from a copy of the initial weights, as the
+  original's ModelEMA; -1 resolves to the recipe (0.99 for Expert 2 in stage 2 only)."""
+  import jax
+  import numpy as np
+
+  from configs.visage import get_config
+  from visage_jax import parallel, train
+
+  def small_config(expert, stage):
+    cfg = get_config("tiny")
+    b = cfg.model.backbone
+    b.img_size, b.num_frames, b.depth, b.taps = 56, 4, 4, (0, 1, 2, 3)
+    cfg.model.output_size = 56
+    cfg.train.expert, cfg.train.stage = expert, stage
+    return cfg
+
+  for expert, stage, want in ((1, 1, 0.0), (1, 2, 0.0), (2, 1, 0.0), (2, 2, 0.99)):
+    assert train.ema_decay(small_config(expert, stage)) == want
+  cfg = small_config(1, 2)
+  cfg.train.ema_decay = 0.9
+  model = train.init_model(cfg, seed=1)
+  graphdef, trainable, stats, frozen = train.split(model, cfg)
+  trainable = jax.tree.map(lambda x: x + 0.01, trainable)
+  tx = train.make_optimizer(cfg)
+  step, (trainable, stats, frozen, opt, ema) = train.jit_train_step(
+    graphdef,
+    cfg,
+    tx,
+    parallel.make_mesh(devices=jax.devices()[:1]),
+    trainable,
+    stats,
+    frozen,
+    tx.init(trainable),
+    train.init_ema(cfg, trainable),
+  )
+  rng = np.random.default_rng(0)
+  expected = jax.device_get(trainable)
+  for i in range(2):
+    batch = {
+      "frames": rng.integers(0, 255, (2, 4, 56, 56, 3), dtype=np.uint8),
+      "saliency": rng.random((2, 4, 56, 56)).astype(np.float32) ** 3,
+      "fixations": (rng.random((2, 4, 56, 56)) > 0.98).astype(np.float32),
+      "mask": np.ones((2, 4), bool),
+    }
+    trainable, stats, opt, ema, _ = step(
+      trainable, stats, frozen, opt, ema, batch, jax.random.key(i)
+    )
+    w = jax.device_get(trainable)
+    expected = jax.tree.map(lambda e, w: e + 0.1 * (w - e), expected, w)
+    moved = max(
+      float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(w), jax.tree.leaves(expected))
+    )
+    assert moved > 1e-6  # the EMA lags the weights
+  for a, b in zip(jax.tree.leaves(jax.device_get(ema)), jax.tree.leaves(expected)):
+    assert np.max(np.abs(a - b)) <= 1e-7

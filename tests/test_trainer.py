@@ -1,7 +1,10 @@
-"""visage-train resumes exactly: kill -9 mid-run, the same command again, the same final weights."""
+"""visage-train: exact resumption after kill -9 (weights and EMA), SIGTERM, best-k, TensorBoard,
+the progress line, stage 2 from a stage-1 workdir, fused validation with a partner, and
+visage-export's checkpoint against the workdirs' own models."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+from visage_jax import trainer
 from visage_jax.data.prepare import prepare
 from visage_jax.data.synth import write_dataset
 
@@ -28,6 +32,8 @@ SMALL = [
   "--config.train.expert=1",
   "--config.data.val_split=public_test",
   "--config.train.eval_every=4",
+  "--config.train.ema_decay=0.9",
+  "--config.train.best_k=1",
 ]
 
 
@@ -39,7 +45,7 @@ def prepared(tmp_path_factory):
   return str(root / "prep")
 
 
-def _cmd(workdir, prepared):
+def _cmd(workdir, prepared, *extra):
   return [
     sys.executable,
     "-m",
@@ -48,6 +54,7 @@ def _cmd(workdir, prepared):
     f"--workdir={workdir}",
     f"--config.data.dir={prepared}",
     *SMALL,
+    *extra,
   ]
 
 
@@ -59,17 +66,58 @@ def _final(workdir):
   return dict(np.load(os.path.join(workdir, "trainable_last.npz")))
 
 
-def test_kill9_then_rerun_equals_uninterrupted(prepared, tmp_path):
-  ref = str(tmp_path / "ref")
+@pytest.fixture(scope="module")
+def reference(prepared, tmp_path_factory):
+  """An uninterrupted 8-step run of Expert 1, stage 1: (workdir, stdout)."""
+  ref = str(tmp_path_factory.mktemp("ref") / "ref")
   res = subprocess.run(_cmd(ref, prepared), env=_env(), capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
-  assert "step 8:" in res.stdout
-  import json
+  return ref, res.stdout
 
-  lines = [json.loads(x) for x in open(os.path.join(ref, "validation.jsonl"))]
-  assert [x["step"] for x in lines] == [4, 8]
-  for x in lines:
+
+def _losses(stdout):
+  return {
+    int(line.split()[1].rstrip(":")): float(line.split()[3])
+    for line in stdout.splitlines()
+    if line.startswith("step ")
+  }
+
+
+def test_logs_validation_best_k_and_tensorboard(reference):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+  ref, stdout = reference
+  losses = _losses(stdout)
+  assert sorted(losses) == list(range(1, 9))
+  # the progress line: step time, examples/s and an MFU estimate (after the compiling step)
+  line = next(x for x in stdout.splitlines() if x.startswith("step 8:"))
+  for part in ("s/step", "examples/s", "MFU", "lr_decoder 0.0001", "grad_norm"):
+    assert part in line, line
+  records = [json.loads(x) for x in open(os.path.join(ref, "validation.jsonl"))]
+  assert [x["step"] for x in records] == [4, 8]
+  for x in records:
     assert {"cc", "sim", "nss", "auc_judd"} <= set(x) and -1 <= x["cc"] <= 1
+    assert x["map"] == "expert1" and x["videos"] == 2  # no partner: the expert's own map
+  # best_k=1: only the step with the higher CC is kept
+  best_step = max(records, key=lambda x: x["cc"])["step"]
+  assert sorted(os.listdir(os.path.join(ref, "best"))) == [str(best_step)]
+  ea = EventAccumulator(os.path.join(ref, "tb"))
+  ea.Reload()
+  total = {e.step: e.value for e in ea.Scalars("train/total")}
+  assert sorted(total) == list(range(1, 9))
+  for step, v in losses.items():
+    assert abs(total[step] - v) <= 1e-4 * abs(v), (step, total[step], v)
+  assert {"train/grad_norm", "train/lr_decoder", "train/mfu", "train/examples_per_s"} <= set(
+    ea.Tags()["scalars"]
+  )
+  val = {e.step: e.value for e in ea.Scalars("val/expert1/cc")}
+  assert sorted(val) == [4, 8]
+  for x in records:
+    assert abs(val[x["step"]] - x["cc"]) <= 1e-6
+
+
+def test_kill9_then_rerun_equals_uninterrupted(prepared, reference, tmp_path):
+  ref, _ = reference
 
   run = str(tmp_path / "run")
   proc = subprocess.Popen(
@@ -89,6 +137,15 @@ def test_kill9_then_rerun_equals_uninterrupted(prepared, tmp_path):
   for k in a:
     err = float(np.max(np.abs(a[k] - b[k])))
     assert err <= 1e-6, (k, err)
+  # the EMA (what validation scored and best/ keeps) was restored too
+  _, wa, desc_a = trainer.workdir_weights(ref)
+  _, wb, desc_b = trainer.workdir_weights(run)
+  assert desc_a.split("(")[1] == desc_b.split("(")[1], (desc_a, desc_b)
+  assert wa.keys() == wb.keys()
+  for k in wa:
+    err = float(np.max(np.abs(wa[k] - wb[k])))
+    assert err <= 1e-6, (k, err)
+  assert [json.loads(x)["step"] for x in open(os.path.join(run, "validation.jsonl"))] == [4, 8]
 
 
 def test_sigterm_saves_and_exits(prepared, tmp_path):
@@ -105,3 +162,114 @@ def test_sigterm_saves_and_exits(prepared, tmp_path):
   if "SIGTERM: saved step" in out:  # else it had already finished all 8 steps
     step = int(out.split("SIGTERM: saved step ")[1].split()[0])
     assert os.path.isdir(os.path.join(run, "checkpoints", str(step)))
+
+
+def test_stage2_from_workdir_fused_validation_and_export(prepared, reference, tmp_path):
+  """Expert 2 (stage 1) validated fused with the reference's Expert 1 as partner; Expert 1's
+  stage 2 from the reference workdir; both exported into one checkpoint whose maps equal the
+  workdirs' models'."""
+  from visage_jax import train
+  from visage_jax.inference import Predictor
+  from visage_jax.models.visage import logit_fusion
+
+  ref, _ = reference
+  short = ["--config.train.num_steps=2", "--config.train.eval_every=0"]
+  e2 = str(tmp_path / "e2")
+  init = f"--config.train.init={os.path.join(ref, 'init_backbone')}"
+  cmd = _cmd(e2, prepared, *short, "--config.train.expert=2", init, f"--config.train.partner={ref}")
+  res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  (rec,) = [json.loads(x) for x in open(os.path.join(e2, "validation.jsonl"))]
+  assert rec["map"] == "fused" and set(rec["expert2"]) >= {"cc", "nss"}
+  assert rec["cc"] != rec["expert2"]["cc"]
+
+  e1 = str(tmp_path / "e1s2")
+  extra = ("--config.train.stage=2", f"--config.train.init={ref}", f"--config.train.partner={e2}")
+  res = subprocess.run(
+    _cmd(e1, prepared, *short, *extra), env=_env(), capture_output=True, text=True, timeout=600
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "init from" in res.stdout
+
+  out = str(tmp_path / "exported")
+  trainer.export([e1, e2], out, log=lambda m: None)
+  predictor = Predictor.load(out)
+  clip = np.random.default_rng(0).integers(0, 255, (1, 4, 56, 56, 3)).astype(np.float32)
+  clip = np.asarray(train.normalize_on_device(clip))
+  maps = predictor.predict_clip(clip)
+  own = {}
+  for name, w in (("expert1", e1), ("expert2", e2)):
+    wcfg = trainer.ckpt.read_config(w)
+    model = train.init_model(wcfg)
+    trainer.load_init(model, w, name)
+    train.set_batchnorm_mode(model, train=False)
+    own[name] = np.asarray(model(clip)[name])
+    assert np.max(np.abs(maps[name] - own[name])) <= 1e-5, name
+  fused = np.asarray(logit_fusion([own["expert1"], own["expert2"]], 0.5))
+  assert np.max(np.abs(maps["fused"] - fused)) <= 1e-5
+
+
+def test_bad_init_is_reported(prepared, tmp_path):
+  bad = str(tmp_path / "nothing")
+  os.makedirs(bad)
+  cmd = _cmd(str(tmp_path / "w"), prepared, "--config.train.stage=2", f"--config.train.init={bad}")
+  res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+  assert res.returncode == 2
+  assert (
+    bad in res.stderr and "neither a visage-convert output nor a training workdir" in res.stderr
+  )
+
+
+def _free_port():
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(prepared, tmp_path):
+  """jax.distributed on localhost (CPU collectives), one device per process, against one process
+  with two devices: the same global batches, the same losses."""
+  steps = ["--config.train.num_steps=4", "--config.data.val_split=", "--config.train.ema_decay=0"]
+  one = str(tmp_path / "one")
+  env1 = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  res = subprocess.run(
+    _cmd(one, prepared, *steps), env=env1, capture_output=True, text=True, timeout=600
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  ref = _losses(res.stdout)
+  assert sorted(ref) == [1, 2, 3, 4]
+
+  two = str(tmp_path / "two")
+  init = f"--config.train.init={os.path.join(one, 'init_backbone')}"
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    env = dict(
+      _env(),
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+      JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+      JAX_NUM_PROCESSES="2",
+      JAX_PROCESS_ID=str(pid),
+    )
+    procs.append(
+      subprocess.Popen(
+        _cmd(two, prepared, *steps, init),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  got = _losses(outs[0][0])
+  assert sorted(got) == [1, 2, 3, 4]
+  for step, v in ref.items():
+    assert abs(got[step] - v) <= 1e-5 * abs(v), (step, got[step], v)
+  assert _losses(outs[1][0]) == got  # both processes see the same (global) loss
+  a, b = _final(one), _final(two)
+  for k in a:
+    assert np.max(np.abs(a[k] - b[k])) <= 1e-5 * (np.max(np.abs(a[k])) + 1e-6), k

@@ -88,9 +88,13 @@ def save_params(directory: str, flat: dict) -> None:
 
 
 def write_config(directory: str, config: ml_collections.ConfigDict) -> None:
-  with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+  """Written whole or not at all (another process may be reading it)."""
+  path = os.path.join(directory, CONFIG_FILE)
+  tmp = f"{path}.partial-{os.getpid()}"
+  with open(tmp, "w") as f:
     f.write(config.to_json(indent=2, sort_keys=True))
     f.write("\n")
+  os.replace(tmp, path)
 
 
 def read_config(directory: str) -> ml_collections.ConfigDict:
@@ -127,7 +131,7 @@ def load_model(directory: str, *, model_overrides: dict | None = None):
   model = abstract_model(cfg.model)
   graphdef, state = nnx.split(model)
   flat_abstract = {tuple(p): v.get_value() for p, v in nnx.to_flat_state(state)}
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]
   target = {}
   for path, sds in flat_abstract.items():
     dtype = sds.dtype
@@ -149,3 +153,38 @@ def load_model(directory: str, *, model_overrides: dict | None = None):
     want = flat_abstract[tuple(path)]
     var.set_value(value.astype(want.dtype) if value.dtype != want.dtype else value)
   return cfg, nnx.merge(graphdef, state)
+
+
+def save_flat(directory: str, config: ml_collections.ConfigDict, flat: dict, extra=None) -> None:
+  """Write a loadable checkpoint (config.json + params) from {path tuple: array}, checked against
+  the config's model: every variable present with its shape. Written to a temporary directory and
+  renamed, so `directory` is either whole or absent. `extra`: {file name: JSON object} beside it."""
+  want = abstract_flat_state(config.model)
+  got = {_key(p): v for p, v in flat.items()}
+  missing = [p for p in want if _key(p) not in got]
+  if missing:
+    raise CheckpointError(f"{directory}: no value for {'/'.join(_key(missing[0]))}")
+  for p, sds in want.items():
+    if tuple(got[_key(p)].shape) != tuple(sds.shape):
+      raise CheckpointError(
+        f"{directory}: {'/'.join(_key(p))} has shape {tuple(got[_key(p)].shape)}, the config "
+        f"wants {tuple(sds.shape)}"
+      )
+  if os.path.exists(directory):
+    raise CheckpointError(f"{directory}: exists; refusing to overwrite")
+  tmp = f"{directory}.partial-{os.getpid()}"
+  try:
+    os.makedirs(tmp)
+    arrays = {p: np.asarray(got[_key(p)]) for p in want}
+    save_params(os.path.join(tmp, PARAMS_DIR), arrays)
+    write_config(tmp, config)
+    for name, obj in (extra or {}).items():
+      with open(os.path.join(tmp, name), "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.rename(tmp, directory)
+  finally:
+    if os.path.exists(tmp):
+      import shutil
+
+      shutil.rmtree(tmp, ignore_errors=True)

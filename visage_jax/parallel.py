@@ -7,6 +7,8 @@ and `tensor` (within-layer model parallelism). Evaluation and prediction shard t
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -14,6 +16,44 @@ from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
+
+
+DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def initialize_distributed(env=None) -> bool:
+  """Join a multi-process (multi-host) run, before anything else touches JAX's devices.
+
+  From `JAX_COORDINATOR_ADDRESS` (host:port of process 0), `JAX_NUM_PROCESSES` and
+  `JAX_PROCESS_ID`, all three or none; or `VISAGE_DISTRIBUTED=auto` for JAX's own cluster
+  detection (Cloud TPU, SLURM, Open MPI). On CPU the processes talk through gloo. Returns whether
+  a multi-process run was joined."""
+  env = os.environ if env is None else env
+  given = {k: env.get(k) for k in DISTRIBUTED_ENV if env.get(k)}
+  auto = env.get("VISAGE_DISTRIBUTED", "") == "auto"
+  if not given and not auto:
+    return False
+  if "cpu" in env.get("JAX_PLATFORMS", "").split(","):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if given:
+    missing = [k for k in DISTRIBUTED_ENV if k not in given]
+    if missing:
+      raise ValueError(
+        f"multi-process run: {', '.join(missing)} not set (need all three of "
+        f"{', '.join(DISTRIBUTED_ENV)})"
+      )
+    try:
+      num, pid = int(given["JAX_NUM_PROCESSES"]), int(given["JAX_PROCESS_ID"])
+    except ValueError:
+      raise ValueError(
+        f"JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers, got {given}"
+      ) from None
+    jax.distributed.initialize(
+      coordinator_address=given["JAX_COORDINATOR_ADDRESS"], num_processes=num, process_id=pid
+    )
+  else:
+    jax.distributed.initialize()
+  return True
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:

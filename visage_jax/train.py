@@ -2,8 +2,8 @@
 explicit shardings over a (data, fsdp, tensor) mesh.
 
 This module holds the pieces that define the numbers: which weights train in which stage, the
-optimiser groups and schedules, and the step itself. (The `visage-train` command around it,
-checkpoints and validation land with the rest of the training issue.)
+optimiser groups and schedules, the EMA, and the step itself. The loop around it (data,
+checkpoints, validation, logging) is `visage_jax.trainer`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def training_model_config(cfg):
   m.experts = (expert_name(cfg),)
   m.lora.enabled = cfg.train.stage == 2
   m.lora_merged = False
+  remat = cfg.train.get("remat_policy", "")  # absent from workdirs of older versions
+  if remat:
+    m.backbone.remat_policy = remat
   return m
 
 
@@ -86,15 +89,33 @@ def param_labels(params):
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def schedules(cfg) -> dict:
+  """{"lora": schedule, "decoder": schedule}: each group's learning rate as a function of step."""
+  t = cfg.train
+  dec_lr = t.lr_decoder_stage1 if t.stage == 1 else t.lr_decoder_stage2
+  return {"lora": _schedule(t.lr_lora, cfg), "decoder": _schedule(dec_lr, cfg)}
+
+
 def make_optimizer(cfg):
   """AdamW groups as the original: LoRA at lr_lora, the rest at the stage's decoder rate."""
   t = cfg.train
-  dec_lr = t.lr_decoder_stage1 if t.stage == 1 else t.lr_decoder_stage2
 
-  def adamw(lr):
-    return optax.adamw(_schedule(lr, cfg), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay)
+  def adamw(schedule):
+    return optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay)
 
-  return optax.multi_transform({"lora": adamw(t.lr_lora), "decoder": adamw(dec_lr)}, param_labels)
+  groups = {k: adamw(v) for k, v in schedules(cfg).items()}
+  return optax.multi_transform(groups, param_labels)
+
+
+def ema_decay(cfg) -> float:
+  """`train.ema_decay`, where -1 means the original's recipe: 0.99 for Expert 2 in stage 2 (the
+  only run that kept an EMA), none otherwise. 0 turns it off."""
+  d = float(cfg.train.ema_decay)
+  if d < 0:
+    return 0.99 if (cfg.train.expert == 2 and cfg.train.stage == 2) else 0.0
+  if d >= 1:
+    raise ValueError(f"train.ema_decay must be below 1, got {d}")
+  return d
 
 
 def normalize_on_device(frames_u8):
@@ -103,14 +124,17 @@ def normalize_on_device(frames_u8):
 
 
 def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
-  """step(trainable, batch_stats, frozen, opt_state, batch, rng) →
-  (trainable, batch_stats, opt_state, metrics). batch: frames uint8 (B, T, S, S, 3), saliency and
-  fixations float32 (B, T, S, S), mask (B, T)."""
+  """step(trainable, batch_stats, frozen, opt_state, ema, batch, rng) →
+  (trainable, batch_stats, opt_state, ema, metrics). batch: frames uint8 (B, T, S, S, 3), saliency
+  and fixations float32 (B, T, S, S), mask (B, T). `ema` is None without an EMA (see `ema_decay`);
+  otherwise a copy of the trainable weights moved by (1 − decay) towards them after each update,
+  as the original's ModelEMA does (no bias correction)."""
   name = expert_name(cfg)
+  decay = ema_decay(cfg)
   stage2 = cfg.train.stage == 2
   with_aux = name == "expert2" and cfg.train.aux_loss
 
-  def step(trainable, batch_stats, frozen, opt_state, batch, rng):
+  def step(trainable, batch_stats, frozen, opt_state, ema, batch, rng):
     clip = normalize_on_device(batch["frames"])
 
     def loss_fn(trainable, batch_stats, frozen):
@@ -135,35 +159,70 @@ def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
     (_, (parts, new_stats)), grads = grad_fn(trainable, batch_stats, frozen)
     updates, opt_state = tx.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
+    if ema is not None:
+      ema = jax.tree.map(lambda e, w: e + (1.0 - decay) * (w - e), ema, trainable)
     parts["grad_norm"] = optax.global_norm(grads)
     if return_grads:
       parts["grads"] = grads
-    return trainable, new_stats, opt_state, parts
+    return trainable, new_stats, opt_state, ema, parts
 
   return step
 
 
-def jit_train_step(
-  graphdef, cfg, tx, mesh, trainable, batch_stats, frozen, opt_state, *, return_grads=False
+def init_ema(cfg, trainable):
+  """The EMA's starting point (a copy of the trainable weights), or None without one."""
+  return jax.tree.map(jnp.copy, trainable) if ema_decay(cfg) > 0 else None
+
+
+def jitted_step(
+  graphdef,
+  cfg,
+  tx,
+  mesh,
+  trainable,
+  batch_stats,
+  frozen,
+  opt_state,
+  ema=None,
+  *,
+  return_grads=False,
 ):
-  """The step as one `jax.jit` with explicit in/out shardings on `mesh`; returns (step, placed
-  state) where the state has been put on its shardings."""
+  """(the step as one `jax.jit` with explicit in/out shardings on `mesh`, the shardings of
+  (trainable, batch_stats, frozen, opt_state, ema)). The arguments may be abstract (shapes only):
+  parameters follow `parallel.PARAM_RULES`, the EMA is sharded as the weights it follows, the
+  batch over (data, fsdp)."""
   shard = lambda tree: parallel.state_shardings(tree, mesh)  # noqa: E731
   s_tr, s_bs, s_fr, s_opt = shard(trainable), shard(batch_stats), shard(frozen), shard(opt_state)
+  s_ema = None if ema is None else shard(ema)
   data = parallel.batch_sharding(mesh)
   repl = parallel.replicated(mesh)
   fn = jax.jit(
     make_train_step(graphdef, cfg, tx, return_grads=return_grads),
-    in_shardings=(s_tr, s_bs, s_fr, s_opt, data, repl),
-    out_shardings=(s_tr, s_bs, s_opt, repl),
-    donate_argnums=(0, 1, 3),
+    in_shardings=(s_tr, s_bs, s_fr, s_opt, s_ema, data, repl),
+    out_shardings=(s_tr, s_bs, s_opt, s_ema, repl),
+    donate_argnums=(0, 1, 3, 4),
   )
-  placed = (
-    jax.device_put(trainable, s_tr),
-    jax.device_put(batch_stats, s_bs),
-    jax.device_put(frozen, s_fr),
-    jax.device_put(opt_state, s_opt),
-  )
+  return fn, (s_tr, s_bs, s_fr, s_opt, s_ema)
+
+
+def jit_train_step(
+  graphdef,
+  cfg,
+  tx,
+  mesh,
+  trainable,
+  batch_stats,
+  frozen,
+  opt_state,
+  ema=None,
+  *,
+  return_grads=False,
+):
+  """`jitted_step`, and the state (trainable, batch_stats, frozen, opt_state, ema) put on its
+  shardings: returns (step, placed state)."""
+  state = (trainable, batch_stats, frozen, opt_state, ema)
+  fn, shardings = jitted_step(graphdef, cfg, tx, mesh, *state, return_grads=return_grads)
+  placed = tuple(None if x is None else jax.device_put(x, s) for x, s in zip(state, shardings))
   return fn, placed
 
 

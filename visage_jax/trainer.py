@@ -1,21 +1,34 @@
-"""The training loop around `visage_jax.train`'s step: data, checkpoints and resumption.
+"""The training loop around `visage_jax.train`'s step: data, checkpoints, validation, logging.
 
-Checkpoints (Orbax CheckpointManager, asynchronous) hold the trainable weights, BatchNorm
-statistics, optimiser state, the step and the input iterator's state; the step's randomness is
-`fold_in(seed, step)`, so a resumed run continues exactly where the last checkpoint left it.
-SIGTERM makes the loop save at the current step and exit.
+A workdir holds:
 
-Validation (`data.val_split`): the original's 4 evenly spaced windows per video, metrics of the
-expert's map at model size (challenge variant, per video then over videos), one JSON line per
-evaluation appended to WORKDIR/validation.jsonl.
+    config.json          the resolved config of the run (paths made absolute)
+    checkpoints/<step>/  the latest `train.keep` states for resuming (Orbax, asynchronous):
+                         trainable weights, BatchNorm statistics, optimiser state, EMA, the
+                         input iterator, and `params` (the weights validation uses)
+    best/<step>/         the best `train.best_k` `params` by validation CC
+    validation.jsonl     one JSON object per validation
+    tb/                  TensorBoard event files
+    init_backbone/       only when `train.init` is empty: the random backbone the run started
+                         from, so that later stages and exports start from the same weights
+    trainable_last.npz   the trainable weights at the end
 
-Still to come with the training issue: best-k by validation CC, EMA, TensorBoard, MFU.
+The step's randomness is `fold_in(seed, step)` and the iterator is checkpointed, so a resumed run
+continues exactly where the last checkpoint left it. SIGTERM makes the loop save and exit.
+
+Validation (`data.val_split`): the original's 4 evenly spaced windows per video, challenge-variant
+metrics at model size, per video then over videos. With `train.partner` (the other expert, fixed)
+the record's metrics are the fused map's, as the challenge scores it; the trained expert's own are
+under its name. The weights validated (and kept as best) are the EMA's when there is one.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -23,15 +36,153 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from visage_jax import parallel, train
+from visage_jax import checkpoint as ckpt
+from visage_jax import parallel, perf, train
+
+STATE_DIR, BEST_DIR, INIT_DIR = "checkpoints", "best", "init_backbone"
 
 
-def load_init(model, directory: str, expert: str) -> list[str]:
-  """Copy the weights a converted checkpoint has for this model: the backbone's base weights and,
-  if present, this expert's neck/decoder and (stage 2) its LoRA. Returns what was loaded."""
-  from visage_jax import checkpoint as ckpt
+class TrainError(Exception):
+  """A bad workdir, init or partner: the message names the path and the problem."""
 
-  src_cfg, src = ckpt.load_model(directory)
+
+# ----------------------------------------------------------------------------- trees and hosts
+
+
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-process) jax.Array as one numpy array on this host."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _part(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def named(tree) -> dict:
+  """{path of strings: leaf}; an nnx Variable's trailing `value` is dropped, so the paths of an
+  nnx.State are the model's."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = tuple(_part(k) for k in path)
+    if keys and keys[-1] == "value":
+      keys = keys[:-1]
+    out[keys] = leaf
+  return out
+
+
+def from_named(like, flat: dict):
+  """The tree `like` with its leaves taken from `flat` (as `named` lays them out)."""
+  paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+  names = list(named(like))
+  assert len(names) == len(paths)
+  return jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names])
+
+
+def _nested(tree) -> dict:
+  return ckpt.nested_from_flat(named(tree))
+
+
+# ----------------------------------------------------------------------------- workdirs
+
+
+def is_workdir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, ckpt.CONFIG_FILE)) and (
+    os.path.isdir(os.path.join(path, STATE_DIR)) or os.path.isdir(os.path.join(path, BEST_DIR))
+  )
+
+
+def _best_options(k: int, async_save: bool = True):
+  return ocp.CheckpointManagerOptions(
+    max_to_keep=k,
+    best_fn=lambda m: m["cc"] if math.isfinite(m.get("cc", math.nan)) else -math.inf,
+    best_mode="max",
+    keep_checkpoints_without_metrics=False,
+    enable_async_checkpointing=async_save,
+  )
+
+
+def _abstract_params(cfg) -> dict:
+  """{model path: ShapeDtypeStruct on one device} of a run's `params` (trainable + statistics)."""
+  model = nnx.eval_shape(lambda: train.init_model(cfg))
+  _, trainable, stats, _ = train.split(model, cfg)
+  dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  flat = {**named(trainable), **named(stats)}
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev) for k, v in flat.items()}
+
+
+def workdir_weights(workdir: str):
+  """(config, {model path: numpy array}, description) of a workdir's best checkpoint by
+  validation CC, or its latest if it never validated."""
+  wcfg = ckpt.read_config(workdir)
+  target = ckpt.nested_from_flat(_abstract_params(wcfg))
+  for sub in (BEST_DIR, STATE_DIR):
+    d = os.path.abspath(os.path.join(workdir, sub))
+    if not os.path.isdir(d):
+      continue
+    opts = _best_options(wcfg.train.best_k, False) if sub == BEST_DIR else None
+    with ocp.CheckpointManager(d, item_names=("params",), options=opts) as mngr:
+      step = mngr.best_step() if sub == BEST_DIR else mngr.latest_step()
+      if step is None:
+        continue
+      restored = mngr.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
+      ).params
+    flat = {k: np.asarray(v) for k, v in ckpt.flat_from_nested(restored).items()}
+    return wcfg, flat, f"{workdir} ({'best' if sub == BEST_DIR else 'latest'}, step {step})"
+  raise TrainError(f"{workdir}: a workdir without any checkpoint")
+
+
+def root_init(source: str) -> str:
+  """The converted checkpoint at the start of a chain of workdirs."""
+  seen = set()
+  while is_workdir(source):
+    if source in seen:
+      raise TrainError(f"{source}: train.init chain loops")
+    seen.add(source)
+    source = ckpt.read_config(source).train.init
+    if not source:
+      raise TrainError(f"{sorted(seen)[0]}: its chain of train.init ends without a backbone")
+  return source
+
+
+def load_init(model, source: str, expert: str) -> list[str]:
+  """Copy into `model` what `source` has for it. A converted checkpoint gives the backbone's base
+  weights and, if present, this expert's neck/decoder and LoRA; a workdir gives its own init's,
+  then its best (or latest) weights on top. Returns what was loaded."""
+  if is_workdir(source):
+    wcfg = ckpt.read_config(source)
+    if train.expert_name(wcfg) != expert:
+      raise TrainError(f"{source}: trained {train.expert_name(wcfg)}, not {expert}")
+    loaded = load_init(model, wcfg.train.init, expert) if wcfg.train.init else []
+    _, flat, desc = workdir_weights(source)
+    state = nnx.state(model)
+    n = 0
+    for path, var in nnx.to_flat_state(state):
+      key = tuple(str(p) for p in path)
+      if key in flat:
+        if tuple(flat[key].shape) != tuple(var.get_value().shape):
+          raise TrainError(
+            f"{source}: {'/'.join(key)} has shape {flat[key].shape}, this model wants "
+            f"{var.get_value().shape}"
+          )
+        var.set_value(flat[key].astype(var.get_value().dtype))
+        n += 1
+    nnx.update(model, state)
+    return [*loaded, f"{n} tensors from {desc}"]
+  if not os.path.isfile(os.path.join(source, ckpt.CONFIG_FILE)):
+    raise TrainError(f"{source}: neither a visage-convert output nor a training workdir")
+  src_cfg, src = ckpt.load_model(source)
+  if src_cfg.model.lora_merged:
+    raise TrainError(f"{source}: LoRA is merged into per-expert backbones; train from unmerged")
   src_flat = dict(nnx.to_flat_state(nnx.state(src)))
   src_experts = tuple(src_cfg.model.experts)
   state = nnx.state(model)
@@ -52,13 +203,102 @@ def load_init(model, directory: str, expert: str) -> list[str]:
   return sorted(loaded)
 
 
-def make_validator(graphdef_eval, cfg, prepared: str, split: str):
-  """A function (trainable, stats, frozen) → {"cc", "sim", "nss", "auc_judd", "kld", "frames"}."""
+def partner_model(cfg, source: str):
+  """(name, model) of the other expert from a workdir or a converted checkpoint, for fused
+  validation. It gets its own copy of the backbone's base weights (freed after validation's
+  first pass computes its maps)."""
+  from visage_jax.models.visage import ViSAGE
+
+  name = "expert2" if train.expert_name(cfg) == "expert1" else "expert1"
+  if is_workdir(source):
+    pcfg = ckpt.read_config(source)
+    if train.expert_name(pcfg) != name:
+      raise TrainError(f"{source}: train.partner must hold {name}; it trained the same expert")
+    model = train.init_model(pcfg)
+  else:
+    try:
+      ccfg = ckpt.read_config(source)
+    except ckpt.CheckpointError as e:
+      raise TrainError(f"train.partner: {e}") from None
+    if name not in tuple(ccfg.model.experts):
+      raise TrainError(f"{source}: train.partner has no {name} (it has {ccfg.model.experts})")
+    mcfg = ccfg.model.copy_and_resolve_references()
+    mcfg.experts = (name,)
+    model = ViSAGE(mcfg, rngs=nnx.Rngs(0))
+  load_init(model, source, name)
+  return name, model
+
+
+def export(workdirs: list[str], output: str, *, log=print) -> str:
+  """One loadable checkpoint (both experts, fused maps) from training workdirs, one per expert:
+  each expert's best (or latest) weights over the backbone at the root of the first workdir's
+  init chain. An expert trained without LoRA gets zero LoRA (an exact no-op)."""
+  if not workdirs:
+    raise TrainError("export: no workdir given")
+  parts = {}
+  for w in workdirs:
+    if not is_workdir(w):
+      raise TrainError(f"{w}: not a training workdir (no config.json and checkpoints/)")
+    wcfg, flat, desc = workdir_weights(w)
+    name = train.expert_name(wcfg)
+    if name in parts:
+      raise TrainError(f"{w}: a second workdir for {name}")
+    parts[name] = (wcfg, flat)
+    log(f"{name}: {desc}")
+  base = root_init(workdirs[0])
+  for w in workdirs[1:]:
+    if os.path.abspath(root_init(w)) != os.path.abspath(base):
+      raise TrainError(f"{w}: starts from {root_init(w)}, not {base}; the backbone must be shared")
+  bcfg, backbone = ckpt.load_model(base)
+  names = tuple(n for n in ("expert1", "expert2") if n in parts)
+  first = parts[names[0]][0]
+  out_cfg = first.copy_and_resolve_references()
+  out_cfg.model = bcfg.model.copy_and_resolve_references()
+  for k in ("neck_dim", "decoder_dim", "fusion_alpha", "fusion_eps", "output_size"):
+    out_cfg.model[k] = first.model[k]
+  out_cfg.model.experts = names
+  out_cfg.model.lora.enabled = any(p[0].train.stage == 2 for p in parts.values())
+  out_cfg.model.lora_merged = False
+  want = ckpt.abstract_flat_state(out_cfg.model)
+  src = {
+    tuple(str(q) for q in p): to_host(v.get_value())
+    for p, v in nnx.to_flat_state(nnx.state(backbone))
+  }
+  flat = {}
+  for path, sds in want.items():
+    key = tuple(str(q) for q in path)
+    if key[0] == "backbone" and key[-1] in ("lora_a", "lora_b"):
+      pieces = []
+      for n in names:
+        v = parts[n][1].get(key)
+        if v is None:  # no LoRA for this expert: B = 0 makes any A a no-op
+          shape = list(sds.shape)
+          shape[1 if "blocks" in key else 0] = 1
+          v = np.zeros(shape, sds.dtype)
+        pieces.append(v)
+      flat[path] = np.concatenate(pieces, axis=1 if "blocks" in key else 0)
+    elif key[0] in parts:
+      flat[path] = parts[key[0]][1][key]
+    else:
+      flat[path] = src[key]
+  report = {"workdirs": [os.path.abspath(w) for w in workdirs], "backbone": os.path.abspath(base)}
+  ckpt.save_flat(output, out_cfg, flat, extra={"export_report.json": report})
+  return output
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, log=print):
+  """A function (trainable, stats, frozen) → {"map", "cc", "sim", "nss", "auc_judd", "kld",
+  "frames", "videos", <expert>: {...}}: "map" is "fused" with a `partner` (name, model), whose
+  maps are computed here once, else the trained expert's name."""
   import jax.numpy as jnp
 
   from visage_jax import evaluate
   from visage_jax.data.prepare import data_source
   from visage_jax.data.windows import validation_windows
+  from visage_jax.models.visage import logit_fusion
 
   source, _ = data_source(prepared, split)
   t_frames = cfg.model.backbone.num_frames
@@ -73,51 +313,146 @@ def make_validator(graphdef_eval, cfg, prepared: str, split: str):
     for idx, mask in validation_windows(n, t_frames):
       clips.append((ex["name"].decode(), ex["frames"][idx], ex["saliency"][idx], counts[idx], mask))
 
+  partner_maps = None
+  if partner is not None:
+    pname, pmodel = partner
+    pgraph, pstate = nnx.split(pmodel)
+    pfwd = jax.jit(lambda s, f: nnx.merge(pgraph, s)(train.normalize_on_device(f))[pname])
+    partner_maps = [to_host(pfwd(pstate, c[1][None]))[0] for c in clips]
+    log(f"validation: {pname}'s maps for {len(clips)} windows computed (fused validation)")
+    del pstate, pgraph
+  alpha, eps = float(cfg.model.fusion_alpha), float(cfg.model.fusion_eps)
+
   @jax.jit
-  def frame_scores(trainable, stats, frozen, frames, sal, counts, mask):
+  def frame_scores(trainable, stats, frozen, frames, sal, counts, mask, other):
     model = nnx.merge(graphdef_eval, trainable, stats, frozen, copy=True)
-    out = model(train.normalize_on_device(frames))[name]
-    m = evaluate.frame_metrics(out, sal.astype(jnp.float32), counts, quantize_uint8=False)
-    return jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), m["ntire2026"])
+    own = model(train.normalize_on_device(frames))[name]
+    maps = {name: own}
+    if other is not None:
+      pair = (own, other) if name == "expert1" else (other, own)
+      maps["fused"] = logit_fusion(pair, alpha, eps)
+    out = {}
+    for k, m in maps.items():
+      s = evaluate.frame_metrics(m, sal.astype(jnp.float32), counts, quantize_uint8=False)
+      out[k] = {"ntire2026": jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), s["ntire2026"])}
+    return out
 
   def validate(trainable, stats, frozen):
     agg = evaluate.Aggregator()
-    for video, frames, sal, counts, mask in clips:
+    for i, (video, frames, sal, counts, mask) in enumerate(clips):
+      other = None if partner_maps is None else partner_maps[i][None]
       scores = frame_scores(
-        trainable, stats, frozen, frames[None], sal[None], counts[None], mask[None]
+        trainable, stats, frozen, frames[None], sal[None], counts[None], mask[None], other
       )
-      agg.add(video, {"map": {"ntire2026": jax.tree.map(lambda x: x[0], scores)}}, mask)
-    overall = agg.report()["overall"]["map"]["ntire2026"]
-    out = {k: v["challenge"] for k, v in overall.items()}
-    out["frames"] = overall["cc"]["frames"]
+      agg.add(video, jax.tree.map(lambda x: to_host(x)[0], scores), mask)
+    overall = agg.report()["overall"]
+    main = "fused" if partner_maps is not None else name
+    pick = lambda m: {k: v["challenge"] for k, v in overall[m]["ntire2026"].items()}  # noqa: E731
+    out = {"map": main, **pick(main)}
+    out["frames"] = overall[main]["ntire2026"]["cc"]["frames"]
     out["videos"] = len(agg.videos())
+    if main != name:
+      out[name] = pick(name)
     return out
 
   return validate
 
 
-def _save_tree(tree):
-  leaves = jax.tree.leaves(tree)
-  return {f"{i:05d}": leaf for i, leaf in enumerate(leaves)}
+# ----------------------------------------------------------------------------- the loop
+
+
+def _resolve_paths(cfg):
+  cfg = cfg.copy_and_resolve_references()
+  for section, key in (("train", "init"), ("train", "partner"), ("data", "dir")):
+    if cfg[section][key]:
+      cfg[section][key] = os.path.abspath(cfg[section][key])
+  return cfg
+
+
+def _check_workdir_config(workdir: str, cfg) -> None:
+  """A workdir keeps the model and stage it was started with; the rest (more steps, another
+  validation interval) may change between runs."""
+  path = os.path.join(workdir, ckpt.CONFIG_FILE)
+  if not os.path.isfile(path):
+    return
+  old = ckpt.read_config(workdir)
+  for key in ("model", "loss"):
+    if old[key].to_json(sort_keys=True) != cfg[key].to_json(sort_keys=True):
+      raise TrainError(f"{workdir}: was started with another config.{key}; use a new --workdir")
+  for key in ("stage", "expert", "batch_size", "seed", "init"):
+    if old.train[key] != cfg.train[key]:
+      raise TrainError(
+        f"{workdir}: was started with train.{key}={old.train[key]!r}, not {cfg.train[key]!r}"
+      )
+
+
+def _write_init_backbone(workdir: str, cfg, model, log) -> str:
+  """With no `train.init`, save the random backbone the run starts from (see module doc)."""
+  if jax.process_count() > 1:
+    raise TrainError("a multi-process run needs train.init (a visage-convert output or workdir)")
+  path = os.path.join(workdir, INIT_DIR)
+  if jax.process_index() == 0 and not os.path.isdir(path):
+    bcfg = cfg.copy_and_resolve_references()
+    bcfg.model.experts = ()
+    bcfg.model.lora.enabled = False
+    flat = {
+      tuple(p): to_host(v.get_value())
+      for p, v in nnx.to_flat_state(nnx.state(model))
+      if p[0] == "backbone" and p[-1] not in ("lora_a", "lora_b")
+    }
+    ckpt.save_flat(path, bcfg, flat)
+    log(f"no train.init: the random backbone is saved in {path}")
+  return path
+
+
+def _eval_due(t, step: int, steps_per_epoch: int) -> bool:
+  if step == t.num_steps:
+    return True
+  if t.eval_every > 0:
+    return step % t.eval_every == 0
+  if t.eval_every < 0:
+    return step % steps_per_epoch == 0
+  return False
 
 
 def run(cfg, workdir: str, *, log=print) -> dict:
   """Train `cfg.train.num_steps` steps into `workdir`, resuming from its latest checkpoint."""
+  import grain.python as grain
+  from tqdm import tqdm
+
   from visage_jax.data.pipeline import global_batch, make_loader
   from visage_jax.data.prepare import data_source
 
-  os.makedirs(workdir, exist_ok=True)
+  def say(msg):  # above the progress bar, not through it
+    with tqdm.external_write_mode(file=sys.stdout):
+      log(msg)
+
+  cfg = _resolve_paths(cfg)
   t = cfg.train
+  name = train.expert_name(cfg)
+  if t.stage == 2 and not t.init:
+    raise TrainError("stage 2 needs train.init: a stage-1 workdir or a visage-convert output")
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  lead = jax.process_index() == 0
   mesh = parallel.make_mesh(**cfg.mesh)
   model = train.init_model(cfg, seed=t.seed)
   if t.init:
-    log(f"init from {t.init}: {load_init(model, t.init, train.expert_name(cfg))}")
+    say(f"init from {t.init}: {load_init(model, t.init, name)}")
+  else:
+    cfg.train.init = _write_init_backbone(workdir, cfg, model, say)
+  _check_workdir_config(workdir, cfg)
+  if lead and not os.path.isfile(os.path.join(workdir, ckpt.CONFIG_FILE)):
+    ckpt.write_config(workdir, cfg)
+
   graphdef, trainable, stats, frozen = train.split(model, cfg)
   tx = train.make_optimizer(cfg)
   opt_state = tx.init(trainable)
-  step_fn, (trainable, stats, frozen, opt_state) = train.jit_train_step(
-    graphdef, cfg, tx, mesh, trainable, stats, frozen, opt_state
+  ema = train.init_ema(cfg, trainable)
+  step_fn, (trainable, stats, frozen, opt_state, ema) = train.jit_train_step(
+    graphdef, cfg, tx, mesh, trainable, stats, frozen, opt_state, ema
   )
+  del model
   source, _ = data_source(cfg.data.dir, cfg.data.train_split)
   loader = make_loader(
     source,
@@ -128,89 +463,190 @@ def run(cfg, workdir: str, *, log=print) -> dict:
     seed=t.seed,
     worker_count=cfg.data.workers,
   )
+  steps_per_epoch = max(len(source) // t.batch_size, 1)
   it = iter(loader)
-  import json
-
-  import grain.python as grain
 
   validate = None
   if cfg.data.val_split:
+    partner = partner_model(cfg, t.partner) if t.partner else None
     graphdef_eval = train.eval_graphdef(graphdef, cfg, trainable, stats, frozen)
-    validate = make_validator(graphdef_eval, cfg, cfg.data.dir, cfg.data.val_split)
+    validate = make_validator(
+      graphdef_eval, cfg, cfg.data.dir, cfg.data.val_split, partner=partner, log=say
+    )
+    del partner
+  elif t.partner:
+    raise TrainError("train.partner is only used by validation; set data.val_split too")
 
-  def run_validation(step):
-    scores = validate(trainable, stats, frozen)
-    record = {"step": int(step), **scores}
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, "validation.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
-    log(f"validation at step {step}: cc {scores['cc']:.4f}, nss {scores['nss']:.4f}")
-    return record
+  def params_tree():
+    """The weights validation scores and `best/` keeps: the EMA's if any, and the statistics."""
+    weights = ema if ema is not None else trainable
+    return ckpt.nested_from_flat({**named(weights), **named(stats)})
+
+  def state_tree():
+    tree = {"trainable": trainable, "batch_stats": stats, "opt": opt_state, "ema": ema}
+    return {k: _nested(v) for k, v in tree.items() if v is not None and jax.tree.leaves(v)}
 
   mngr = ocp.CheckpointManager(
-    os.path.abspath(os.path.join(workdir, "checkpoints")),
-    item_names=("state", "data"),
+    os.path.join(workdir, STATE_DIR),
+    item_names=("state", "params", "data"),
     options=ocp.CheckpointManagerOptions(max_to_keep=t.keep, enable_async_checkpointing=True),
   )
-  state_tree = (trainable, stats, opt_state)
-  treedef = jax.tree.structure(state_tree)
+  best = ocp.CheckpointManager(
+    os.path.join(workdir, BEST_DIR), item_names=("params",), options=_best_options(t.best_k)
+  )
   start = 0
   latest = mngr.latest_step()
   if latest is not None:
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _save_tree(state_tree))
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_tree())
     restored = mngr.restore(
       latest,
       args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=grain.PyGrainCheckpointRestore(it)
       ),
-    )
-    leaves = [restored.state[k] for k in sorted(restored.state)]
-    trainable, stats, opt_state = jax.tree.unflatten(treedef, leaves)
+    ).state
+    trainable = from_named(trainable, ckpt.flat_from_nested(restored["trainable"]))
+    if "batch_stats" in restored:
+      stats = from_named(stats, ckpt.flat_from_nested(restored["batch_stats"]))
+    opt_state = from_named(opt_state, ckpt.flat_from_nested(restored["opt"]))
+    if ema is not None:
+      ema = from_named(ema, ckpt.flat_from_nested(restored["ema"]))
     start = latest
-    log(f"resumed from step {latest}")
+    say(f"resumed from step {latest}")
+  val_path = os.path.join(workdir, "validation.jsonl")
+  if lead and os.path.isfile(val_path):  # drop records of steps the resumed run will redo
+    with open(val_path) as f:
+      kept = [x for x in f if x.strip() and json.loads(x)["step"] <= start]
+    with open(val_path, "w") as f:
+      f.writelines(kept)
 
-  stop = {"now": False}
-  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+  writer = None
+  if lead:
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1 if start else None)
+
+  def run_validation(step):
+    weights = ema if ema is not None else trainable
+    scores = validate(weights, stats, frozen)
+    record = {"step": int(step), **scores}
+    if lead:
+      with open(val_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+      for k in ("cc", "sim", "nss", "auc_judd", "kld"):
+        writer.add_scalar(f"val/{scores['map']}/{k}", scores[k], step)
+    say(
+      f"validation at step {step} ({scores['map']} map, {scores['videos']} videos): "
+      f"cc {scores['cc']:.4f}, sim {scores['sim']:.4f}, nss {scores['nss']:.4f}, "
+      f"auc_judd {scores['auc_judd']:.4f}"
+    )
+    if step not in best.all_steps():
+      best.save(
+        step,
+        args=ocp.args.Composite(params=ocp.args.StandardSave(params_tree())),
+        metrics={"cc": float(scores["cc"])},
+      )
+      best.wait_until_finished()  # before the state at this step can be saved
+    return record
 
   def save(step):
     mngr.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_save_tree((trainable, stats, opt_state))),
+        state=ocp.args.StandardSave(state_tree()),
+        params=ocp.args.StandardSave(params_tree()),
         data=grain.PyGrainCheckpointSave(it),
       ),
       force=True,
     )
 
+  stop = {"now": False}
+  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
   rng = jax.random.key(t.seed)
   keys = ("frames", "saliency", "fixations", "mask")
-  t0 = time.time()
+  flops = perf.train_step_flops(cfg, t.batch_size)
+  peak, peak_src = perf.peak_flops(t.peak_flops)
+  lrs = train.schedules(cfg)
+  bar = tqdm(
+    total=t.num_steps,
+    initial=start,
+    desc=f"{name} stage {t.stage}",
+    unit="step",
+    disable=not lead,
+    file=sys.stderr,
+    mininterval=1.0,
+    dynamic_ncols=True,
+  )
   parts = {}
   step = start
+  mark, mark_step = None, start  # the interval timed for step time (after the first compile)
   try:
     for step in range(start + 1, t.num_steps + 1):
       local = next(it)
       batch = global_batch(mesh, {k: local[k] for k in keys})
-      trainable, stats, opt_state, parts = step_fn(
-        trainable, stats, frozen, opt_state, batch, jax.random.fold_in(rng, step)
+      trainable, stats, opt_state, ema, parts = step_fn(
+        trainable, stats, frozen, opt_state, ema, batch, jax.random.fold_in(rng, step)
       )
+      bar.update(1)
+      if mark is None:  # the first step includes compilation: time from its end
+        jax.block_until_ready(parts["total"])
+        mark, mark_step = time.perf_counter(), step
       if step % t.log_every == 0 or step == t.num_steps:
-        rate = (step - start) / (time.time() - t0)
-        log(f"step {step}: loss {float(parts['total']):.4f}, {rate:.2f} steps/s")
+        values = {k: float(to_host(v)) for k, v in parts.items()}
+        now = time.perf_counter()
+        rate = {}
+        if step > mark_step:
+          dt = (now - mark) / (step - mark_step)
+          rate = {
+            "step_time_s": dt,
+            "examples_per_s": t.batch_size / dt,
+            "mfu": flops / dt / (peak * jax.device_count()),
+          }
+          mark, mark_step = now, step
+        lr = {f"lr_{k}": float(s(step - 1)) for k, s in lrs.items()}
+        if t.stage == 1:
+          lr.pop("lr_lora")
+        if rate:
+          bar.set_postfix(
+            loss=f"{values['total']:.4f}",
+            step_s=f"{rate['step_time_s']:.3g}",
+            ex_s=f"{rate['examples_per_s']:.3g}",
+            mfu=f"{rate['mfu']:.1%}",
+            refresh=False,
+          )
+        loss_txt = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "total")
+        msg = f"step {step}: loss {values['total']:.4f} ({loss_txt})"
+        msg += "".join(f", {k} {v:.3g}" for k, v in lr.items())
+        if rate:
+          msg += (
+            f", {rate['step_time_s']:.3g} s/step, {rate['examples_per_s']:.3g} examples/s, "
+            f"MFU {rate['mfu']:.1%} (vs {peak_src})"
+          )
+        say(msg)
+        if writer:
+          for k, v in {**values, **lr, **rate}.items():
+            writer.add_scalar(f"train/{k}", v, step)
       if stop["now"]:
         save(step)
-        log(f"SIGTERM: saved step {step}")
+        say(f"SIGTERM: saved step {step}")
         break
-      if validate and ((t.eval_every and step % t.eval_every == 0) or step == t.num_steps):
+      if validate and _eval_due(t, step, steps_per_epoch):
         run_validation(step)
       if step % t.checkpoint_every == 0 or step == t.num_steps:
         save(step)
   finally:
+    bar.close()
     mngr.wait_until_finished()
     mngr.close()
+    best.wait_until_finished()
+    best.close()
+    if writer:
+      writer.close()
     signal.signal(signal.SIGTERM, previous)
-  final = {
-    f"{i:05d}": np.asarray(jax.device_get(x)) for i, x in enumerate(jax.tree.leaves(trainable))
+  if lead and not stop["now"]:
+    final = {"/".join(k): to_host(v) for k, v in named(trainable).items()}
+    np.savez(os.path.join(workdir, "trainable_last.npz"), **final)
+  return {
+    "step": step,
+    "loss": float(to_host(parts["total"])) if parts else None,
+    "best_step": best.best_step() if validate else None,
   }
-  np.savez(os.path.join(workdir, "trainable_last.npz"), **final)
-  return {"step": step, "loss": float(parts["total"]) if parts else None}

@@ -31,11 +31,11 @@ def run(cfg, mesh, batch):
     trainable = jax.tree.map(lambda x: x + 0.01, trainable)
   tx = train.make_optimizer(cfg)
   opt_state = tx.init(trainable)
-  step, (trainable, stats, frozen, opt_state) = train.jit_train_step(
+  step, (trainable, stats, frozen, opt_state, ema) = train.jit_train_step(
     graphdef, cfg, tx, mesh, trainable, stats, frozen, opt_state, return_grads=True
   )
   rng = jax.random.key(3)
-  trainable, stats, opt_state, parts = step(trainable, stats, frozen, opt_state, batch, rng)
+  trainable, stats, opt_state, _, parts = step(trainable, stats, frozen, opt_state, ema, batch, rng)
   return jax.device_get(parts), jax.device_get(trainable), jax.device_get(stats)
 
 

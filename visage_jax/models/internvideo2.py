@@ -24,16 +24,42 @@ REMAT_POLICIES = {
 }
 
 
-def resolve_attention_impl(impl, dtype):
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked")
+
+
+def resolve_attention_impl(impl, dtype, tokens: int | None = None, chunk: int = 1024):
   """ "auto": cuDNN's fused kernel on a GPU in bf16/fp16 (2.2× the 6B model's speed on an H100,
-  and no N×N scores in memory), XLA's otherwise (CPU, float32 parity runs)."""
-  if impl in (None, "xla", "cudnn"):
+  and no N×N scores in memory); elsewhere XLA's, by query blocks ("chunked") once the sequence is
+  longer than two blocks (6B at 20 frames: 5121 tokens, whose full score matrices XLA's CPU
+  backend would hold in float32, several at once when differentiating)."""
+  if impl in (None, "xla", "cudnn", "chunked"):
     return impl
   if impl != "auto":
-    raise ValueError(f"model.backbone.attention_impl must be auto, xla or cudnn, got {impl!r}")
+    raise ValueError(
+      f"model.backbone.attention_impl must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}"
+    )
   if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
     return "cudnn"
+  if tokens is not None and tokens > 2 * chunk:
+    return "chunked"
   return "xla"
+
+
+def chunked_attention(q, k, v, *, scale: float, chunk: int):
+  """XLA's attention one block of `chunk` queries at a time (q, k, v: (B, N, H, Dh)). Each query
+  row's softmax still spans every key, so the numbers are XLA's; only one block's scores exist at
+  a time, and under differentiation each block is recomputed rather than stored."""
+  b, n, h, dh = q.shape
+  blocks = -(-n // chunk)
+  q = jnp.pad(q, ((0, 0), (0, blocks * chunk - n), (0, 0), (0, 0)))
+  q = jnp.moveaxis(q.reshape(b, blocks, chunk, h, dh), 1, 0)
+
+  @jax.checkpoint
+  def block(qb):
+    return jax.nn.dot_product_attention(qb, k, v, scale=scale, implementation="xla")
+
+  out = jax.lax.map(block, q)
+  return jnp.moveaxis(out, 0, 1).reshape(b, blocks * chunk, h, dh)[:, :n]
 
 
 def active_lora_targets(model_cfg) -> tuple[str, ...]:
@@ -76,6 +102,7 @@ class Attention(nnx.Module):
     self.k_norm = RMSNorm(d, eps=b.qk_norm_eps, param_dtype=pdt)
     self.num_heads = b.num_heads
     self.attention_impl = b.attention_impl
+    self.attention_chunk = int(b.get("attention_chunk", 1024))
 
   def __call__(self, x, *, dropout_rate=0.0, rngs=(None, None)):
     e, bsz, n, d = x.shape
@@ -90,13 +117,14 @@ class Attention(nnx.Module):
     def heads(x):
       return jnp.swapaxes(x, 0, 1).reshape(bsz * e, n, h, d // h)
 
-    out = jax.nn.dot_product_attention(
-      heads(q),
-      heads(k),
-      heads(v),
-      scale=float((d // h) ** -0.5),
-      implementation=resolve_attention_impl(self.attention_impl, q.dtype),
-    )
+    scale = float((d // h) ** -0.5)
+    impl = resolve_attention_impl(self.attention_impl, q.dtype, n, self.attention_chunk)
+    if impl == "chunked":
+      out = chunked_attention(heads(q), heads(k), heads(v), scale=scale, chunk=self.attention_chunk)
+    else:
+      out = jax.nn.dot_product_attention(
+        heads(q), heads(k), heads(v), scale=scale, implementation=impl
+      )
     out = jnp.swapaxes(out.reshape(bsz, e, n, d), 0, 1)
     return self.proj(out, dropout_rate=dropout_rate, dropout_rng=rngs[1])
 
