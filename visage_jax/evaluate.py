@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import time
 
 import jax
 import jax.numpy as jnp
@@ -191,3 +194,109 @@ def write_json(path: str, obj) -> None:
 
   with open(path, "w") as f:
     json.dump(clean(obj), f, indent=2)
+
+
+def evaluate_dataset(
+  checkpoint: str,
+  data: str,
+  split: str,
+  output: str,
+  *,
+  save_maps: bool = False,
+  batch_size: int = 2,
+  stride: int = 0,
+  dtype: str | None = None,
+  quantize_uint8: bool = True,
+  max_videos: int = 0,
+) -> dict:
+  import jax
+  from flax import nnx
+  from tqdm import tqdm
+
+  from visage_jax import checkpoint as ckpt
+  from visage_jax import writers
+  from visage_jax.data import challenge
+  from visage_jax.data.clips import load_batch, window_batches
+  from visage_jax.data.windows import inference_windows
+
+  layout = challenge.ChallengeLayout(data)
+  entries = layout.entries(split)
+  if max_videos:
+    entries = entries[:max_videos]
+  if not entries:
+    raise challenge.DataError(f"{layout.split_file}: split {split!r} lists no videos")
+  overrides = {"dtype": dtype} if dtype else {}
+  cfg, model = ckpt.load_model(checkpoint, model_overrides=overrides)
+  graphdef, state = nnx.split(model)
+  step = make_eval_step(graphdef, quantize_uint8=quantize_uint8, return_submission=save_maps)
+  size = cfg.model.backbone.img_size
+  window = cfg.model.backbone.num_frames
+  os.makedirs(output, exist_ok=True)
+  pred_root = os.path.join(output, "predictions")
+  agg = Aggregator()
+  t0 = time.time()
+  frames_done = 0
+  bar = tqdm(entries, desc=f"{split}", unit="video")
+  for entry in bar:
+    video, sal = challenge.open_pair(entry)
+    points = challenge.load_fixations(entry.fixations, video.num_frames, video.height, video.width)
+    s = stride or max(1, round(video.fps / 5))
+    windows = inference_windows(video.num_frames, window, s)
+    tmp_dir = None
+    if save_maps:
+      os.makedirs(pred_root, exist_ok=True)
+      tmp_dir = os.path.join(pred_root, f".{entry.name}.partial")
+      shutil.rmtree(tmp_dir, ignore_errors=True)
+      os.makedirs(tmp_dir)
+    for chunk, real in window_batches(windows, batch_size):
+      batch = load_batch(chunk, video, size=size, saliency=sal, fixations=points)
+      feed = {k: batch[k] for k in ("clip", "gt", "fixations", "mask")}
+      out = jax.device_get(step(state, feed))
+      for b in range(real):
+        per = jax.tree.map(lambda x, b=b: x[b], out["metrics"])
+        agg.add(entry.name, per, batch["mask"][b])
+        if save_maps:
+          fused = out["maps"]["fused"][b]
+          for t in np.nonzero(batch["mask"][b])[0]:
+            big = writers.resize_map(fused[t], (video.height, video.width))
+            u8 = writers.map_to_uint8(big)
+            writers.write_png(
+              os.path.join(tmp_dir, writers.map_filename(int(batch["indices"][b, t]))), u8
+            )
+        frames_done += int(batch["mask"][b].sum())
+    if save_maps:
+      _finish_video(tmp_dir, pred_root, entry.name, video.num_frames, video.fps)
+    bar.set_postfix(frames=frames_done, fps=f"{frames_done / (time.time() - t0):.1f}")
+  report = agg.report()
+  result = {
+    "checkpoint": os.path.abspath(checkpoint),
+    "data": os.path.abspath(data),
+    "split": split,
+    "quantize_uint8": quantize_uint8,
+    "aggregation": {
+      "challenge": "mean over each video's frames, then the unweighted mean over videos",
+      "pooled": "mean over all frames of all videos",
+    },
+    **report,
+  }
+  write_json(os.path.join(output, "metrics.json"), result)
+  return result
+
+
+def _finish_video(tmp_dir, pred_root, name, num_frames, fps):
+  """PNGs complete: encode the mp4 from them, then move both into place."""
+  from PIL import Image
+
+  from visage_jax import writers
+
+  names = [writers.map_filename(i) for i in range(num_frames)]
+  missing = [n for n in names if not os.path.exists(os.path.join(tmp_dir, n))]
+  if missing:
+    raise RuntimeError(f"{name}: internal: {len(missing)} maps not written (first {missing[0]})")
+  frames = np.stack([np.asarray(Image.open(os.path.join(tmp_dir, n))) for n in names])
+  mp4_tmp = os.path.join(pred_root, f".{name}.partial.mp4")
+  writers.write_mp4(mp4_tmp, frames, fps, lossless=True)
+  final_dir = os.path.join(pred_root, name)
+  shutil.rmtree(final_dir, ignore_errors=True)
+  os.rename(tmp_dir, final_dir)
+  os.replace(mp4_tmp, os.path.join(pred_root, name + ".mp4"))
