@@ -133,7 +133,8 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   # The other expert, fixed, so that validation scores the fused map as the challenge does: a
   # workdir or a visage-convert output holding it. Empty: validation scores this expert's map.
   t.partner = ""
-  t.eval_every = 0  # validation every N steps (0: at the end only, when data.val_split is set)
+  # validation (when data.val_split is set) every N steps; -1: each epoch; 0: at the end only
+  t.eval_every = -1
   # Peak FLOP/s of one device for the MFU estimate; 0: the nominal bf16 figure for known GPUs and
   # TPUs, a float32 matmul measured at start-up on a CPU.
   t.peak_flops = 0.0

@@ -39,7 +39,7 @@ def test_demo_trains_evaluates_predicts_and_beats_the_centre_prior(tmp_path):
   held_out = json.load(open(os.path.join(out, "data", "TrainTestSplit.json")))["public_test"]
   for name in (v[: -len(".mp4")] for v in held_out):
     maps = sorted(os.listdir(os.path.join(out, "predictions", name)))
-    assert len(maps) == 90 and maps[0] == "eyeMap_00000.png"
+    assert len(maps) == 90 and maps[0] == "eyeMap_00001.png" and maps[-1] == "eyeMap_00090.png"
   overlay = open_video(os.path.join(out, "overlay.mp4"))
   assert (overlay.num_frames, overlay.height, overlay.width) == (90, 72, 128)
   sheet = Image.open(os.path.join(out, "contact_sheet.png"))

@@ -1,10 +1,12 @@
-"""The sharded training step against the single-device one.
+"""The sharded training step against the single-device one, and the EMA.
 
-This is a regression guard for the sharding (it caught XLA's grouped-convolution gradient going
-wrong under a sharded batch), not yet the training issue's acceptance check: after one AdamW
-step the updated weights agree to ~1e-4 relative, not 1e-5, because Adam divides each gradient
-entry by its own magnitude, so float32 reduction-order noise in the smallest entries moves their
-update by up to lr. See the closing notes of the session that added it.
+One step on 8 emulated devices, mesh (data=2, fsdp=2, tensor=2), against 1 device, for both
+experts and both stages, compared in float64 (`tests/helpers/sharded_train.py`): the sharded
+program computes the same numbers. (In float32 the loss agrees to ~1e-7 but the updated
+weights only to ~1e-4: Adam's first step divides each gradient entry by its own magnitude, so
+reduction-order noise in the smallest entries moves their update by up to the learning rate; run
+the helper with `float32` to see it.) This test also caught XLA's grouped-convolution gradient
+going wrong under a sharded batch.
 """
 
 from __future__ import annotations
@@ -13,16 +15,15 @@ from conftest import run_helper
 
 
 def test_sharded_train_step_matches_single_device():
-  out = run_helper("sharded_train.py")
+  out = run_helper("sharded_train.py", "float64")
   assert set(out) == {f"expert{e}_stage{s}" for e in (1, 2) for s in (1, 2)}
   for name, r in out.items():
-    assert r["loss_rel"] <= 1e-6, (name, r["loss_rel"])
-    assert r["grads_rel"] <= 1e-4, (name, r["grads_rel"])
+    assert r["dtype"] == "float64", r["dtype"]
+    assert r["loss_rel"] <= 1e-5, (name, r["loss_rel"])
+    # every updated trainable tensor, elementwise relative to its largest entry
+    assert r["weights_rel_all"] <= 1e-5, (name, r["weights_rel_all"])
+    assert r["grads_rel"] <= 1e-5, (name, r["grads_rel"])
     assert r["batch_stats_rel"] <= 1e-5, (name, r["batch_stats_rel"])
-    # numerically-zero gradients (e.g. a bias cancelled by the GroupNorm after it) may take a
-    # different sign on each side; Adam then moves them by at most ~lr each way
-    for _, _, dw in r["numerically_zero_grads"]:
-      assert dw <= 2.5 * r["lr"], (name, dw)
 
 
 def test_ema_follows_the_weights_and_the_recipe():

@@ -74,6 +74,20 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
   return Mesh(np.asarray(devices).reshape(sizes), AXES)
 
 
+def put(tree, shardings):
+  """`jax.device_put` that also works across processes: each process holds the same host value
+  (deterministic initialisation, or read from the same checkpoint) and contributes its own
+  devices' shards of it."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+
+  def one(x, sharding):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(one, tree, shardings)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over data and fsdp; everything else whole."""
   return NamedSharding(mesh, P(BATCH))

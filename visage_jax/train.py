@@ -17,6 +17,7 @@ from visage_jax import parallel
 from visage_jax.data.video import CLIP_MEAN, CLIP_STD
 from visage_jax.losses import expert2_aux_loss, vsp_loss
 from visage_jax.models.layers import BatchNorm
+from visage_jax.models.precision import high
 from visage_jax.models.visage import ViSAGE
 
 
@@ -119,7 +120,7 @@ def ema_decay(cfg) -> float:
 
 
 def normalize_on_device(frames_u8):
-  x = frames_u8.astype(jnp.float32) / 255.0
+  x = frames_u8.astype(high()) / 255.0
   return (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
 
 
@@ -135,6 +136,8 @@ def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
   with_aux = name == "expert2" and cfg.train.aux_loss
 
   def step(trainable, batch_stats, frozen, opt_state, ema, batch, rng):
+    if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):  # raw uint32 key data
+      rng = jax.random.wrap_key_data(rng)
     clip = normalize_on_device(batch["frames"])
 
     def loss_fn(trainable, batch_stats, frozen):
@@ -222,7 +225,7 @@ def jit_train_step(
   shardings: returns (step, placed state)."""
   state = (trainable, batch_stats, frozen, opt_state, ema)
   fn, shardings = jitted_step(graphdef, cfg, tx, mesh, *state, return_grads=return_grads)
-  placed = tuple(None if x is None else jax.device_put(x, s) for x, s in zip(state, shardings))
+  placed = tuple(None if x is None else parallel.put(x, s) for x, s in zip(state, shardings))
   return fn, placed
 
 

@@ -562,6 +562,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
   stop = {"now": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
   rng = jax.random.key(t.seed)
+  repl = parallel.replicated(mesh)
   keys = ("frames", "saliency", "fixations", "mask")
   flops = perf.train_step_flops(cfg, t.batch_size)
   peak, peak_src = perf.peak_flops(t.peak_flops)
@@ -583,8 +584,9 @@ def run(cfg, workdir: str, *, log=print) -> dict:
     for step in range(start + 1, t.num_steps + 1):
       local = next(it)
       batch = global_batch(mesh, {k: local[k] for k in keys})
+      key = parallel.put(jax.random.key_data(jax.random.fold_in(rng, step)), repl)
       trainable, stats, opt_state, ema, parts = step_fn(
-        trainable, stats, frozen, opt_state, ema, batch, jax.random.fold_in(rng, step)
+        trainable, stats, frozen, opt_state, ema, batch, key
       )
       bar.update(1)
       if mark is None:  # the first step includes compilation: time from its end

@@ -1,9 +1,18 @@
 """One training step on 1 device and on 8 emulated devices (data=2, fsdp=2, tensor=2), for both
 experts and both stages; prints the largest relative differences of the loss and the updated
-trainable weights as JSON (used by test_train.py)."""
+trainable weights as JSON (used by test_train.py).
+
+    python sharded_train.py [float64|float32]
+
+float64 (the test): `jax_enable_x64`, a float64 backbone and `high_precision(float64)` for what
+the original runs in float32, so that the two programs are compared above rounding noise. float32:
+the model as it trains; Adam's first step divides each gradient entry by its own magnitude, so
+reduction-order noise in the smallest entries moves their update by up to the learning rate.
+"""
 
 import json
 import os
+import sys
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -11,8 +20,12 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+PRECISION = sys.argv[1] if len(sys.argv) > 1 else "float64"
+jax.config.update("jax_enable_x64", PRECISION == "float64")
+
 from configs.visage import get_config  # noqa: E402
 from visage_jax import parallel, train  # noqa: E402
+from visage_jax.models.precision import high_precision  # noqa: E402
 
 
 def small_config(expert, stage):
@@ -21,10 +34,16 @@ def small_config(expert, stage):
   b.img_size, b.num_frames, b.depth, b.taps = 56, 4, 4, (0, 1, 2, 3)
   cfg.model.output_size = 56
   cfg.train.expert, cfg.train.stage = expert, stage
+  cfg.model.dtype = cfg.model.param_dtype = PRECISION
   return cfg
 
 
 def run(cfg, mesh, batch):
+  with high_precision(PRECISION):
+    return _run(cfg, mesh, batch)
+
+
+def _run(cfg, mesh, batch):
   model = train.init_model(cfg, seed=1)
   graphdef, trainable, stats, frozen = train.split(model, cfg)
   if cfg.train.stage == 2:  # LoRA B starts at zero; give it values so its gradient path is real
@@ -44,8 +63,8 @@ def main():
   s = 56
   batch = {
     "frames": rng.integers(0, 255, (4, 4, s, s, 3), dtype=np.uint8),
-    "saliency": rng.random((4, 4, s, s)).astype(np.float32) ** 3,
-    "fixations": (rng.random((4, 4, s, s)) > 0.98).astype(np.float32),
+    "saliency": rng.random((4, 4, s, s)).astype(PRECISION) ** 3,
+    "fixations": (rng.random((4, 4, s, s)) > 0.98).astype(PRECISION),
     "mask": np.ones((4, 4), bool),
   }
   results = {}
@@ -62,6 +81,10 @@ def main():
       w1, w8 = jax.tree.leaves(t1), jax.tree.leaves(t8)
       gmax = max(float(np.max(np.abs(g))) for _, g in g1)
       grad_rel = weights_rel = 0.0
+      # every trainable tensor, elementwise: max |w1 − w8| / max |w1|
+      weights_rel_all = max(
+        float(np.max(np.abs(wa - wb)) / (np.max(np.abs(wa)) + 1e-30)) for wa, wb in zip(w1, w8)
+      )
       floor = []  # tensors whose gradient is numerically zero (see test_train.py)
       for (path, a), b, wa, wb in zip(g1, g8, w1, w8):
         amax = float(np.max(np.abs(a)))
@@ -80,6 +103,8 @@ def main():
         "loss_rel": loss_rel,
         "grads_rel": grad_rel,
         "weights_rel": weights_rel,
+        "weights_rel_all": weights_rel_all,
+        "dtype": str(jax.tree.leaves(t1)[0].dtype),
         "batch_stats_rel": srel,
         "n_trainable": len(w1),
         "numerically_zero_grads": floor,

@@ -18,6 +18,7 @@ from visage_jax.models.layers import (
   resize_trilinear,
   torch_linspace,
 )
+from visage_jax.models.precision import high
 
 
 def _match_size(x, target_shape):
@@ -42,7 +43,7 @@ class Neck(nnx.Module):
     )
 
   def __call__(self, taps):
-    return [r(t.astype(jnp.float32)) for r, t in zip(self.dim_reducers, taps)]
+    return [r(t.astype(high())) for r, t in zip(self.dim_reducers, taps)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,10 +85,10 @@ class CenterBias(nnx.Module):
   """w·exp(−((x−cx)² + (y−cy)²) / (2σ² + 1e-7)) on a linspace(−1, 1) grid, y down the rows."""
 
   def __init__(self, size: int):
-    self.cx = nnx.Param(jnp.zeros((), jnp.float32))
-    self.cy = nnx.Param(jnp.zeros((), jnp.float32))
-    self.sigma = nnx.Param(jnp.full((), 0.5, jnp.float32))
-    self.weight = nnx.Param(jnp.zeros((), jnp.float32))
+    self.cx = nnx.Param(jnp.zeros((), high()))
+    self.cy = nnx.Param(jnp.zeros((), high()))
+    self.sigma = nnx.Param(jnp.full((), 0.5, high()))
+    self.weight = nnx.Param(jnp.zeros((), high()))
     self.size = size
 
   def __call__(self):
@@ -160,7 +161,7 @@ class Expert1(nnx.Module):
 
   def __call__(self, taps, cls, *, with_aux: bool = False):
     del with_aux
-    cls = cls.astype(jnp.float32)
+    cls = cls.astype(high())
     gamma, beta = self.film_gamma(cls), self.film_beta(cls)
     logits = self.decoder(self.neck(taps), gamma, beta)
     return {"map": jax.nn.sigmoid(logits), "film_gamma": gamma, "film_beta": beta}

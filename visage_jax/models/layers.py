@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from visage_jax.models.precision import high
+
 
 class RMSNorm(nnx.Module):
   """x / sqrt(mean(x²) + eps) · weight, normalised in float32 and cast back before the weight."""
@@ -23,7 +25,7 @@ class RMSNorm(nnx.Module):
 
   def __call__(self, x):
     in_dtype = x.dtype
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(high())
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     normed = (x32 * jax.lax.rsqrt(var + self.eps)).astype(in_dtype)
     return self.weight[...] * normed
@@ -36,7 +38,7 @@ class LayerScale(nnx.Module):
     self.gamma = nnx.Param(jnp.full((dim,), init_value, param_dtype))
 
   def __call__(self, x):
-    out = x.astype(jnp.float32) * self.gamma[...].astype(jnp.float32)
+    out = x.astype(high()) * self.gamma[...].astype(high())
     return out.astype(x.dtype)
 
 
@@ -48,10 +50,10 @@ class BatchNorm(nnx.Module):
   """
 
   def __init__(self, dim: int, *, eps: float = 1e-5, momentum: float = 0.1):
-    self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
-    self.running_mean = nnx.BatchStat(jnp.zeros((dim,), jnp.float32))
-    self.running_var = nnx.BatchStat(jnp.ones((dim,), jnp.float32))
+    self.weight = nnx.Param(jnp.ones((dim,), high()))
+    self.bias = nnx.Param(jnp.zeros((dim,), high()))
+    self.running_mean = nnx.BatchStat(jnp.zeros((dim,), high()))
+    self.running_var = nnx.BatchStat(jnp.ones((dim,), high()))
     self.eps = eps
     self.momentum = momentum
     self.use_running_average = True
@@ -85,8 +87,8 @@ class GroupNorm(nnx.Module):
 
   def __init__(self, dim: int, *, eps: float = 1e-5):
     self.num_groups = group_norm_groups(dim)
-    self.weight = nnx.Param(jnp.ones((dim,), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+    self.weight = nnx.Param(jnp.ones((dim,), high()))
+    self.bias = nnx.Param(jnp.zeros((dim,), high()))
     self.eps = eps
 
   def __call__(self, x):
@@ -108,10 +110,10 @@ class Conv(nnx.Module):
     fan_in = (in_dim // groups) * int(np.prod(kernel_size))
     init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
     shape = (*kernel_size, in_dim // groups, out_dim)
-    self.kernel = nnx.Param(init(rngs.params(), shape, jnp.float32))
+    self.kernel = nnx.Param(init(rngs.params(), shape, high()))
     bound = 1 / np.sqrt(fan_in)
     self.bias = (
-      nnx.Param(jax.random.uniform(rngs.params(), (out_dim,), jnp.float32, -bound, bound))
+      nnx.Param(jax.random.uniform(rngs.params(), (out_dim,), high(), -bound, bound))
       if use_bias
       else None
     )
@@ -142,13 +144,13 @@ class Linear(nnx.Module):
 
   def __init__(self, in_dim, out_dim, *, use_bias=True, rngs, zero_init=False):
     if zero_init:
-      kernel = jnp.zeros((in_dim, out_dim), jnp.float32)
+      kernel = jnp.zeros((in_dim, out_dim), high())
     else:
       kernel = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")(
-        rngs.params(), (in_dim, out_dim), jnp.float32
+        rngs.params(), (in_dim, out_dim), high()
       )
     self.kernel = nnx.Param(kernel)
-    self.bias = nnx.Param(jnp.zeros((out_dim,), jnp.float32)) if use_bias else None
+    self.bias = nnx.Param(jnp.zeros((out_dim,), high())) if use_bias else None
 
   def __call__(self, x):
     y = x @ self.kernel[...]

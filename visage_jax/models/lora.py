@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from visage_jax.models.precision import high
+
 
 def _lora_dropout(x, rate: float, rng):
   if rng is None or rate == 0.0:
@@ -51,8 +53,8 @@ class LoRALinear(nnx.Module):
       a_init = nnx.initializers.variance_scaling(
         1 / 3, "fan_in", "uniform", in_axis=-2, out_axis=-1
       )
-      self.lora_a = nnx.LoRAParam(a_init(rngs.params(), (num_experts, in_dim, rank), jnp.float32))
-      self.lora_b = nnx.LoRAParam(jnp.zeros((num_experts, rank, out_dim), jnp.float32))
+      self.lora_a = nnx.LoRAParam(a_init(rngs.params(), (num_experts, in_dim, rank), high()))
+      self.lora_b = nnx.LoRAParam(jnp.zeros((num_experts, rank, out_dim), high()))
       self.scale = float(alpha) / float(rank)
     else:
       self.lora_a = self.lora_b = None
@@ -69,10 +71,10 @@ class LoRALinear(nnx.Module):
       y = y + self.bias[...].astype(x.dtype)
     if self.lora_a is None:
       return y
-    xa = _lora_dropout(x.astype(jnp.float32), dropout_rate, dropout_rng)
+    xa = _lora_dropout(x.astype(high()), dropout_rate, dropout_rng)
     h = jnp.einsum("e...i,eir->e...r", xa, self.lora_a[...])
     delta = jnp.einsum("e...r,ero->e...o", h, self.lora_b[...]) * self.scale
-    return (y.astype(jnp.float32) + delta).astype(x.dtype)
+    return (y.astype(high()) + delta).astype(x.dtype)
 
 
 class LoRAPatchEmbed(nnx.Module):
@@ -108,9 +110,9 @@ class LoRAPatchEmbed(nnx.Module):
         1 / 3, "fan_in", "uniform", in_axis=(1, 2, 3, 4), out_axis=-1
       )
       self.lora_a = nnx.LoRAParam(
-        a_init(rngs.params(), (num_experts, *self.patch, in_chans, rank), jnp.float32)
+        a_init(rngs.params(), (num_experts, *self.patch, in_chans, rank), high())
       )
-      self.lora_b = nnx.LoRAParam(jnp.zeros((num_experts, rank, dim), jnp.float32))
+      self.lora_b = nnx.LoRAParam(jnp.zeros((num_experts, rank, dim), high()))
       self.scale = float(alpha) / float(rank)
     else:
       self.lora_a = self.lora_b = None
@@ -138,7 +140,7 @@ class LoRAPatchEmbed(nnx.Module):
     if self.lora_a is None:
       return y
     pa = _lora_dropout(
-      jnp.broadcast_to(p.astype(jnp.float32), (self.num_experts, *p.shape)),
+      jnp.broadcast_to(p.astype(high()), (self.num_experts, *p.shape)),
       dropout_rate,
       dropout_rng,
     )
@@ -146,7 +148,7 @@ class LoRAPatchEmbed(nnx.Module):
     a = a.reshape(a.shape[0], -1, a.shape[-1])
     h = jnp.einsum("eb...k,ekr->eb...r", pa, a)
     delta = jnp.einsum("eb...r,erd->eb...d", h, self.lora_b[...]) * self.scale
-    return (y.astype(jnp.float32) + delta).astype(x.dtype)
+    return (y.astype(high()) + delta).astype(x.dtype)
 
 
 def merged_kernel(kernel: np.ndarray, lora_a: np.ndarray, lora_b: np.ndarray, scale: float):
