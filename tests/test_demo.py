@@ -12,9 +12,9 @@ import numpy as np
 from conftest import REPO
 
 
-def _run(out):
+def _run(out, *extra):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "visage_jax.cli.demo", f"--output={out}"]
+  cmd = [sys.executable, "-m", "visage_jax.cli.demo", f"--output={out}", *extra]
   return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -24,7 +24,7 @@ def test_demo_trains_evaluates_predicts_and_beats_the_centre_prior(tmp_path):
   from visage_jax.data.video import open_video
 
   out = str(tmp_path / "demo")
-  res = _run(out)
+  res = _run(out, "--steps1=40", "--steps2=16")  # shorter than the default run
   assert res.returncode == 0, res.stderr[-3000:]
   assert "2 cpu devices" in res.stdout
   m = json.load(open(os.path.join(out, "metrics.json")))

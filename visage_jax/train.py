@@ -51,7 +51,7 @@ def trainable_filter(cfg):
 
 def set_batchnorm_mode(model, train: bool) -> None:
   """Stage 1 trains BatchNorm (batch statistics, running averages updated); stage 2 freezes it."""
-  for _, module in model.iter_modules():
+  for _, module in nnx.iter_modules(model):
     if isinstance(module, BatchNorm):
       module.use_running_average = not train
 
@@ -164,7 +164,7 @@ def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
     trainable = optax.apply_updates(trainable, updates)
     if ema is not None:
       ema = jax.tree.map(lambda e, w: e + (1.0 - decay) * (w - e), ema, trainable)
-    parts["grad_norm"] = optax.global_norm(grads)
+    parts["grad_norm"] = optax.tree.norm(grads)
     if return_grads:
       parts["grads"] = grads
     return trainable, new_stats, opt_state, ema, parts
