@@ -30,18 +30,6 @@ def _emit(record, out):
       f.write(line + "\n")
 
 
-def matmul_tflops(jax, jnp, n=8192, iters=10):
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
-  f = jax.jit(lambda a, b: a @ b)
-  f(a, b).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(iters):
-    c = f(a, b)
-  c.block_until_ready()
-  return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--config", default="6b")
@@ -57,13 +45,13 @@ def main():
 
   from configs.visage import get_config
   from visage_jax.models.visage import ViSAGE
-  from visage_jax.perf import backbone_flops, nominal_peak_flops
+  from visage_jax.perf import backbone_flops, matmul_flops, nominal_peak_flops
 
   dev = jax.devices()[0]
   kind = getattr(dev, "device_kind", str(dev))
   peak = nominal_peak_flops(dev)
   peak = peak / 1e12 if peak else None
-  mm = matmul_tflops(jax, jnp)
+  mm = matmul_flops(n=8192, iters=10, dtype=jnp.bfloat16) / 1e12
   _emit({"device": kind, "jax": jax.__version__, "matmul_bf16_tflops": round(mm, 1)}, args.out)
 
   for impl in args.attention.split(","):

@@ -31,17 +31,9 @@ def test_ema_follows_the_weights_and_the_recipe():
   original's ModelEMA; -1 resolves to the recipe (0.99 for Expert 2 in stage 2 only)."""
   import jax
   import numpy as np
+  from helpers.small import small_config
 
-  from configs.visage import get_config
   from visage_jax import parallel, train
-
-  def small_config(expert, stage):
-    cfg = get_config("tiny")
-    b = cfg.model.backbone
-    b.img_size, b.num_frames, b.depth, b.taps = 56, 4, 4, (0, 1, 2, 3)
-    cfg.model.output_size = 56
-    cfg.train.expert, cfg.train.stage = expert, stage
-    return cfg
 
   for expert, stage, want in ((1, 1, 0.0), (1, 2, 0.0), (2, 1, 0.0), (2, 2, 0.99)):
     assert train.ema_decay(small_config(expert, stage)) == want

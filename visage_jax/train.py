@@ -208,22 +208,10 @@ def jitted_step(
   return fn, (s_tr, s_bs, s_fr, s_opt, s_ema)
 
 
-def jit_train_step(
-  graphdef,
-  cfg,
-  tx,
-  mesh,
-  trainable,
-  batch_stats,
-  frozen,
-  opt_state,
-  ema=None,
-  *,
-  return_grads=False,
-):
-  """`jitted_step`, and the state (trainable, batch_stats, frozen, opt_state, ema) put on its
-  shardings: returns (step, placed state)."""
-  state = (trainable, batch_stats, frozen, opt_state, ema)
+def jit_train_step(graphdef, cfg, tx, mesh, *state, return_grads=False):
+  """`jitted_step`, and the state (trainable, batch_stats, frozen, opt_state[, ema]) put on its
+  shardings: returns (step, placed state) with the EMA (or None) last."""
+  state = (*state, None) if len(state) == 4 else state
   fn, shardings = jitted_step(graphdef, cfg, tx, mesh, *state, return_grads=return_grads)
   placed = tuple(None if x is None else parallel.put(x, s) for x, s in zip(state, shardings))
   return fn, placed

@@ -23,17 +23,14 @@ import numpy as np  # noqa: E402
 PRECISION = sys.argv[1] if len(sys.argv) > 1 else "float64"
 jax.config.update("jax_enable_x64", PRECISION == "float64")
 
-from configs.visage import get_config  # noqa: E402
+from small import small_config as _small  # noqa: E402
+
 from visage_jax import parallel, train  # noqa: E402
 from visage_jax.models.precision import high_precision  # noqa: E402
 
 
 def small_config(expert, stage):
-  cfg = get_config("tiny")
-  b = cfg.model.backbone
-  b.img_size, b.num_frames, b.depth, b.taps = 56, 4, 4, (0, 1, 2, 3)
-  cfg.model.output_size = 56
-  cfg.train.expert, cfg.train.stage = expert, stage
+  cfg = _small(expert, stage)
   cfg.model.dtype = cfg.model.param_dtype = PRECISION
   return cfg
 
