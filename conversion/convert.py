@@ -33,6 +33,7 @@ from conversion.torch_io import (
   release_pages,
   to_numpy,
 )
+from visage_jax.cli import fail
 
 EXPERT_NAMES = ("expert1", "expert2")
 
@@ -324,8 +325,7 @@ def main(argv=None) -> None:
         unsafe_pickle=flags_.unsafe_pickle,
       )
     except ConversionError as e:
-      print(f"visage-convert: error: {e}", file=sys.stderr)
-      sys.exit(2)
+      fail("visage-convert", str(e))
 
   app.run(run, argv=argv)
 

@@ -17,6 +17,8 @@ import sys
 
 from absl import app, flags
 
+from visage_jax.cli import fail
+
 flags.DEFINE_string("predictions", None, "Folder with the predictions")
 flags.DEFINE_string("videos", None, "Dataset root (challenge layout) or a folder of mp4 videos")
 flags.DEFINE_string("split", "public_test", "Split to check when --videos is a dataset root")
@@ -102,18 +104,13 @@ def main(_):
   from visage_jax.data.challenge import DataError
 
   if not FLAGS.predictions or not FLAGS.videos:
-    print(
-      "visage-check-submission: error: --predictions and --videos are required", file=sys.stderr
-    )
-    sys.exit(2)
+    fail("visage-check-submission", "--predictions and --videos are required")
   try:
     videos = expected_videos(FLAGS.videos, FLAGS.split)
   except DataError as e:
-    print(f"visage-check-submission: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail("visage-check-submission", str(e))
   if not videos:
-    print(f"visage-check-submission: error: no videos found under {FLAGS.videos}", file=sys.stderr)
-    sys.exit(2)
+    fail("visage-check-submission", f"no videos found under {FLAGS.videos}")
   problems, ok = check(FLAGS.predictions, videos)
   for p in problems:
     print(p)

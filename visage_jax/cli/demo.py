@@ -28,6 +28,8 @@ import time
 
 from absl import app, flags
 
+from visage_jax.cli import fail
+
 flags.DEFINE_string("output", "visage_demo", "Where everything goes")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and the training")
 flags.DEFINE_integer("devices", 2, "Emulated CPU devices for the trainer (data parallel)")
@@ -47,9 +49,7 @@ def _say(msg: str) -> None:
 def _prepare_output(out: str) -> None:
   if os.path.exists(out):
     if not os.path.isfile(os.path.join(out, MARKER)):
-      raise SystemExit(
-        f"visage-demo: error: {out} exists and is not an earlier demo; choose another --output"
-      )
+      fail("visage-demo", f"{out} exists and is not an earlier demo; choose another --output")
     shutil.rmtree(out)
   os.makedirs(out)
   open(os.path.join(out, MARKER), "w").close()

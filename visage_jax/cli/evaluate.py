@@ -12,9 +12,10 @@ resolution) and OUT/predictions/<video>.mp4, as a submission expects them.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
+
+from visage_jax.cli import fail
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_string("data", None, "Dataset root in the challenge layout")
@@ -29,11 +30,6 @@ flags.DEFINE_integer("max_videos", 0, "Evaluate only the first N videos (0: all)
 FLAGS = flags.FLAGS
 
 
-def _fail(msg: str):
-  print(f"visage-eval: error: {msg}", file=sys.stderr)
-  sys.exit(2)
-
-
 def main(_):
   from absl import logging
 
@@ -46,7 +42,7 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   for name in ("checkpoint", "data", "output"):
     if not getattr(FLAGS, name):
-      _fail(f"--{name} is required")
+      fail("visage-eval", f"--{name} is required")
   try:
     result = evaluate_dataset(
       FLAGS.checkpoint,
@@ -61,7 +57,7 @@ def main(_):
       max_videos=FLAGS.max_videos,
     )
   except (DataError, VideoError, CheckpointError) as e:
-    _fail(str(e))
+    fail("visage-eval", str(e))
   print(evaluate.format_table(result, "ntire2026"))
   print()
   print(evaluate.format_table(result, "mit"))

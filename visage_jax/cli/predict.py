@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags
 
+from visage_jax.cli import fail
+
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_multi_string("input", None, "Video file or folder of videos (repeatable)")
 flags.DEFINE_string("output", None, "Output directory")
@@ -42,22 +44,18 @@ def main(_):
 
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.checkpoint or not FLAGS.input or not FLAGS.output:
-    print("visage-predict: error: --checkpoint, --input and --output are required", file=sys.stderr)
-    sys.exit(2)
+    fail("visage-predict", "--checkpoint, --input and --output are required")
   videos = find_videos(FLAGS.input)
   if not videos:
-    print(f"visage-predict: error: no videos in {FLAGS.input}", file=sys.stderr)
-    sys.exit(2)
+    fail("visage-predict", f"no videos in {FLAGS.input}")
   names = [video_name(v) for v in videos]
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes:
-    print(f"visage-predict: error: several inputs are named {dupes[0]}", file=sys.stderr)
-    sys.exit(2)
+    fail("visage-predict", f"several inputs are named {dupes[0]}")
   try:
     predictor = Predictor.load(FLAGS.checkpoint, **({"dtype": FLAGS.dtype} if FLAGS.dtype else {}))
   except CheckpointError as e:
-    print(f"visage-predict: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail("visage-predict", str(e))
   os.makedirs(FLAGS.output, exist_ok=True)
   failed, done, skipped = [], 0, 0
   overall = tqdm(videos, desc="videos", unit="video", position=0)

@@ -9,6 +9,8 @@ import sys
 
 from absl import app, flags
 
+from visage_jax.cli import fail
+
 flags.DEFINE_enum("layout", None, ["ntire2026", "dhf1k"], "Dataset layout")
 flags.DEFINE_string("root", None, "The dataset as distributed")
 flags.DEFINE_string("output", None, "Where the prepared dataset goes (new or empty)")
@@ -33,8 +35,7 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   for name in ("layout", "root", "output"):
     if not getattr(FLAGS, name):
-      print(f"visage-prepare: error: --{name} is required", file=sys.stderr)
-      sys.exit(2)
+      fail("visage-prepare", f"--{name} is required")
   try:
     report = prepare(
       FLAGS.layout,
@@ -49,8 +50,7 @@ def main(_):
       progress=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
   except (DataError, VideoError) as e:
-    print(f"visage-prepare: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail("visage-prepare", str(e))
   for item in report["skipped"]:
     print(f"skipped {item['video']}: {item['error']}", file=sys.stderr)
   print(f"prepared {report['splits']} videos into {report['path']}")

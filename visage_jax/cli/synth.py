@@ -5,9 +5,9 @@ visage-synth --output=DIR [--videos=8] [--frames=90] [--size=144x256] [--fps=30]
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
+
+from visage_jax.cli import fail
 
 flags.DEFINE_string("output", None, "Output directory (must not exist)")
 flags.DEFINE_integer("videos", 8, "Number of videos")
@@ -26,10 +26,7 @@ def main(_):
   try:
     h, w = (int(v) for v in FLAGS.size.lower().split("x"))
   except ValueError:
-    print(
-      f"visage-synth: error: --size must look like 144x256, got {FLAGS.size!r}", file=sys.stderr
-    )
-    sys.exit(2)
+    fail("visage-synth", f"--size must look like 144x256, got {FLAGS.size!r}")
   bar = tqdm(total=FLAGS.videos, desc="videos", unit="video")
 
   def progress(done, total):
@@ -46,8 +43,7 @@ def main(_):
       progress=progress,
     )
   except (FileExistsError, ValueError) as e:
-    print(f"visage-synth: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail("visage-synth", str(e))
   bar.close()
   n_train, n_test = len(split["train"]), len(split["public_test"])
   print(f"wrote {FLAGS.output}: {n_train} train, {n_test} public_test videos")

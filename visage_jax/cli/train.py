@@ -15,17 +15,12 @@ visage-export --workdir=EXPERT1_WORKDIR --workdir=EXPERT2_WORKDIR --output=DIR
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
+from visage_jax.cli import fail
+
 FLAGS = flags.FLAGS
-
-
-def _fail(msg: str) -> None:
-  print(f"{sys.argv[0].rsplit('/', 1)[-1]}: error: {msg}", file=sys.stderr)
-  sys.exit(2)
 
 
 def main(_):
@@ -35,18 +30,18 @@ def main(_):
 
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.workdir or not FLAGS.config.data.dir:
-    _fail("--workdir and --config.data.dir are required")
+    fail("visage-train", "--workdir and --config.data.dir are required")
   try:
     parallel.initialize_distributed()
   except ValueError as e:
-    _fail(str(e))
+    fail("visage-train", str(e))
   from visage_jax import checkpoint as ckpt
   from visage_jax.trainer import TrainError, run
 
   try:
     result = run(FLAGS.config, FLAGS.workdir, log=lambda m: print(m, flush=True))
   except (TrainError, ckpt.CheckpointError, ValueError, FileNotFoundError) as e:
-    _fail(str(e))
+    fail("visage-train", str(e))
   best = f", best validation at step {result['best_step']}" if result["best_step"] else ""
   print(f"done at step {result['step']}{best}", flush=True)
 
@@ -59,11 +54,11 @@ def export_main(_):
 
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.workdir or not FLAGS.output:
-    _fail("--workdir (once per expert) and --output are required")
+    fail("visage-export", "--workdir (once per expert) and --output are required")
   try:
     export(FLAGS.workdir, FLAGS.output)
   except (TrainError, ckpt.CheckpointError, FileNotFoundError) as e:
-    _fail(str(e))
+    fail("visage-export", str(e))
   print(f"wrote {FLAGS.output}")
 
 
