@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -185,6 +186,4 @@ def save_flat(directory: str, config: ml_collections.ConfigDict, flat: dict, ext
     os.rename(tmp, directory)
   finally:
     if os.path.exists(tmp):
-      import shutil
-
       shutil.rmtree(tmp, ignore_errors=True)

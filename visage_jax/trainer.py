@@ -159,11 +159,10 @@ def load_init(model, source: str, expert: str) -> list[str]:
   weights and, if present, this expert's neck/decoder and LoRA; a workdir gives its own init's,
   then its best (or latest) weights on top. Returns what was loaded."""
   if is_workdir(source):
-    wcfg = ckpt.read_config(source)
+    wcfg, flat, desc = workdir_weights(source)
     if train.expert_name(wcfg) != expert:
       raise TrainError(f"{source}: trained {train.expert_name(wcfg)}, not {expert}")
     loaded = load_init(model, wcfg.train.init, expert) if wcfg.train.init else []
-    _, flat, desc = workdir_weights(source)
     state = nnx.state(model)
     n = 0
     for path, var in nnx.to_flat_state(state):
@@ -386,11 +385,8 @@ def _check_workdir_config(workdir: str, cfg) -> None:
       )
 
 
-def _write_init_backbone(workdir: str, cfg, model, log) -> str:
+def _write_init_backbone(path: str, cfg, model, log) -> None:
   """With no `train.init`, save the random backbone the run starts from (see module doc)."""
-  if jax.process_count() > 1:
-    raise TrainError("a multi-process run needs train.init (a visage-convert output or workdir)")
-  path = os.path.join(workdir, INIT_DIR)
   if jax.process_index() == 0 and not os.path.isdir(path):
     bcfg = cfg.copy_and_resolve_references()
     bcfg.model.experts = ()
@@ -402,7 +398,6 @@ def _write_init_backbone(workdir: str, cfg, model, log) -> str:
     }
     ckpt.save_flat(path, bcfg, flat)
     log(f"no train.init: the random backbone is saved in {path}")
-  return path
 
 
 def _eval_due(t, step: int, steps_per_epoch: int) -> bool:
@@ -435,13 +430,18 @@ def run(cfg, workdir: str, *, log=print) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   lead = jax.process_index() == 0
+  random_backbone = not t.init  # recorded as WORKDIR/init_backbone (written below)
+  if random_backbone:
+    if jax.process_count() > 1:
+      raise TrainError("a multi-process run needs train.init (a visage-convert output or workdir)")
+    cfg.train.init = os.path.join(workdir, INIT_DIR)
+  _check_workdir_config(workdir, cfg)  # before any weights are read
   mesh = parallel.make_mesh(**cfg.mesh)
   model = train.init_model(cfg, seed=t.seed)
-  if t.init:
-    say(f"init from {t.init}: {load_init(model, t.init, name)}")
+  if random_backbone:
+    _write_init_backbone(cfg.train.init, cfg, model, say)
   else:
-    cfg.train.init = _write_init_backbone(workdir, cfg, model, say)
-  _check_workdir_config(workdir, cfg)
+    say(f"init from {t.init}: {load_init(model, t.init, name)}")
   if lead and not os.path.isfile(os.path.join(workdir, ckpt.CONFIG_FILE)):
     ckpt.write_config(workdir, cfg)
 
@@ -477,10 +477,12 @@ def run(cfg, workdir: str, *, log=print) -> dict:
   elif t.partner:
     raise TrainError("train.partner is only used by validation; set data.val_split too")
 
+  def scored_weights():
+    """What validation scores and `best/` keeps: the EMA if there is one."""
+    return ema if ema is not None else trainable
+
   def params_tree():
-    """The weights validation scores and `best/` keeps: the EMA's if any, and the statistics."""
-    weights = ema if ema is not None else trainable
-    return ckpt.nested_from_flat({**named(weights), **named(stats)})
+    return ckpt.nested_from_flat({**named(scored_weights()), **named(stats)})
 
   def state_tree():
     tree = {"trainable": trainable, "batch_stats": stats, "opt": opt_state, "ema": ema}
@@ -526,8 +528,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
     writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1 if start else None)
 
   def run_validation(step):
-    weights = ema if ema is not None else trainable
-    scores = validate(weights, stats, frozen)
+    scores = validate(scored_weights(), stats, frozen)
     record = {"step": int(step), **scores}
     if lead:
       with open(val_path, "a") as f:
