@@ -35,6 +35,7 @@ def main():
   ap.add_argument("--iters", type=int, default=10)
   ap.add_argument("--remat", default="full")
   ap.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor")
+  ap.add_argument("--attention", default="auto", help="model.backbone.attention_impl")
   ap.add_argument("--out", default="")
   args = ap.parse_args()
 
@@ -53,6 +54,7 @@ def main():
   nominal = perf.nominal_peak_flops(dev)
 
   cfg = get_config(args.config)
+  cfg.model.backbone.attention_impl = args.attention
   t = cfg.train
   t.stage, t.expert, t.remat_policy = args.stage, args.expert, args.remat
   if args.frames:

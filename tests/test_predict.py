@@ -126,10 +126,13 @@ def test_predict_video_arrays(ckpt_plain, videos):
   assert out["fused"].shape == (FRAMES, 224, 224) and out["source_size"] == SIZE
   assert set(out) >= {"expert1", "expert2", "fused"}
   assert 0 <= out["fused"].min() and out["fused"].max() <= 1
-  # frame 0 is the first frame of the first window (offset 0: frames 0, 6, 12, 18, 24 then padding)
-  from visage_jax.data.clips import load_batch
-  from visage_jax.data.windows import inference_windows
+  # frame 6 is the second frame of the first window (offset 0: frames 0, 6, 12, 18, 24 then padding)
+  from visage_jax import stream
 
-  window = inference_windows(FRAMES, 8, 6)[0]
-  clip = load_batch([window], open_video(os.path.join(videos, "clip0.mp4")), size=224)["clip"]
-  np.testing.assert_allclose(out["fused"][6], p.predict_clip(clip)["fused"][0, 1], atol=1e-6)
+  source = stream.VideoSource(open_video(os.path.join(videos, "clip0.mp4")), stride=6)
+  first = next(stream.window_batches(source, window=8, size=224, batch_size=1))
+  assert list(first.indices[0][first.mask[0]]) == [0, 6, 12, 18, 24]
+  np.testing.assert_allclose(out["fused"][6], p.predict_clip(first.clip)["fused"][0, 1], atol=1e-6)
+  streamed = list(p.stream_video(os.path.join(videos, "clip0.mp4")))
+  assert [f.index for f in streamed] == list(range(FRAMES))
+  np.testing.assert_array_equal(np.stack([f.maps["fused"] for f in streamed]), out["fused"])

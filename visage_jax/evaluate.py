@@ -9,11 +9,10 @@ same way, in both metric variants.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-import shutil
-import time
 
 import jax
 import jax.numpy as jnp
@@ -53,46 +52,39 @@ def read_gt(gt):
 
 
 def read_pred(pred, hw, *, quantize_uint8: bool):
-  """(the map as scored, the 8-bit submission map or None). With `quantize_uint8` the prediction
-  is read as the challenge reads a submitted 8-bit map at the ground truth's resolution
-  (`submission_maps`); otherwise the float map goes through the scorer's min-max and resize."""
-  sub = submission_maps(pred, hw) if quantize_uint8 else None
-  src = pred if sub is None else sub
-  return metrics.ntire2026_preprocess(src, hw, channels=False), sub
+  """The map as scored. With `quantize_uint8` the prediction is read as the challenge reads a
+  submitted 8-bit map at the ground truth's resolution (`submission_maps`); otherwise the float
+  map goes through the scorer's min-max and resize."""
+  src = submission_maps(pred, hw) if quantize_uint8 else pred
+  return metrics.ntire2026_preprocess(src, hw, channels=False)
 
 
 def frame_metrics(pred, gt, fixations, *, quantize_uint8: bool = True):
   """pred: (..., h, w) probabilities; gt: (..., H, W) ground-truth map (any scale); fixations:
   (..., H, W) event counts. Returns {variant: {metric: (...)}}."""
-  p, _ = read_pred(pred, gt.shape[-2:], quantize_uint8=quantize_uint8)
+  p = read_pred(pred, gt.shape[-2:], quantize_uint8=quantize_uint8)
   return score(p, read_gt(gt), fixations)
 
 
-def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None, return_submission=False):
-  """The jitted step: (state, batch) → {"maps": {...}, "metrics": {source: {variant: {metric}}}}.
+def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
+  """The jitted step: (state, batch) → {"maps": {...}, "metrics": {source: {variant: {metric}}}}:
+  the shared forward (`stream.model_maps`) with every map scored on top.
 
   batch: clip (B, T, S, S, 3) normalised frames; gt (B, T, H, W); fixations (B, T, H, W) int
   counts; mask (B, T) bool, false on padded frames, whose metrics come out NaN. With `mesh`, the
-  batch is split over its (data, fsdp) axes and the parameters are replicated. With
-  `return_submission`, also "submission": the fused maps exactly as scored, uint8 (B, T, H, W).
+  batch is split over its (data, fsdp) axes and the parameters are replicated.
   """
+  from visage_jax.stream import model_maps
 
   def step(state, batch):
-    model = nnx.merge(graphdef, state)
-    out = model(batch["clip"])
-    names = [k for k in ("expert1", "expert2") if k in out] + ["fused"]
-    result = {"maps": {k: out[k] for k in names}, "metrics": {}}
-    mask = batch["mask"]
+    maps = model_maps(nnx.merge(graphdef, state), batch["clip"])
+    result = {"maps": maps, "metrics": {}}
     g = read_gt(batch["gt"])  # once for all three maps
     hw = batch["gt"].shape[-2:]
-    for k in names:
-      p, sub = read_pred(out[k], hw, quantize_uint8=quantize_uint8)
-      m = score(p, g, batch["fixations"])
-      result["metrics"][k] = jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), m)
-      if return_submission and k == "fused":
-        if sub is None:  # scored as floats; the written maps are still the 8-bit ones
-          sub = submission_maps(out[k], hw)
-        result["submission"] = sub.astype(jnp.uint8)
+    for k, m in maps.items():
+      p = read_pred(m, hw, quantize_uint8=quantize_uint8)
+      scores = score(p, g, batch["fixations"])
+      result["metrics"][k] = jax.tree.map(lambda v: jnp.where(batch["mask"], v, jnp.nan), scores)
     return result
 
   if mesh is None:
@@ -126,6 +118,17 @@ class Aggregator:
 
   def videos(self) -> list[str]:
     return sorted(self._frames)
+
+  def state(self) -> dict:
+    """The per-frame numbers collected so far (plain dicts and arrays, for `merge`)."""
+    return self._frames
+
+  def merge(self, state: dict) -> None:
+    """Add another aggregator's `state()` (videos it saw whole: another process's share)."""
+    for video, chunks in state.items():
+      if video in self._frames:
+        raise ValueError(f"video {video} was scored by two processes")
+      self._frames[video] = chunks
 
   def _stack(self, video):
     chunks = self._frames[video]
@@ -196,6 +199,66 @@ def write_json(path: str, obj) -> None:
     json.dump(clean(obj), f, indent=2)
 
 
+def evaluate_video(
+  step, state, entry, *, mesh, window, size, batch_size, stride, agg, outputs=None, progress=None
+) -> None:
+  """Score every frame of one challenge video into `agg`; with `outputs` (a
+  `writers.VideoOutputs`) also write its fused maps as they become final."""
+  from visage_jax import stream
+  from visage_jax.data import challenge
+
+  video, sal = challenge.open_pair(entry)
+  points = challenge.load_fixations(entry.fixations, video.num_frames, video.height, video.width)
+  source = stream.VideoSource(video, stride or stream.stride_for(video.fps), sal, points)
+  batches = stream.window_batches(source, window=window, size=size, batch_size=batch_size)
+  results = stream.run_batches(step, state, stream.prefetch(batches, 2), mesh)
+
+  def scored(results):
+    for batch, out in results:
+      for b in range(batch.real):
+        agg.add(entry.name, jax.tree.map(lambda x, b=b: x[b], out["metrics"]), batch.mask[b])
+      yield batch, out
+
+  fused = lambda out: {"fused": out["maps"]["fused"]}  # noqa: E731
+  for frame in stream.frames_in_order(scored(results), fused):
+    if outputs is not None:
+      outputs.add(frame.index, frame.maps)
+    if progress:
+      progress(1)
+
+
+def _save_maps_of(entry, pred_root, run):
+  """Run `run(outputs=...)` with the video's maps written to temporary names, moved into place
+  when whole."""
+  import shutil
+
+  from visage_jax import writers
+  from visage_jax.data.video import open_video
+
+  video = open_video(entry.video)
+
+  tmp_dir = os.path.join(pred_root, f".{entry.name}.partial")
+  tmp_mp4 = os.path.join(pred_root, f".{entry.name}.partial.mp4")
+  shutil.rmtree(tmp_dir, ignore_errors=True)
+  os.makedirs(tmp_dir)
+  outputs = writers.VideoOutputs(
+    {"fused": tmp_dir}, source_hw=(video.height, video.width), fps=video.fps, maps_mp4=tmp_mp4
+  )
+  try:
+    run(outputs=outputs)
+    outputs.close()
+    final_dir = os.path.join(pred_root, entry.name)
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.rename(tmp_dir, final_dir)
+    os.replace(tmp_mp4, os.path.join(pred_root, entry.name + ".mp4"))
+  except BaseException:
+    outputs.abort()
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    if os.path.exists(tmp_mp4):
+      os.remove(tmp_mp4)
+    raise
+
+
 def evaluate_dataset(
   checkpoint: str,
   data: str,
@@ -209,65 +272,49 @@ def evaluate_dataset(
   quantize_uint8: bool = True,
   max_videos: int = 0,
 ) -> dict:
-  import jax
-  from flax import nnx
+  """Every frame of every video of `split`, scored; `batch_size` windows per local device. With
+  several processes each takes its share of the videos and process 0 writes the report (the
+  others return it too). Writes OUTPUT/metrics.json (and the maps with `save_maps`)."""
   from tqdm import tqdm
 
   from visage_jax import checkpoint as ckpt
-  from visage_jax import writers
+  from visage_jax import parallel, stream
   from visage_jax.data import challenge
-  from visage_jax.data.clips import load_batch, window_batches
-  from visage_jax.data.windows import inference_windows
 
   layout = challenge.ChallengeLayout(data)
-  entries = layout.entries(split)
-  if max_videos:
-    entries = entries[:max_videos]
+  entries = layout.entries(split)[: max_videos or None]
   if not entries:
     raise challenge.DataError(f"{layout.split_file}: split {split!r} lists no videos")
-  overrides = {"dtype": dtype} if dtype else {}
-  cfg, model = ckpt.load_model(checkpoint, model_overrides=overrides)
+  cfg, model = ckpt.load_model(checkpoint, model_overrides={"dtype": dtype} if dtype else {})
+  mesh = stream.local_mesh()
   graphdef, state = nnx.split(model)
-  step = make_eval_step(graphdef, quantize_uint8=quantize_uint8, return_submission=save_maps)
-  size = cfg.model.backbone.img_size
-  window = cfg.model.backbone.num_frames
-  os.makedirs(output, exist_ok=True)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  step = make_eval_step(graphdef, quantize_uint8=quantize_uint8, mesh=mesh)
   pred_root = os.path.join(output, "predictions")
+  os.makedirs(pred_root if save_maps else output, exist_ok=True)
   agg = Aggregator()
-  t0 = time.time()
-  frames_done = 0
-  bar = tqdm(entries, desc=f"{split}", unit="video")
-  for entry in bar:
-    video, sal = challenge.open_pair(entry)
-    points = challenge.load_fixations(entry.fixations, video.num_frames, video.height, video.width)
-    s = stride or max(1, round(video.fps / 5))
-    windows = inference_windows(video.num_frames, window, s)
-    tmp_dir = None
+  mine = entries[jax.process_index() :: jax.process_count()]
+  bar = tqdm(total=None, desc=f"{split} ({len(mine)} videos)", unit="frame")
+  for entry in mine:
+    run = functools.partial(
+      evaluate_video,
+      step,
+      state,
+      entry,
+      mesh=mesh,
+      agg=agg,
+      progress=bar.update,
+      window=cfg.model.backbone.num_frames,
+      size=cfg.model.backbone.img_size,
+      batch_size=batch_size * mesh.size,
+      stride=stride,
+    )
     if save_maps:
-      os.makedirs(pred_root, exist_ok=True)
-      tmp_dir = os.path.join(pred_root, f".{entry.name}.partial")
-      shutil.rmtree(tmp_dir, ignore_errors=True)
-      os.makedirs(tmp_dir)
-    for chunk, real in window_batches(windows, batch_size):
-      batch = load_batch(chunk, video, size=size, saliency=sal, fixations=points)
-      feed = {k: batch[k] for k in ("clip", "gt", "fixations", "mask")}
-      out = jax.device_get(step(state, feed))
-      for b in range(real):
-        per = jax.tree.map(lambda x, b=b: x[b], out["metrics"])
-        agg.add(entry.name, per, batch["mask"][b])
-        if save_maps:
-          fused = out["maps"]["fused"][b]
-          for t in np.nonzero(batch["mask"][b])[0]:
-            big = writers.resize_map(fused[t], (video.height, video.width))
-            u8 = writers.map_to_uint8(big)
-            writers.write_png(
-              os.path.join(tmp_dir, writers.map_filename(int(batch["indices"][b, t]))), u8
-            )
-        frames_done += int(batch["mask"][b].sum())
-    if save_maps:
-      _finish_video(tmp_dir, pred_root, entry.name, video.num_frames, video.fps)
-    bar.set_postfix(frames=frames_done, fps=f"{frames_done / (time.time() - t0):.1f}")
-  report = agg.report()
+      _save_maps_of(entry, pred_root, run)
+    else:
+      run()
+  bar.close()
+  report = merge_processes(agg, output).report()
   result = {
     "checkpoint": os.path.abspath(checkpoint),
     "data": os.path.abspath(data),
@@ -279,24 +326,33 @@ def evaluate_dataset(
     },
     **report,
   }
-  write_json(os.path.join(output, "metrics.json"), result)
+  if jax.process_index() == 0:
+    write_json(os.path.join(output, "metrics.json"), result)
   return result
 
 
-def _finish_video(tmp_dir, pred_root, name, num_frames, fps):
-  """PNGs complete: encode the mp4 from them, then move both into place."""
-  from PIL import Image
+def merge_processes(agg: Aggregator, output: str) -> Aggregator:
+  """Every process's per-frame numbers in one `Aggregator` (files in OUTPUT/.parts, read after a
+  barrier); a single process returns its own."""
+  if jax.process_count() == 1:
+    return agg
+  import pickle
+  import shutil
 
-  from visage_jax import writers
+  from jax.experimental import multihost_utils
 
-  names = [writers.map_filename(i) for i in range(num_frames)]
-  missing = [n for n in names if not os.path.exists(os.path.join(tmp_dir, n))]
-  if missing:
-    raise RuntimeError(f"{name}: internal: {len(missing)} maps not written (first {missing[0]})")
-  frames = np.stack([np.asarray(Image.open(os.path.join(tmp_dir, n))) for n in names])
-  mp4_tmp = os.path.join(pred_root, f".{name}.partial.mp4")
-  writers.write_mp4(mp4_tmp, frames, fps, lossless=True)
-  final_dir = os.path.join(pred_root, name)
-  shutil.rmtree(final_dir, ignore_errors=True)
-  os.rename(tmp_dir, final_dir)
-  os.replace(mp4_tmp, os.path.join(pred_root, name + ".mp4"))
+  parts = os.path.join(output, ".parts")
+  os.makedirs(parts, exist_ok=True)
+  mine = os.path.join(parts, f"process{jax.process_index()}.pkl")
+  with open(mine + ".partial", "wb") as f:
+    pickle.dump(agg.state(), f)
+  os.replace(mine + ".partial", mine)
+  multihost_utils.sync_global_devices("visage-eval: parts written")
+  merged = Aggregator()
+  for p in range(jax.process_count()):
+    with open(os.path.join(parts, f"process{p}.pkl"), "rb") as f:
+      merged.merge(pickle.load(f))
+  multihost_utils.sync_global_devices("visage-eval: parts read")
+  if jax.process_index() == 0:
+    shutil.rmtree(parts, ignore_errors=True)
+  return merged

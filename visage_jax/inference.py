@@ -4,6 +4,8 @@ from visage_jax.inference import Predictor
 predictor = Predictor.load(DIR)        # a converted checkpoint and its config
 out = predictor.predict_clip(clip)     # clip: float32 (B, T, H, W, 3), already normalised
 out["expert1"], out["expert2"], out["fused"]   # float32 (B, T, H, W) probabilities
+for frame in predictor.stream_video(path):     # every frame's maps, in order, as they are ready
+  frame.index, frame.maps["fused"]
 """
 
 from __future__ import annotations
@@ -13,27 +15,24 @@ import numpy as np
 from flax import nnx
 
 from visage_jax import checkpoint as ckpt
+from visage_jax import parallel, stream
 
 
 class Predictor:
-  """Both experts in one jitted program over the shared backbone, plus their logit fusion."""
+  """Both experts in one jitted program over the shared backbone, plus their logit fusion, with
+  batches split over every local device (`stream.local_mesh`)."""
 
-  def __init__(self, config, model):
+  def __init__(self, config, model, mesh=None):
     self.config = config
-    self.model = model
     self.expert_names = tuple(config.model.experts)
     if not self.expert_names:
       raise ckpt.CheckpointError(
         "this checkpoint holds only a backbone (no expert); convert it with --expert1/--expert2"
       )
+    self.mesh = mesh or stream.local_mesh()
     graphdef, state = nnx.split(model)
-    self._state = state
-
-    def forward(state, clip):
-      out = nnx.merge(graphdef, state)(clip)
-      return {k: out[k] for k in (*self.expert_names, "fused")}
-
-    self._forward = jax.jit(forward)
+    self.state = jax.device_put(state, parallel.replicated(self.mesh))
+    self.forward = stream.make_forward(graphdef, self.mesh)
 
   @classmethod
   def load(cls, directory: str, **model_overrides) -> Predictor:
@@ -49,17 +48,29 @@ class Predictor:
 
   def predict_clip(self, clip) -> dict[str, np.ndarray]:
     """clip: float32 (B, T, H, W, 3) normalised frames → float32 (B, T, S, S) maps per name."""
-    clip = np.asarray(clip)
+    clip = np.asarray(clip, np.float32)
     if clip.ndim != 5 or tuple(clip.shape[1:]) != self.clip_shape:
       raise ValueError(
         f"clip has shape {clip.shape}; this model takes (B, {', '.join(map(str, self.clip_shape))})"
       )
-    out = self._forward(self._state, clip.astype(np.float32))
-    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+    n = len(clip)
+    pad = -n % self.mesh.size  # the batch is split over the devices
+    clip = np.concatenate([clip, np.repeat(clip[-1:], pad, axis=0)]) if pad else clip
+    out = self.forward(self.state, jax.device_put(clip, parallel.batch_sharding(self.mesh)))
+    return {k: np.asarray(v, dtype=np.float32)[:n] for k, v in out.items()}
 
-  def predict_video(self, path: str, *, batch_size: int = 1) -> dict:
+  def stream_video(self, path: str, *, batch_size: int = 1, stride: int = 0):
+    """`stream.FrameMaps` (index, maps {name: float32 (S, S)}) for every frame of a video, in
+    frame order, as the model finishes them: memory does not grow with the video's length."""
+    from visage_jax.data.video import open_video
+    from visage_jax.predict import frame_stream
+
+    return frame_stream(self, open_video(path), batch_size=batch_size, stride=stride)
+
+  def predict_video(self, path: str, *, batch_size: int = 1, stride: int = 0) -> dict:
     """Every frame of a video, once: {"expert1", "expert2", "fused": float32 (N, S, S) at the
-    model's size, "fps", "source_size": (H, W)}. Decoding and windows as `visage-predict`."""
+    model's size, "fps", "source_size": (H, W)}. The one call that holds a whole video's maps;
+    `stream_video` gives the same maps frame by frame."""
     from visage_jax.predict import video_maps
 
-    return video_maps(self, path, batch_size=batch_size)
+    return video_maps(self, path, batch_size=batch_size, stride=stride)

@@ -5,43 +5,50 @@ run never leaves a half-written video behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
 import numpy as np
 
-from visage_jax import writers
-from visage_jax.data.clips import load_batch, window_batches
+from visage_jax import stream, writers
 from visage_jax.data.video import open_video
-from visage_jax.data.windows import inference_windows
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+SETTINGS_DIR = ".visage-predict"  # one JSON record per finished video: what made it
 
 
-def stride_for(fps: float, model_fps: float = 5.0) -> int:
-  """Source frames per model frame: 30 fps video at the model's 5 fps → 6."""
-  return max(1, int(round(fps / model_fps)))
-
-
-def video_maps(predictor, path: str, *, batch_size: int = 1, progress=None) -> dict:
-  """{name: float32 (N, S, S)} for every map the checkpoint gives ("expert1", "expert2",
-  "fused"), one per source frame, plus "fps" and "source_size" (H, W)."""
-  video = open_video(path)
+def frame_stream(predictor, video, *, batch_size=1, stride=0, keep_frames=False, progress=None):
+  """`stream.FrameMaps` for every frame of an open video, in order, as the model finishes them."""
   b = predictor.config.model.backbone
-  windows = inference_windows(video.num_frames, b.num_frames, stride_for(video.fps))
-  out = None
-  for chunk, real in window_batches(windows, batch_size):
-    batch = load_batch(chunk, video, size=b.img_size)
-    maps = predictor.predict_clip(batch["clip"])
-    if out is None:
-      s = maps["fused"].shape[-1]
-      out = {k: np.zeros((video.num_frames, s, s), np.float32) for k in maps}
-    for i in range(real):
-      idx, mask = batch["indices"][i], batch["mask"][i]
-      for k, v in maps.items():
-        out[k][idx[mask]] = v[i][mask]
+  source = stream.VideoSource(video, stride or stream.stride_for(video.fps))
+  batches = stream.window_batches(
+    source,
+    window=b.num_frames,
+    size=b.img_size,
+    batch_size=batch_size * predictor.mesh.size,
+    keep_frames=keep_frames,
+  )
+  results = stream.run_batches(
+    predictor.forward, predictor.state, stream.prefetch(batches, 2), predictor.mesh
+  )
+  for frame in stream.frames_in_order(results):
     if progress:
-      progress(sum(int(m.sum()) for _, m in chunk[:real]))
+      progress(1)
+    yield frame
+
+
+def video_maps(predictor, path: str, *, batch_size: int = 1, stride: int = 0) -> dict:
+  """{name: float32 (N, S, S)} for every map the checkpoint gives ("expert1", "expert2",
+  "fused"), one per source frame, plus "fps" and "source_size" (H, W). Holds the whole video's
+  maps: for long videos iterate `frame_stream` instead."""
+  video = open_video(path)
+  out = {}
+  for fm in frame_stream(predictor, video, batch_size=batch_size, stride=stride):
+    for k, m in fm.maps.items():
+      if k not in out:
+        out[k] = np.zeros((video.num_frames, *m.shape), np.float32)
+      out[k][fm.index] = m
   out["fps"] = video.fps
   out["source_size"] = (video.height, video.width)
   return out
@@ -71,63 +78,102 @@ def is_complete(output: str, name: str) -> bool:
   return os.path.isdir(os.path.join(output, name))
 
 
+def settings_path(output: str, name: str) -> str:
+  return os.path.join(output, SETTINGS_DIR, name + ".json")
+
+
+def recorded_settings(output: str, name: str) -> dict | None:
+  """The settings a finished video was made with; None if it has no (readable) record."""
+  try:
+    with open(settings_path(output, name)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
 def write_video_outputs(
   predictor,
   path: str,
   output: str,
   *,
-  map_size: str = "source",
-  save_experts: bool = False,
+  settings: dict,
   batch_size: int = 1,
   progress=None,
 ) -> int:
-  """Predict one video and write its files; returns the number of frames. Everything goes to
-  temporary names first; the maps folder is renamed into place last."""
+  """Predict one video and write its files while the model runs; returns the number of frames.
+
+  `settings` (made by `run_settings`) says what to write and is recorded beside the outputs.
+  Everything goes to temporary names first; the maps folder is renamed into place last."""
   name = video_name(path)
-  maps = video_maps(predictor, path, batch_size=batch_size, progress=progress)
   video = open_video(path)
-  h, w = maps["source_size"]
-  n = video.num_frames
-
-  def to_u8(m):
-    return writers.map_to_uint8(writers.resize_map(m, (h, w)) if map_size == "source" else m)
-
-  tmp_dir = os.path.join(output, f".{name}.partial")
+  experts = [k for k in predictor.expert_names if settings["save_experts"]]
+  tmp = {"fused": os.path.join(output, f".{name}.partial")}
+  for sub in experts:
+    tmp[sub] = os.path.join(output, "experts", sub, f".{name}.partial")
   tmp_mp4 = os.path.join(output, f".{name}.partial.mp4")
   tmp_overlay = os.path.join(output, "overlays", f".{name}.partial.mp4")
-  names = ["fused"] + ([k for k in ("expert1", "expert2") if k in maps] if save_experts else [])
-  out_hw = (h, w) if map_size == "source" else tuple(maps["fused"].shape[1:])
-  fused_u8 = np.empty((n, *out_hw), np.uint8)
+  tmp_settings = settings_path(output, f".{name}.partial")
+  for d in tmp.values():
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+  for d in (os.path.dirname(tmp_overlay), os.path.dirname(tmp_settings)):
+    os.makedirs(d, exist_ok=True)
+  out = writers.VideoOutputs(
+    tmp,
+    source_hw=(video.height, video.width),
+    fps=video.fps,
+    map_size=settings["map_size"],
+    maps_mp4=tmp_mp4,
+    overlay_mp4=tmp_overlay,
+  )
   try:
-    for sub in names:
-      d = tmp_dir if sub == "fused" else os.path.join(output, "experts", sub, f".{name}.partial")
-      shutil.rmtree(d, ignore_errors=True)
-      os.makedirs(d)
-      for i in range(n):
-        u8 = to_u8(maps[sub][i])
-        if sub == "fused":
-          fused_u8[i] = u8
-        writers.write_png(os.path.join(d, writers.map_filename(i)), u8)
-    writers.write_mp4(tmp_mp4, fused_u8, maps["fps"], lossless=True)
-    os.makedirs(os.path.dirname(tmp_overlay), exist_ok=True)
-    frames = video.frames(range(n))
-    if map_size == "source":
-      big = fused_u8
-    else:
-      big = np.stack([writers.map_to_uint8(writers.resize_map(m, (h, w))) for m in maps["fused"]])
-    blended = np.stack([writers.overlay(f, m) for f, m in zip(frames, big)])
-    writers.write_mp4(tmp_overlay, blended, maps["fps"])
-    for sub in names[1:]:
+    frames = frame_stream(
+      predictor,
+      video,
+      batch_size=batch_size,
+      stride=settings["stride"],
+      keep_frames=True,
+      progress=progress,
+    )
+    for fm in frames:
+      out.add(fm.index, fm.maps, fm.frame)
+    out.close()
+    if out.frames != video.num_frames:
+      raise RuntimeError(f"{path}: internal: {out.frames} maps for {video.num_frames} frames")
+    with open(tmp_settings, "w") as f:
+      json.dump(settings, f, indent=2)
+    for sub in experts:
       final = os.path.join(output, "experts", sub, name)
       shutil.rmtree(final, ignore_errors=True)
-      os.rename(os.path.join(output, "experts", sub, f".{name}.partial"), final)
+      os.rename(tmp[sub], final)
     os.replace(tmp_overlay, os.path.join(output, "overlays", name + ".mp4"))
     os.replace(tmp_mp4, os.path.join(output, name + ".mp4"))
-    os.rename(tmp_dir, os.path.join(output, name))  # last: marks the video complete
+    os.replace(tmp_settings, settings_path(output, name))
+    os.rename(tmp["fused"], os.path.join(output, name))  # last: marks the video complete
   except BaseException:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    for p in (tmp_mp4, tmp_overlay):
+    out.abort()
+    for d in tmp.values():
+      shutil.rmtree(d, ignore_errors=True)
+    for p in (tmp_mp4, tmp_overlay, tmp_settings):
       if os.path.exists(p):
         os.remove(p)
     raise
-  return n
+  return video.num_frames
+
+
+def run_settings(checkpoint: str, *, map_size="source", save_experts=False, stride=0) -> dict:
+  """What decides a video's outputs, as recorded with each finished video."""
+  return {
+    "checkpoint": os.path.abspath(checkpoint),
+    "map_size": map_size,
+    "save_experts": bool(save_experts),
+    "stride": int(stride),
+  }
+
+
+def settings_mismatch(recorded: dict | None, wanted: dict) -> str | None:
+  """None if a finished video was made with `wanted`; else what differs, in a few words."""
+  if recorded is None:
+    return "no settings record"
+  diffs = [f"{k} {recorded.get(k)!r} → {v!r}" for k, v in wanted.items() if recorded.get(k) != v]
+  return ", ".join(diffs) or None

@@ -298,6 +298,7 @@ def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, 
   from visage_jax.data.prepare import data_source
   from visage_jax.data.windows import validation_windows
   from visage_jax.models.visage import logit_fusion
+  from visage_jax.stream import model_maps
 
   source, _ = data_source(prepared, split)
   t_frames = cfg.model.backbone.num_frames
@@ -316,7 +317,9 @@ def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, 
   if partner is not None:
     pname, pmodel = partner
     pgraph, pstate = nnx.split(pmodel)
-    pfwd = jax.jit(lambda s, f: nnx.merge(pgraph, s)(train.normalize_on_device(f))[pname])
+    pfwd = jax.jit(
+      lambda s, f: model_maps(nnx.merge(pgraph, s), train.normalize_on_device(f))[pname]
+    )
     partner_maps = [to_host(pfwd(pstate, c[1][None]))[0] for c in clips]
     log(f"validation: {pname}'s maps for {len(clips)} windows computed (fused validation)")
     del pstate, pgraph
@@ -325,7 +328,7 @@ def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, 
   @jax.jit
   def frame_scores(trainable, stats, frozen, frames, sal, counts, mask, other):
     model = nnx.merge(graphdef_eval, trainable, stats, frozen, copy=True)
-    own = model(train.normalize_on_device(frames))[name]
+    own = model_maps(model, train.normalize_on_device(frames))[name]
     maps = {name: own}
     if other is not None:
       pair = (own, other) if name == "expert1" else (other, own)

@@ -7,6 +7,13 @@ truncates again. These functions reproduce both steps exactly.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import functools
+import os
+import queue
+import threading
+
 import numpy as np
 
 
@@ -25,66 +32,106 @@ def fuse_uint8(maps_u8, alpha: float = 0.5, eps: float = 1e-6) -> np.ndarray:
   return np.clip(fused * 255, 0, 255).astype(np.uint8)
 
 
-def write_png(path: str, image_u8) -> None:
-  """An 8-bit grayscale (H, W) or RGB (H, W, 3) PNG."""
+def write_png(path: str, image_u8, *, compress_level: int = 1) -> None:
+  """An 8-bit grayscale (H, W) or RGB (H, W, 3) PNG. PNG is lossless at every level; level 1
+  (zlib's fastest) writes smooth saliency maps several times faster than PIL's default 6 at a
+  slightly larger file."""
   from PIL import Image
 
-  Image.fromarray(np.asarray(image_u8, np.uint8)).save(path, format="PNG")
+  Image.fromarray(np.asarray(image_u8, np.uint8)).save(
+    path, format="PNG", compress_level=compress_level
+  )
+
+
+class Mp4Encoder:
+  """H.264 mp4 written one frame at a time: `add(frame)` uint8 (H, W) or (H, W, 3), `close()`.
+
+  `lossless` uses x264's lossless mode in 4:4:4, so a grayscale map decodes back exactly (up to
+  the YUV↔RGB conversion of the reader); the preset then only trades file size for speed, so the
+  fastest is used. Otherwise yuv420p at `crf` with `preset`, which every player reads; odd sizes
+  are padded by repeating the last row/column (yuv420p needs even sizes).
+  """
+
+  def __init__(self, path, fps, height, width, *, crf=18, lossless=False, preset="medium"):
+    import fractions
+
+    import av
+
+    self.path, self.height, self.width, self.lossless = path, height, width, lossless
+    self.frames = 0
+    rate = fractions.Fraction(fps).limit_denominator(1001)
+    self._container = av.open(path, mode="w", format="mp4")
+    stream = self._container.add_stream("libx264", rate=rate)
+    stream.width = width + (0 if lossless else width % 2)
+    stream.height = height + (0 if lossless else height % 2)
+    if lossless:
+      stream.pix_fmt = "yuv444p"
+      stream.options = {"qp": "0", "preset": "ultrafast"}
+    else:
+      stream.pix_fmt = "yuv420p"
+      stream.options = {"crf": str(crf), "preset": preset}
+    stream.time_base = 1 / rate
+    self._stream = stream
+
+  def add(self, frame_u8) -> None:
+    import av
+
+    f = np.asarray(frame_u8, np.uint8)
+    if f.ndim == 2:
+      f = np.repeat(f[..., None], 3, axis=-1)
+    if f.shape != (self.height, self.width, 3):
+      raise ValueError(
+        f"{self.path}: frame of shape {f.shape}, the video is {self.height}×{self.width}"
+      )
+    if not self.lossless and (self.height % 2 or self.width % 2):
+      f = np.pad(f, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
+    frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+    frame.pts = self.frames
+    self.frames += 1
+    for packet in self._stream.encode(frame):
+      self._container.mux(packet)
+
+  def close(self) -> None:
+    try:
+      for packet in self._stream.encode():
+        self._container.mux(packet)
+    finally:
+      self._container.close()
 
 
 def write_mp4(path: str, frames, fps: float, *, crf: int = 18, lossless: bool = False) -> None:
-  """uint8 frames (N, H, W) or (N, H, W, 3) → H.264 mp4 at `fps`, one video frame per array frame.
-
-  `lossless` uses x264's lossless mode in 4:4:4, so a grayscale map decodes back exactly (up to
-  the YUV↔RGB conversion of the reader); otherwise yuv420p at `crf`, which every player reads.
-  Odd sizes are padded by repeating the last row/column (yuv420p needs even sizes).
-  """
-  import fractions
-
-  import av
-
+  """uint8 frames (N, H, W) or (N, H, W, 3) → H.264 mp4 at `fps`, one video frame per array frame
+  (see `Mp4Encoder`)."""
   frames = np.asarray(frames, np.uint8)
-  if frames.ndim == 3:
-    frames = np.repeat(frames[..., None], 3, axis=-1)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+  if frames.ndim not in (3, 4) or (frames.ndim == 4 and frames.shape[-1] != 3) or not len(frames):
     raise ValueError(f"{path}: expected (N, H, W[, 3]) uint8 frames, got {frames.shape}")
-  h, w = frames.shape[1:3]
-  if not lossless and (h % 2 or w % 2):
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-  rate = fractions.Fraction(fps).limit_denominator(1001)
-  with av.open(path, mode="w", format="mp4") as container:
-    stream = container.add_stream("libx264", rate=rate)
-    stream.width, stream.height = frames.shape[2], frames.shape[1]
-    if lossless:
-      stream.pix_fmt = "yuv444p"
-      stream.options = {"qp": "0", "preset": "medium"}
-    else:
-      stream.pix_fmt = "yuv420p"
-      stream.options = {"crf": str(crf), "preset": "medium"}
-    stream.time_base = 1 / rate
-    for i, f in enumerate(frames):
-      frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-      frame.pts = i
-      for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+  encoder = Mp4Encoder(path, fps, frames.shape[1], frames.shape[2], crf=crf, lossless=lossless)
+  try:
+    for f in frames:
+      encoder.add(f)
+  finally:
+    encoder.close()
 
 
 def resize_map(prob, out_hw: tuple[int, int]) -> np.ndarray:
   """A float (h, w) map resized to (H, W) with OpenCV's bilinear (the challenge's resize)."""
-  from visage_jax.metrics import _cv_linear_weights
-
   x = np.asarray(prob, np.float64)
   for axis, n in ((1, out_hw[1]), (0, out_hw[0])):
     if x.shape[axis] == n:
       continue
-    i0, i1, w0, w1 = _cv_linear_weights(x.shape[axis], n)
+    i0, i1, w0, w1 = _linear_weights(x.shape[axis], n)
     if axis == 1:
       x = x[:, i0] * w0 + x[:, i1] * w1
     else:
       x = x[i0] * w0[:, None] + x[i1] * w1[:, None]
   return x
+
+
+@functools.cache
+def _linear_weights(in_size: int, out_size: int):
+  from visage_jax.metrics import _cv_linear_weights
+
+  return _cv_linear_weights(in_size, out_size)
 
 
 def map_filename(frame_index: int) -> str:
@@ -107,3 +154,157 @@ def overlay(frame_u8, map_u8, *, strength: float = 0.6) -> np.ndarray:
   heat = _jet(m) * 255.0
   out = (1 - alpha) * np.asarray(frame_u8, np.float32) + alpha * heat
   return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+@functools.cache
+def _overlay_table() -> np.ndarray:
+  """uint8 (3, 256·256): `overlay` of every (map level, frame value) pair, channel by channel,
+  computed by `overlay` itself, so a lookup gives exactly its pixels."""
+  levels = np.repeat(np.arange(256, dtype=np.uint8), 256)  # map level, slow index
+  values = np.tile(np.arange(256, dtype=np.uint8), 256)  # frame value, fast index
+  return np.stack([overlay(np.repeat(values[:, None], 3, -1), levels)[:, c] for c in range(3)])
+
+
+def overlay_lookup(frame_u8, map_u8) -> np.ndarray:
+  """`overlay` with the default strength through a table: the same pixels, a few times faster."""
+  table = _overlay_table()
+  base = np.asarray(map_u8, np.int32) << 8
+  frame = np.asarray(frame_u8)
+  out = np.empty(frame.shape, np.uint8)
+  for c in range(3):
+    np.take(table[c], base + frame[..., c], out=out[..., c])
+  return out
+
+
+def default_workers() -> int:
+  """Writer threads: the cores this process may use, less one for decoding and the device loop."""
+  return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+class _EncoderThread:
+  """An `Mp4Encoder` fed in order through a bounded queue by its own thread (x264 and PyAV's
+  encode release the GIL, so the two videos of a prediction encode beside the PNG writers)."""
+
+  def __init__(self, path, fps, height, width, **options):
+    self.encoder = Mp4Encoder(path, fps, height, width, **options)
+    self._queue: queue.Queue = queue.Queue(maxsize=8)
+    self._error: BaseException | None = None
+    self._thread = threading.Thread(target=self._work, name="encode", daemon=True)
+    self._thread.start()
+
+  def _work(self):
+    while (frame := self._queue.get()) is not None:
+      if self._error is None:
+        try:
+          self.encoder.add(frame)
+        except BaseException as e:  # raised on the next add or at close
+          self._error = e
+
+  def add(self, frame) -> None:
+    if self._error is not None:
+      raise self._error
+    self._queue.put(frame)
+
+  def close(self) -> None:
+    self._queue.put(None)
+    self._thread.join()
+    self.encoder.close()
+    if self._error is not None:
+      raise self._error
+
+
+class VideoOutputs:
+  """One video's per-frame outputs, written while the model still computes later frames.
+
+  `add(index, maps, frame)` takes frames in order: each expert's map → 8-bit PNG
+  (`png_dirs[name]/eyeMap_%05d.png`) at the source size (`map_size="source"`, the challenge's
+  bilinear) or the model's; the fused map → the lossless maps mp4; the fused map at source size
+  blended over the frame → the overlay mp4. The per-frame work runs on `workers` threads, at most
+  2·workers frames ahead; the two encoders take the results in order. `close()` waits for all of
+  it and finishes the files; `abort()` stops without finishing. Nothing is renamed here.
+  """
+
+  def __init__(
+    self,
+    png_dirs: dict,
+    *,
+    source_hw,
+    fps,
+    map_size="source",
+    maps_mp4=None,
+    overlay_mp4=None,
+    workers=0,
+  ):
+    self.png_dirs, self.source_hw, self.map_size = png_dirs, tuple(source_hw), map_size
+    self._pool = concurrent.futures.ThreadPoolExecutor(workers or default_workers(), "write")
+    self._limit = 2 * self._pool._max_workers
+    self._pending: collections.deque = collections.deque()
+    self._maps_mp4 = self._overlay_mp4 = None
+    self._out_hw = None
+    self._fps, self._maps_path, self._overlay_path = fps, maps_mp4, overlay_mp4
+    self.frames = 0
+
+  def _frame_work(self, index, maps, frame):
+    """Runs on a worker: PNGs, and the fused map and overlay frames for the encoders."""
+    h, w = self.source_hw
+    big = {}
+    for name, folder in self.png_dirs.items():
+      if self.map_size == "source":
+        big[name] = map_to_uint8(resize_map(maps[name], (h, w)))
+        u8 = big[name]
+      else:
+        u8 = map_to_uint8(maps[name])
+      write_png(os.path.join(folder, map_filename(index)), u8)
+    fused = big.get("fused") if self.map_size == "source" else map_to_uint8(maps["fused"])
+    blended = None
+    if self._overlay_path:
+      big_fused = big.get("fused")
+      if big_fused is None:
+        big_fused = map_to_uint8(resize_map(maps["fused"], (h, w)))
+      blended = overlay_lookup(frame, big_fused)
+    return fused, blended
+
+  def _start_encoders(self, fused):
+    if self._maps_path:
+      self._maps_mp4 = _EncoderThread(self._maps_path, self._fps, *fused.shape, lossless=True)
+    if self._overlay_path:
+      # x264's fastest preset: the overlay is for looking at (crf 18 as before), not scored
+      h, w = self.source_hw
+      self._overlay_mp4 = _EncoderThread(self._overlay_path, self._fps, h, w, preset="ultrafast")
+
+  def _drain(self, keep: int) -> None:
+    while len(self._pending) > keep:
+      fused, blended = self._pending.popleft().result()
+      if self.frames == 0:
+        self._start_encoders(fused)
+      if self._maps_mp4:
+        self._maps_mp4.add(fused)
+      if self._overlay_mp4:
+        self._overlay_mp4.add(blended)
+      self.frames += 1
+
+  def add(self, index: int, maps: dict, frame=None) -> None:
+    if self._overlay_path and frame is None:
+      raise ValueError(f"frame {index}: the overlay needs the source frame")
+    self._pending.append(self._pool.submit(self._frame_work, index, maps, frame))
+    self._drain(self._limit)
+
+  def close(self) -> None:
+    try:
+      self._drain(0)
+      for encoder in (self._maps_mp4, self._overlay_mp4):
+        if encoder:
+          encoder.close()
+    finally:
+      self._pool.shutdown(wait=True)
+
+  def abort(self) -> None:
+    for future in self._pending:
+      future.cancel()
+    self._pool.shutdown(wait=True, cancel_futures=True)
+    for encoder in (self._maps_mp4, self._overlay_mp4):
+      if encoder:
+        try:
+          encoder.close()
+        except BaseException:  # the files are being thrown away
+          pass

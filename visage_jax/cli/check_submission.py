@@ -4,8 +4,9 @@
 
 ROOT is a challenge-layout dataset (its TrainTestSplit.json names the videos of --split) or a
 folder of mp4 videos. For every video, DIR must hold `<name>/eyeMap_%05d.png` (1-based, one per
-frame, 8-bit, readable) and/or `<name>.mp4` with the video's frame count. Every problem is printed
-naming the video and the frame; the exit code is 1 if there was any.
+frame, 8-bit, readable, the video's width × height) and/or `<name>.mp4` with the video's frame
+count. Every problem is printed naming the video and the frame; the exit code is 1 if there was
+any.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def check(predictions: str, videos: dict[str, str]) -> tuple[list[str], int]:
   for name, src in sorted(videos.items()):
     before = len(problems)
     try:
-      n = open_video(src).num_frames
+      source = open_video(src)
+      n, size = source.num_frames, (source.width, source.height)
     except VideoError as e:
       problems.append(f"{name}: cannot read the source video to count its frames: {e}")
       continue
@@ -79,6 +81,12 @@ def check(predictions: str, videos: dict[str, str]) -> tuple[list[str], int]:
             img.load()
             if img.mode not in ("L", "RGB", "RGBA", "P"):
               problems.append(f"{name}: frame {i} ({path}) is {img.mode}, not an 8-bit image")
+            if img.size != size:
+              problems.append(
+                f"{name}: frame {i} ({path}) is {img.size[0]}×{img.size[1]}, the video is "
+                f"{size[0]}×{size[1]}"
+              )
+              break  # one line a video: the others are almost always the same size
         except Exception as e:  # PIL raises many kinds
           problems.append(f"{name}: frame {i} ({path}) is not a readable PNG: {e}")
           break

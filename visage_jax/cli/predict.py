@@ -1,24 +1,28 @@
 """`visage-predict`: saliency maps for any video.
 
     visage-predict --checkpoint=DIR --input=VIDEO_OR_FOLDER [--input=...] --output=OUT
-        [--map_size=source|model] [--save_experts] [--batch_size=1] [--dtype=bfloat16]
+        [--map_size=source|model] [--save_experts] [--batch_size=1] [--stride=0]
+        [--dtype=bfloat16] [--overwrite]
 
 For each video: OUT/<video>/eyeMap_%05d.png (8-bit fused maps, one per frame,
 1-based), OUT/<video>.mp4 (the maps at the source frame rate and frame count) and
 OUT/overlays/<video>.mp4 (the map as a heat map over the frames); with --save_experts also
-OUT/experts/<expert>/<video>/. Videos already complete are skipped, so rerunning an interrupted
-command finishes the job. A video that cannot be read is reported and skipped; the exit code is 1
-if any failed.
+OUT/experts/<expert>/<video>/. Outputs are written while the model runs, each video under
+temporary names renamed into place when whole. Each finished video records its settings in
+OUT/.visage-predict/<video>.json: a rerun skips videos made with the same settings (so an
+interrupted command finishes the job) and refuses, naming them, videos made with other settings
+unless --overwrite. A video that cannot be read is reported and skipped; the exit code is 1 if any
+failed. Batches are split over every local device; with JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID set (as for visage-train) the processes share the videos.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags
 
-from visage_jax.cli import fail
+from visage_jax.cli import check_output, fail
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_multi_string("input", None, "Video file or folder of videos (repeatable)")
@@ -27,24 +31,58 @@ flags.DEFINE_enum(
   "map_size", "source", ["source", "model"], "Write maps at the video's size or 224"
 )
 flags.DEFINE_bool("save_experts", False, "Also write each expert's maps")
-flags.DEFINE_integer("batch_size", 1, "Windows per step")
+flags.DEFINE_integer("batch_size", 1, "Windows per step on each device")
+flags.DEFINE_integer("stride", 0, "Source frames per model frame (0: round(fps / 5))")
 flags.DEFINE_string("dtype", None, "Override the backbone's activation dtype (e.g. bfloat16)")
+flags.DEFINE_bool("overwrite", False, "Recompute finished videos made with other settings")
 FLAGS = flags.FLAGS
+
+
+def videos_to_do(videos, settings_of) -> tuple[list[str], int]:
+  """(videos to predict, number already complete with these settings); refuses (exit 2) to
+  recompute videos made with other settings unless --overwrite."""
+  from visage_jax.predict import is_complete, recorded_settings, settings_mismatch, video_name
+
+  todo, complete, differing = [], 0, []
+  for path in videos:
+    name = video_name(path)
+    if not is_complete(FLAGS.output, name):
+      todo.append(path)
+      continue
+    why = settings_mismatch(recorded_settings(FLAGS.output, name), settings_of)
+    if why is None:
+      complete += 1
+    else:
+      differing.append(f"{name} ({why})")
+      todo.append(path)
+  if differing and not FLAGS.overwrite:
+    more = f" and {len(differing) - 1} more" if len(differing) > 1 else ""
+    fail(
+      "visage-predict",
+      f"{FLAGS.output} holds videos made with other settings: {differing[0]}{more}; "
+      "pass --overwrite to recompute them",
+    )
+  for d in differing:
+    print(f"visage-predict: recomputing {d}", file=sys.stderr)
+  return todo, complete
 
 
 def main(_):
   from absl import logging
   from tqdm import tqdm
 
+  from visage_jax import parallel
   from visage_jax.checkpoint import CheckpointError
   from visage_jax.data.challenge import DataError
   from visage_jax.data.video import VideoError
   from visage_jax.inference import Predictor
-  from visage_jax.predict import find_videos, is_complete, video_name, write_video_outputs
+  from visage_jax.predict import find_videos, run_settings, video_name, write_video_outputs
 
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.checkpoint or not FLAGS.input or not FLAGS.output:
     fail("visage-predict", "--checkpoint, --input and --output are required")
+  if FLAGS.batch_size < 1 or FLAGS.stride < 0:
+    fail("visage-predict", "--batch_size must be ≥ 1 and --stride ≥ 0")
   videos = find_videos(FLAGS.input)
   if not videos:
     fail("visage-predict", f"no videos in {FLAGS.input}")
@@ -52,26 +90,32 @@ def main(_):
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes:
     fail("visage-predict", f"several inputs are named {dupes[0]}")
+  check_output("visage-predict", FLAGS.output)
+  settings = run_settings(
+    FLAGS.checkpoint, map_size=FLAGS.map_size, save_experts=FLAGS.save_experts, stride=FLAGS.stride
+  )
+  try:
+    parallel.initialize_distributed()
+  except ValueError as e:
+    fail("visage-predict", str(e))
+  import jax
+
+  # each process its share of the named videos, whatever is already done
+  videos, skipped = videos_to_do(videos[jax.process_index() :: jax.process_count()], settings)
   try:
     predictor = Predictor.load(FLAGS.checkpoint, **({"dtype": FLAGS.dtype} if FLAGS.dtype else {}))
   except CheckpointError as e:
     fail("visage-predict", str(e))
-  os.makedirs(FLAGS.output, exist_ok=True)
-  failed, done, skipped = [], 0, 0
+  failed, done = [], 0
   overall = tqdm(videos, desc="videos", unit="video", position=0)
   for path in overall:
-    name = video_name(path)
-    if is_complete(FLAGS.output, name):
-      skipped += 1
-      continue
-    bar = tqdm(desc=name, unit="frame", position=1, leave=False)
+    bar = tqdm(desc=video_name(path), unit="frame", position=1, leave=False)
     try:
       write_video_outputs(
         predictor,
         path,
         FLAGS.output,
-        map_size=FLAGS.map_size,
-        save_experts=FLAGS.save_experts,
+        settings=settings,
         batch_size=FLAGS.batch_size,
         progress=bar.update,
       )

@@ -1,0 +1,121 @@
+"""The window stream: group order covers every frame once, frames leave in order through a buffer
+that does not grow with the video, prefetch errors surface; the writers' exact fast paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from visage_jax import stream, writers
+from visage_jax.data.windows import inference_windows
+
+
+class FakeVideo:
+  """A VideoReader whose frame i is filled with i % 251 (so frames can be told apart)."""
+
+  def __init__(self, num_frames, fps=30.0, hw=(6, 8)):
+    self.path, self.num_frames, self.fps = "fake.mp4", num_frames, fps
+    self.height, self.width = hw
+    self.decoded = []
+
+  def frames(self, indices):
+    idx = np.asarray(indices)
+    self.decoded.extend(int(i) for i in idx)
+    return np.broadcast_to(
+      (idx % 251).astype(np.uint8)[:, None, None, None], (len(idx), self.height, self.width, 3)
+    ).copy()
+
+
+def _as_set(windows):
+  return sorted((tuple(i), tuple(m)) for i, m in windows)
+
+
+@pytest.mark.parametrize("frames", [1, 119, 120, 121, 241])
+@pytest.mark.parametrize("stride", [1, 6])
+def test_groups_are_the_inference_windows_in_frame_order(frames, stride):
+  groups = list(stream.window_groups(frames, 20, stride))
+  flat = [w for g in groups for w in g]
+  assert _as_set(flat) == _as_set(inference_windows(frames, 20, stride))
+  for k, group in enumerate(groups):
+    for idx, _ in group:
+      assert k * 20 * stride <= idx.min() and idx.max() < (k + 1) * 20 * stride
+  real = np.concatenate([idx[mask] for idx, mask in flat])
+  assert sorted(real) == list(range(frames))  # every frame exactly once
+
+
+@pytest.mark.parametrize("frames", [1, 119, 120, 121, 241])
+@pytest.mark.parametrize("stride", [1, 6])
+def test_one_map_per_frame_in_order_with_a_bounded_buffer(frames, stride):
+  video = FakeVideo(frames)
+  source = stream.VideoSource(video, stride)
+  batches = stream.window_batches(source, window=20, size=4, batch_size=4, keep_frames=True)
+
+  def forward(batch):  # a map that says which frame it belongs to
+    return {"fused": np.broadcast_to(batch.indices[..., None, None], (*batch.indices.shape, 2, 2))}
+
+  held = []
+
+  def results():
+    for batch in stream.prefetch(batches, 2):
+      held.append(len(batch.frames))
+      yield batch, forward(batch)
+
+  out = list(stream.frames_in_order(results()))
+  assert [f.index for f in out] == list(range(frames))
+  assert all(f.maps["fused"][0, 0] == f.index for f in out)
+  assert all(f.frame[0, 0, 0] == f.index % 251 for f in out)
+  assert sorted(video.decoded) == list(range(frames))  # each frame decoded once
+  # a batch of 4 windows starts at most ceil(4 / stride) + 1 groups (stride windows a group)
+  assert max(held) <= (-(-4 // stride) + 1) * 20 * stride
+
+
+def test_buffer_does_not_grow_with_length():
+  def peak(frames):
+    source = stream.VideoSource(FakeVideo(frames), 6)
+    batches = stream.window_batches(source, window=20, size=4, batch_size=2, keep_frames=True)
+    waiting, peak_waiting = 0, 0
+
+    def results():
+      nonlocal waiting, peak_waiting
+      for batch in batches:
+        waiting += int(batch.mask[: batch.real].sum())
+        peak_waiting = max(peak_waiting, waiting)
+        yield batch, {"m": np.zeros((*batch.indices.shape, 1, 1))}
+
+    for _ in stream.frames_in_order(results()):
+      waiting -= 1
+    return peak_waiting
+
+  assert peak(360) == peak(3600) <= 120 + 2 * 20
+
+
+def test_prefetch_raises_the_producers_error():
+  def bad():
+    yield 1
+    raise ValueError("broken frame 7")
+
+  it = stream.prefetch(bad(), 2)
+  assert next(it) == 1
+  with pytest.raises(ValueError, match="broken frame 7"):
+    next(it)
+
+
+def test_overlay_lookup_equals_overlay_on_every_pair():
+  levels = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(256, 256)
+  frame = np.stack([np.tile(np.arange(256, dtype=np.uint8), (256, 1))] * 3, -1)
+  frame[..., 1] = 255 - frame[..., 1]
+  np.testing.assert_array_equal(
+    writers.overlay_lookup(frame, levels), writers.overlay(frame, levels)
+  )
+
+
+def test_mp4_encoder_lossless_round_trip(tmp_path):
+  from visage_jax.data.video import open_video
+
+  rng = np.random.default_rng(0)
+  maps = rng.integers(0, 256, (5, 17, 30), dtype=np.uint8)
+  path = str(tmp_path / "m.mp4")
+  writers.write_mp4(path, maps, 25, lossless=True)
+  back = open_video(path).frames(range(5))
+  assert back.shape == (5, 17, 30, 3)
+  assert np.abs(back[..., 0].astype(int) - maps).max() <= 1  # the reader's YUV→RGB only

@@ -1,0 +1,249 @@
+"""One video → batches of windows → maps in frame order: the video path of `visage-predict`,
+`visage-eval` and `Predictor`, and the one jitted forward that they and the trainer's validation
+share.
+
+Windows are taken group by group: group k holds window k of every phase (the original's `stride`
+interleaved sequences, ARCHITECTURE.md §10), and together they cover exactly the source frames
+[k·T·S, (k+1)·T·S) (T frames a window, S the stride). So frames become final early and leave
+through a small reorder buffer in frame order, and nothing held grows with the video's length:
+at most `prefetch` + 2 batches of windows and their groups' source frames.
+
+Decoding runs in a background thread that stays `prefetch` batches ahead of the device; a batch
+holds `batch_size` windows per local device, split over a data-parallel mesh of all of them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+from flax import nnx
+
+from visage_jax.data.challenge import fixation_counts
+from visage_jax.data.video import normalize, resize_frames, to_gray
+from visage_jax.data.windows import sequence_windows
+
+MODEL_FPS = 5.0
+
+
+def stride_for(fps: float, model_fps: float = MODEL_FPS) -> int:
+  """Source frames per model frame: 30 fps video at the model's 5 fps → 6."""
+  return max(1, int(round(fps / model_fps)))
+
+
+def window_groups(num_frames: int, window: int, stride: int) -> Iterator[list]:
+  """Lists of (indices, mask) windows: list k holds window k of every phase, which all lie in
+  source frames [k·window·stride, (k+1)·window·stride). Together they are exactly
+  `inference_windows(num_frames, window, stride)`: every frame once among the masked-in ones."""
+  if num_frames <= 0:
+    raise ValueError(f"a video needs at least one frame, got {num_frames}")
+  if stride < 1 or window < 1:
+    raise ValueError(f"stride and window must be positive, got {stride}, {window}")
+  span = window * stride
+  for start in range(0, num_frames, span):
+    group = []
+    for offset in range(min(stride, num_frames)):
+      phase = np.arange(start + offset, min(num_frames, start + span), stride)
+      if len(phase):
+        group.extend(sequence_windows(phase, window))
+    yield group
+
+
+def model_maps(model, clip) -> dict:
+  """The forward every job shares: clip (B, T, S, S, 3) normalised → {expert…, "fused"}: float32
+  (B, T, S, S) probabilities."""
+  out = model(clip)
+  return {k: out[k] for k in (*model.expert_names, "fused")}
+
+
+def local_mesh():
+  """A data-parallel mesh over this process's devices (each process streams its own videos)."""
+  from visage_jax import parallel
+
+  return parallel.make_mesh(data=-1, devices=jax.local_devices())
+
+
+def make_forward(graphdef, mesh=None):
+  """jit(state, clip) → maps (`model_maps`), the batch split over `mesh`'s batch axes."""
+
+  def forward(state, clip):
+    return model_maps(nnx.merge(graphdef, state), clip)
+
+  if mesh is None:
+    return jax.jit(forward)
+  from visage_jax import parallel
+
+  data = parallel.batch_sharding(mesh)
+  return jax.jit(forward, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
+
+
+@dataclasses.dataclass
+class VideoSource:
+  """What to read for one video: the frames, and for scoring the saliency video and fixations."""
+
+  video: object  # a VideoReader
+  stride: int
+  saliency: object | None = None  # a VideoReader of the ground-truth maps
+  fixations: list | None = None  # per frame, int (N, 2) [y, x] at source resolution
+
+
+@dataclasses.dataclass
+class WindowBatch:
+  clip: np.ndarray  # float32 (B, T, S, S, 3), normalised
+  mask: np.ndarray  # bool (B, T): false on padding (and on whole padded windows)
+  indices: np.ndarray  # int64 (B, T): source frame of each position
+  real: int  # windows that are not padding
+  frames: dict  # {source index: uint8 (H, W, 3)} of groups first seen in this batch, if kept
+  gt: np.ndarray | None = None  # uint8 (B, T, H, W)
+  fixations: np.ndarray | None = None  # int32 (B, T, H, W) event counts
+
+  def model_input(self) -> dict:
+    """What the evaluation step takes."""
+    out = {"clip": self.clip, "mask": self.mask}
+    if self.gt is not None:
+      out.update(gt=self.gt, fixations=self.fixations)
+    return out
+
+
+def _decode_group(source: VideoSource, group, size: int, keep_frames: bool):
+  """Decode the source frames a group covers once: (per-window items, {index: frame})."""
+  lo = min(int(idx[0]) for idx, _ in group)
+  hi = max(int(idx[m].max()) for idx, m in group) + 1
+  rgb = source.video.frames(np.arange(lo, hi))
+  clip = normalize(_resize_in_threads(rgb, size))
+  gt = to_gray(source.saliency.frames(np.arange(lo, hi))) if source.saliency else None
+  items = []
+  for idx, mask in group:
+    item = {"clip": clip[idx - lo], "mask": mask, "indices": idx}
+    if gt is not None:
+      item["gt"] = gt[idx - lo]
+    if source.fixations is not None:
+      v = source.video
+      item["fixations"] = fixation_counts(source.fixations, idx, v.height, v.width)
+    items.append(item)
+  frames = {lo + i: rgb[i] for i in range(hi - lo)} if keep_frames else {}
+  return items, frames
+
+
+_RESIZE_POOL = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="resize")
+
+
+def _resize_in_threads(frames, size: int) -> np.ndarray:
+  """`resize_frames` in a few threads (PIL releases the GIL while it resizes)."""
+  parts = np.array_split(np.arange(len(frames)), min(4, len(frames)))
+  return np.concatenate(list(_RESIZE_POOL.map(lambda p: resize_frames(frames[p], size), parts)))
+
+
+def _stack(items, frames, batch_size: int) -> WindowBatch:
+  real = len(items)
+  while len(items) < batch_size:  # masked copies keep the compiled shape
+    items.append({**items[0], "mask": np.zeros_like(items[0]["mask"])})
+  stacked = {k: np.stack([it[k] for it in items]) for k in items[0]}
+  return WindowBatch(real=real, frames=frames, **stacked)
+
+
+def window_batches(
+  source: VideoSource, *, window: int, size: int, batch_size: int, keep_frames: bool = False
+) -> Iterator[WindowBatch]:
+  """Batches of exactly `batch_size` windows in group order, the last padded."""
+  items, frames = [], {}
+  for group in window_groups(source.video.num_frames, window, source.stride):
+    new_items, new_frames = _decode_group(source, group, size, keep_frames)
+    frames.update(new_frames)
+    for item in new_items:
+      items.append(item)
+      if len(items) == batch_size:
+        yield _stack(items, frames, batch_size)
+        items, frames = [], {}
+  if items:
+    yield _stack(items, frames, batch_size)
+
+
+def prefetch(iterator: Iterator, depth: int) -> Iterator:
+  """Run `iterator` in a background thread, at most `depth` items ahead; its errors are raised
+  here, and stopping early stops the thread."""
+  q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+  stop = threading.Event()
+  done = object()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def work():
+    try:
+      for item in iterator:
+        if not put((item, None)):
+          return
+      put((done, None))
+    except BaseException as e:  # handed to the consumer
+      put((None, e))
+
+  thread = threading.Thread(target=work, name="decode", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item, error = q.get()
+      if error is not None:
+        raise error
+      if item is done:
+        return
+      yield item
+  finally:
+    stop.set()
+    thread.join(timeout=60)
+
+
+def run_batches(step, state, batches: Iterator[WindowBatch], mesh=None):
+  """(batch, host outputs) for every batch; the next batch is dispatched before the previous
+  one's outputs are fetched, so the device never waits for the host's copy."""
+  from visage_jax import parallel
+
+  sharding = None if mesh is None else parallel.batch_sharding(mesh)
+  pending = None
+  for batch in batches:
+    feed = batch.model_input() if batch.gt is not None else batch.clip
+    if sharding is not None:
+      feed = jax.device_put(feed, sharding)
+    out = step(state, feed)
+    if pending is not None:
+      yield pending[0], jax.device_get(pending[1])
+    pending = (batch, out)
+  if pending is not None:
+    yield pending[0], jax.device_get(pending[1])
+
+
+@dataclasses.dataclass
+class FrameMaps:
+  index: int  # source frame
+  maps: dict  # {name: float32 (S, S)}
+  frame: np.ndarray | None  # uint8 (H, W, 3) source frame, when kept
+
+
+def frames_in_order(results, maps_of=lambda out: out) -> Iterator[FrameMaps]:
+  """Per-frame maps from (batch, outputs) pairs, in source-frame order. `maps_of(outputs)` gives
+  {name: (B, T, S, S)}. Holds only frames that wait for an earlier one."""
+  ready: dict[int, dict] = {}
+  frames: dict[int, np.ndarray] = {}
+  next_index = 0
+  for batch, out in results:
+    frames.update(batch.frames)
+    maps = maps_of(out)
+    for b in range(batch.real):
+      for t in np.nonzero(batch.mask[b])[0]:
+        ready[int(batch.indices[b, t])] = {k: np.asarray(v[b, t]) for k, v in maps.items()}
+    while next_index in ready:
+      yield FrameMaps(next_index, ready.pop(next_index), frames.pop(next_index, None))
+      next_index += 1
+  if ready:
+    raise RuntimeError(f"internal: frames {sorted(ready)[:3]}… never became final")
