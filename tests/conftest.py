@@ -113,3 +113,39 @@ def plain_outputs(ckpt_plain, clip):
   _, model = ckpt.load_model(ckpt_plain)
   out = nnx.jit(lambda m, x: m(x, with_aux=True, return_features=True))(model, clip)
   return {k: (v if k == "taps" else np.asarray(v)) for k, v in out.items()}
+
+
+def free_port() -> int:
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def run_cli(module: str, *args: str, devices: int = 1, processes: int = 1):
+  """`python -m MODULE ARGS` on `devices` emulated CPU devices per process, in `processes`
+  processes joined through JAX_COORDINATOR_ADDRESS (gloo); the processes' CompletedProcess."""
+  env = dict(
+    os.environ,
+    PYTHONPATH=REPO,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
+  if processes > 1:
+    env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{free_port()}", JAX_NUM_PROCESSES=str(processes))
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-m", module, *args],
+      env=dict(env, JAX_PROCESS_ID=str(p)) if processes > 1 else env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for p in range(processes)
+  ]
+  out = []
+  for proc in procs:
+    stdout, stderr = proc.communicate(timeout=900)
+    out.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+  return out

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, run_cli
 from test_metrics import ref_ntire
 
 from visage_jax.data.challenge import ChallengeLayout, load_fixations
@@ -121,3 +121,47 @@ def test_eval_names_a_missing_video(dataset, ckpt_plain, tmp_path):
   )
   assert res.returncode == 2
   assert entry.video in res.stderr and "missing" in res.stderr
+
+
+def _pngs(root):
+  from PIL import Image
+
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      if f.endswith(".png"):
+        out[os.path.relpath(os.path.join(d, f), root)] = np.asarray(Image.open(os.path.join(d, f)))
+  return out
+
+
+def _numbers(node, path=()):
+  """Every number of a metrics.json report, by its path."""
+  if isinstance(node, dict):
+    for k, v in node.items():
+      yield from _numbers(v, (*path, k))
+  elif isinstance(node, (int, float)):
+    yield path, float(node)
+
+
+@pytest.mark.parametrize("devices,processes", [(4, 1), (2, 2)])
+def test_eval_on_devices_and_processes_equals_one_device(
+  evaluated, dataset, ckpt_plain, tmp_path, devices, processes
+):
+  out = str(tmp_path / "out")
+  args = [f"--checkpoint={ckpt_plain}", f"--data={dataset}", f"--output={out}", "--save_maps"]
+  runs = run_cli("visage_jax.cli.evaluate", *args, devices=devices, processes=processes)
+  for res in runs:
+    assert res.returncode == 0, res.stderr[-3000:]
+  assert "fused" in runs[0].stdout
+  scores = lambda d: {
+    k: json.load(open(os.path.join(d, "metrics.json")))[k] for k in ("overall", "per_video")
+  }  # noqa: E731, E501
+  one, many = dict(_numbers(scores(evaluated))), dict(_numbers(scores(out)))
+  assert sorted(one) == sorted(many)
+  for path, value in many.items():
+    assert abs(value - one[path]) <= 1e-6, (path, value, one[path])
+  single, sharded = _pngs(os.path.join(evaluated, "predictions")), _pngs(out)
+  assert sorted(single) == sorted(os.path.relpath(p, "predictions") for p in sharded)
+  for name, pixels in single.items():
+    np.testing.assert_array_equal(sharded[os.path.join("predictions", name)], pixels)
+  assert not os.path.exists(os.path.join(out, ".parts"))

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, run_cli
 
 from visage_jax.data.synth import make_video
 from visage_jax.data.video import open_video
@@ -30,6 +30,7 @@ def videos(tmp_path_factory):
 
 
 def _predict(ckpt, output, *inputs, wait=True):
+  """visage-predict; an input starting with "--" is passed as a flag."""
   cmd = [
     sys.executable,
     "-m",
@@ -37,7 +38,7 @@ def _predict(ckpt, output, *inputs, wait=True):
     f"--checkpoint={ckpt}",
     f"--output={output}",
   ]
-  cmd += [f"--input={i}" for i in inputs]
+  cmd += [i if i.startswith("--") else f"--input={i}" for i in inputs]
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   if not wait:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -136,3 +137,76 @@ def test_predict_video_arrays(ckpt_plain, videos):
   streamed = list(p.stream_video(os.path.join(videos, "clip0.mp4")))
   assert [f.index for f in streamed] == list(range(FRAMES))
   np.testing.assert_array_equal(np.stack([f.maps["fused"] for f in streamed]), out["fused"])
+
+
+def test_pngs_equal_the_pinned_maps_of_the_previous_video_path(ckpt_plain, tmp_path):
+  """tests/data/pinned_maps.npz: maps the whole-video path (before the stream) wrote for
+  tests/data/pinned_clip.mp4 (25 frames, 25 fps: stride 5) with this checkpoint."""
+  from PIL import Image
+
+  clip = os.path.join(REPO, "tests", "data", "pinned_clip.mp4")
+  pinned = np.load(os.path.join(REPO, "tests", "data", "pinned_maps.npz"))
+  res = _predict(ckpt_plain, str(tmp_path), clip)
+  assert res.returncode == 0, res.stderr[-3000:]
+  for i, expected in zip(pinned["frames"], pinned["maps"]):
+    png = np.asarray(Image.open(tmp_path / "pinned_clip" / f"eyeMap_{i + 1:05d}.png"))
+    np.testing.assert_array_equal(png, expected)
+
+
+def test_predict_on_four_devices_equals_one(reference, videos, ckpt_plain, tmp_path):
+  """Four devices, one window each per step: the same per-device program as the reference."""
+  out = str(tmp_path / "out")
+  args = [f"--checkpoint={ckpt_plain}", f"--input={videos}", f"--output={out}"]
+  (res,) = run_cli("visage_jax.cli.predict", *args, devices=4)
+  assert res.returncode == 0, res.stderr[-3000:]
+  ours, theirs = _tree(out), _tree(reference)
+  assert sorted(ours) == sorted(theirs)
+  for name in theirs:  # PNG bytes may differ with the encoder; the pixels may not
+    np.testing.assert_array_equal(_pixels(ours[name]), _pixels(theirs[name]))
+
+
+def _pixels(png_bytes):
+  import io
+
+  from PIL import Image
+
+  return np.asarray(Image.open(io.BytesIO(png_bytes)))
+
+
+def test_other_settings_are_refused_then_recomputed_and_checked(
+  reference, videos, ckpt_plain, tmp_path
+):
+  import shutil
+
+  out = str(tmp_path / "out")
+  shutil.copytree(reference, out)
+  res = _predict(ckpt_plain, out, videos, "--map_size=model")
+  assert res.returncode == 2
+  assert len(res.stderr.strip().splitlines()) == 1
+  assert "clip0 (map_size 'source' → 'model')" in res.stderr and "--overwrite" in res.stderr
+  res = _predict(ckpt_plain, out, videos, "--map_size=model", "--overwrite")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "recomputing clip0" in res.stderr
+  from PIL import Image
+
+  assert Image.open(os.path.join(out, "clip0", "eyeMap_00001.png")).size == (224, 224)
+  env = dict(os.environ, PYTHONPATH=REPO)
+  check = subprocess.run(
+    [sys.executable, "-m", "visage_jax.cli.check_submission", f"--predictions={out}",
+     f"--videos={videos}"],
+    capture_output=True, text=True, env=env,
+  )  # fmt: skip
+  assert check.returncode == 1
+  assert f"clip0: frame 1 ({out}/clip0/eyeMap_00001.png) is 224×224, the video is 128×72" in (
+    check.stdout
+  )
+
+
+@pytest.mark.parametrize("output,why", [("file", "is an existing file"), ("/proc/1/x", "cannot")])
+def test_bad_output_paths_are_one_line(videos, ckpt_plain, tmp_path, output, why):
+  if output == "file":
+    output = str(tmp_path / "file")
+    open(output, "w").close()
+  res = _predict(ckpt_plain, output, videos)
+  assert res.returncode == 2 and why in res.stderr
+  assert len(res.stderr.strip().splitlines()) == 1

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port
 
 from visage_jax import trainer
 from visage_jax.data.prepare import prepare
@@ -220,14 +220,6 @@ def test_bad_init_is_reported(prepared, tmp_path):
   )
 
 
-def _free_port():
-  import socket
-
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_train_like_one(prepared, tmp_path):
   """jax.distributed on localhost (CPU collectives), one device per process, against one process
   with two devices: the same global batches, the same losses."""
@@ -243,7 +235,7 @@ def test_two_processes_train_like_one(prepared, tmp_path):
 
   two = str(tmp_path / "two")
   init = f"--config.train.init={os.path.join(one, 'init_backbone')}"
-  port = _free_port()
+  port = free_port()
   procs = []
   for pid in range(2):
     env = dict(

@@ -152,7 +152,7 @@ def main(_):
   from visage_jax.data.synth import write_dataset
   from visage_jax.evaluate import evaluate_dataset, write_json
   from visage_jax.inference import Predictor
-  from visage_jax.predict import write_video_outputs
+  from visage_jax.predict import run_settings, write_video_outputs
 
   t0 = time.time()
   out = os.path.abspath(FLAGS.output)
@@ -195,7 +195,9 @@ def main(_):
   os.makedirs(pred_dir, exist_ok=True)
   entries = challenge.ChallengeLayout(data).entries("public_test")
   for entry in entries:
-    write_video_outputs(predictor, entry.video, pred_dir, batch_size=2)
+    write_video_outputs(
+      predictor, entry.video, pred_dir, settings=run_settings(ckpt_dir), batch_size=2
+    )
   first = entries[0]
   shutil.copyfile(
     os.path.join(pred_dir, "overlays", first.name + ".mp4"), os.path.join(out, "overlay.mp4")
