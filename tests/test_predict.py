@@ -153,12 +153,15 @@ def test_pngs_equal_the_pinned_maps_of_the_previous_video_path(ckpt_plain, tmp_p
     np.testing.assert_array_equal(png, expected)
 
 
-def test_predict_on_four_devices_equals_one(reference, videos, ckpt_plain, tmp_path):
-  """Four devices, one window each per step: the same per-device program as the reference."""
+@pytest.mark.parametrize("devices,processes", [(4, 1), (2, 2)])
+def test_predict_on_devices_and_processes_equals_one(
+  reference, videos, ckpt_plain, tmp_path, devices, processes
+):
+  """One window per device per step: the same per-device program as the reference."""
   out = str(tmp_path / "out")
   args = [f"--checkpoint={ckpt_plain}", f"--input={videos}", f"--output={out}"]
-  (res,) = run_cli("visage_jax.cli.predict", *args, devices=4)
-  assert res.returncode == 0, res.stderr[-3000:]
+  for res in run_cli("visage_jax.cli.predict", *args, devices=devices, processes=processes):
+    assert res.returncode == 0, res.stderr[-3000:]
   ours, theirs = _tree(out), _tree(reference)
   assert sorted(ours) == sorted(theirs)
   for name in theirs:  # PNG bytes may differ with the encoder; the pixels may not
