@@ -30,9 +30,14 @@ class Predictor:
         "this checkpoint holds only a backbone (no expert); convert it with --expert1/--expert2"
       )
     self.mesh = mesh or stream.local_mesh()
-    graphdef, state = nnx.split(model)
+    self._graphdef, state = nnx.split(model)
     self.state = jax.device_put(state, parallel.replicated(self.mesh))
-    self.forward = stream.make_forward(graphdef, self.mesh)
+    self.forward = stream.make_forward(self._graphdef, self.mesh)
+
+  @property
+  def model(self):
+    """The model (an `nnx.Module`) over the placed weights."""
+    return nnx.merge(self._graphdef, self.state)
 
   @classmethod
   def load(cls, directory: str, **model_overrides) -> Predictor:
