@@ -119,3 +119,21 @@ def test_mp4_encoder_lossless_round_trip(tmp_path):
   back = open_video(path).frames(range(5))
   assert back.shape == (5, 17, 30, 3)
   assert np.abs(back[..., 0].astype(int) - maps).max() <= 1  # the reader's YUV→RGB only
+
+
+@pytest.mark.parametrize("lossless", [False, True])  # yuv420p, and yuv444p as saliency videos are
+def test_sequential_reader_gives_decords_frames(tmp_path, lossless):
+  from visage_jax.data.synth import make_video
+  from visage_jax.data.video import SequentialReader, VideoError, open_video
+
+  frames, _, _ = make_video(3, 13, (36, 64))
+  path = str(tmp_path / "v.mp4")
+  writers.write_mp4(path, frames, 25, lossless=lossless)
+  video = open_video(path)
+  reader = SequentialReader(path, video.num_frames)
+  got = np.concatenate([reader.read(0, 5), reader.read(5, 13)])
+  np.testing.assert_array_equal(got, video.frames(range(13)))
+  reader.close()
+  short = SequentialReader(path, 20)  # a reader that counted more frames than the file holds
+  with pytest.raises(VideoError, match="ends after 13 frames"):
+    short.read(0, 20)

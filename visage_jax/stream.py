@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from visage_jax.data.challenge import fixation_counts
-from visage_jax.data.video import normalize, resize_frames, to_gray
+from visage_jax.data.video import normalize, resize_frames, sequential, to_gray
 from visage_jax.data.windows import sequence_windows
 
 MODEL_FPS = 5.0
@@ -110,13 +110,14 @@ class WindowBatch:
     return out
 
 
-def _decode_group(source: VideoSource, group, size: int, keep_frames: bool):
-  """Decode the source frames a group covers once: (per-window items, {index: frame})."""
+def _decode_group(source: VideoSource, readers, group, size: int, keep_frames: bool):
+  """Decode the source frames a group covers once: (per-window items, {index: frame}).
+  `readers`: in-order readers (`video.sequential`) of the video and of the saliency video."""
   lo = min(int(idx[0]) for idx, _ in group)
   hi = max(int(idx[m].max()) for idx, m in group) + 1
-  rgb = source.video.frames(np.arange(lo, hi))
+  rgb = readers[0].read(lo, hi)
   clip = normalize(_resize_in_threads(rgb, size))
-  gt = to_gray(source.saliency.frames(np.arange(lo, hi))) if source.saliency else None
+  gt = to_gray(readers[1].read(lo, hi)) if source.saliency else None
   items = []
   for idx, mask in group:
     item = {"clip": clip[idx - lo], "mask": mask, "indices": idx}
@@ -151,17 +152,22 @@ def window_batches(
   source: VideoSource, *, window: int, size: int, batch_size: int, keep_frames: bool = False
 ) -> Iterator[WindowBatch]:
   """Batches of exactly `batch_size` windows in group order, the last padded."""
-  items, frames = [], {}
-  for group in window_groups(source.video.num_frames, window, source.stride):
-    new_items, new_frames = _decode_group(source, group, size, keep_frames)
-    frames.update(new_frames)
-    for item in new_items:
-      items.append(item)
-      if len(items) == batch_size:
-        yield _stack(items, frames, batch_size)
-        items, frames = [], {}
-  if items:
-    yield _stack(items, frames, batch_size)
+  readers = [sequential(r) for r in (source.video, source.saliency) if r is not None]
+  try:
+    items, frames = [], {}
+    for group in window_groups(source.video.num_frames, window, source.stride):
+      new_items, new_frames = _decode_group(source, readers, group, size, keep_frames)
+      frames.update(new_frames)
+      for item in new_items:
+        items.append(item)
+        if len(items) == batch_size:
+          yield _stack(items, frames, batch_size)
+          items, frames = [], {}
+    if items:
+      yield _stack(items, frames, batch_size)
+  finally:
+    for reader in readers:
+      reader.close()
 
 
 def prefetch(iterator: Iterator, depth: int) -> Iterator:

@@ -82,7 +82,11 @@ class DecordReader:
       raise VideoError(f"{self.path}: frame {bad[0]} out of range (video has {self.num_frames})")
 
     def read():
-      return self._vr.get_batch(idx).asnumpy()
+      frames = self._vr.get_batch(idx).asnumpy()
+      # Back to the start: otherwise decord's decoder goes on decoding in the background, to the
+      # end of the file, holding every frame (dmlc/decord#208's workaround).
+      self._vr.seek(0)
+      return frames
 
     try:
       out = _guarded(read, self.timeout_s, f"{self.path} frames {idx[0]}..{idx[-1]}")
@@ -94,6 +98,73 @@ class DecordReader:
     if out.shape[0] != len(idx) or out.ndim != 4 or out.shape[-1] != 3:
       raise VideoError(f"{self.path}: decoder returned {out.shape} for {len(idx)} frames")
     return out
+
+
+class SequentialReader:
+  """A video's frames in order, each decoded once, with PyAV: `read(lo, hi)` gives frames
+  lo … hi − 1 and must continue where the last call ended.
+
+  For streaming whole videos. `DecordReader` must seek back after each read (its decoder would
+  otherwise run on in the background, holding every frame to the end of the file:
+  dmlc/decord#157, #208), so reading a video range by range through it re-decodes from a key
+  frame each time; PyAV decodes each frame once, only when asked, 4× faster than decord on 720p
+  here. Its rgb24 frames equal decord's (the same ffmpeg conversion; the tests compare both). The
+  frame count stays decord's (`open_video`): a file that yields fewer frames is a `VideoError`.
+  """
+
+  def __init__(self, path: str, num_frames: int):
+    import av
+
+    self.path, self.num_frames, self.position = path, num_frames, 0
+    try:
+      self._container = av.open(path)
+      stream = self._container.streams.video[0]
+      stream.thread_type = "AUTO"
+      self._decoded = self._container.decode(stream)
+    except Exception as e:
+      raise VideoError(f"{path}: cannot open video: {_first_line(e)}") from None
+
+  def read(self, lo: int, hi: int) -> np.ndarray:
+    """uint8 (hi − lo, H, W, 3) RGB."""
+    if lo != self.position or not lo < hi <= self.num_frames:
+      raise ValueError(f"{self.path}: read({lo}, {hi}) after frame {self.position}")
+    out = []
+    try:
+      for _ in range(hi - lo):
+        out.append(next(self._decoded).to_ndarray(format="rgb24"))
+    except StopIteration:
+      raise VideoError(
+        f"{self.path}: ends after {lo + len(out)} frames, the reader counted {self.num_frames}"
+      ) from None
+    except Exception as e:
+      raise VideoError(
+        f"{self.path}: cannot decode frame {lo + len(out)}: {_first_line(e)}"
+      ) from None
+    self.position = hi
+    return np.stack(out)
+
+  def close(self) -> None:
+    self._container.close()
+
+
+class RangeReader:
+  """`SequentialReader`'s interface over any `VideoReader` (random access, e.g. in tests)."""
+
+  def __init__(self, reader: VideoReader):
+    self.reader = reader
+
+  def read(self, lo: int, hi: int) -> np.ndarray:
+    return self.reader.frames(np.arange(lo, hi))
+
+  def close(self) -> None:
+    pass
+
+
+def sequential(reader: VideoReader):
+  """The in-order reader for streaming `reader`'s frames: PyAV for a video file."""
+  if isinstance(reader, DecordReader):
+    return SequentialReader(reader.path, reader.num_frames)
+  return RangeReader(reader)
 
 
 def _first_line(e: Exception) -> str:
