@@ -17,6 +17,9 @@ from visage_jax.data.synth import make_video
 from visage_jax.data.video import open_video
 from visage_jax.writers import write_mp4
 
+# one worker runs the whole module: its module fixtures are computed once
+pytestmark = pytest.mark.xdist_group("predict")
+
 FRAMES, SIZE = 26, (72, 128)  # 26 is not a multiple of 6 · num_frames (48)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -131,12 +132,13 @@ def _decode_group(source: VideoSource, readers, group, size: int, keep_frames: b
   return items, frames
 
 
-_RESIZE_POOL = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="resize")
+_RESIZE_THREADS = min(4, len(os.sched_getaffinity(0)))
+_RESIZE_POOL = concurrent.futures.ThreadPoolExecutor(_RESIZE_THREADS, thread_name_prefix="resize")
 
 
 def _resize_in_threads(frames, size: int) -> np.ndarray:
   """`resize_frames` in a few threads (PIL releases the GIL while it resizes)."""
-  parts = np.array_split(np.arange(len(frames)), min(4, len(frames)))
+  parts = np.array_split(np.arange(len(frames)), min(_RESIZE_THREADS, len(frames)))
   return np.concatenate(list(_RESIZE_POOL.map(lambda p: resize_frames(frames[p], size), parts)))
 
 
