@@ -236,33 +236,31 @@ class VideoOutputs:
     workers=0,
   ):
     self.png_dirs, self.source_hw, self.map_size = png_dirs, tuple(source_hw), map_size
-    self._pool = concurrent.futures.ThreadPoolExecutor(workers or default_workers(), "write")
-    self._limit = 2 * self._pool._max_workers
+    workers = workers or default_workers()
+    self._pool = concurrent.futures.ThreadPoolExecutor(workers, "write")
+    self._limit = 2 * workers
     self._pending: collections.deque = collections.deque()
     self._maps_mp4 = self._overlay_mp4 = None
-    self._out_hw = None
     self._fps, self._maps_path, self._overlay_path = fps, maps_mp4, overlay_mp4
     self.frames = 0
 
   def _frame_work(self, index, maps, frame):
-    """Runs on a worker: PNGs, and the fused map and overlay frames for the encoders."""
-    h, w = self.source_hw
-    big = {}
+    """Runs on a worker: PNGs, and the fused map and overlay frames for the encoders. Each map is
+    resized to the source size at most once."""
+    at_source: dict = {}
+
+    def source_u8(name):
+      if name not in at_source:
+        at_source[name] = map_to_uint8(resize_map(maps[name], self.source_hw))
+      return at_source[name]
+
+    def written(name):
+      return source_u8(name) if self.map_size == "source" else map_to_uint8(maps[name])
+
     for name, folder in self.png_dirs.items():
-      if self.map_size == "source":
-        big[name] = map_to_uint8(resize_map(maps[name], (h, w)))
-        u8 = big[name]
-      else:
-        u8 = map_to_uint8(maps[name])
-      write_png(os.path.join(folder, map_filename(index)), u8)
-    fused = big.get("fused") if self.map_size == "source" else map_to_uint8(maps["fused"])
-    blended = None
-    if self._overlay_path:
-      big_fused = big.get("fused")
-      if big_fused is None:
-        big_fused = map_to_uint8(resize_map(maps["fused"], (h, w)))
-      blended = overlay_lookup(frame, big_fused)
-    return fused, blended
+      write_png(os.path.join(folder, map_filename(index)), written(name))
+    blended = overlay_lookup(frame, source_u8("fused")) if self._overlay_path else None
+    return written("fused"), blended
 
   def _start_encoders(self, fused):
     if self._maps_path:
