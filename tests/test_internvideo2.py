@@ -75,18 +75,20 @@ def test_lora_dropout_only_with_an_rng(ckpt_plain, small_clip, reference):
   np.testing.assert_allclose(np.asarray(c), np.asarray(reference["cls"]), atol=1e-6)
 
 
-def test_chunked_attention_equals_xla_values_and_gradients():
-  """Query blocks (with a ragged last block) give XLA's attention and its gradients."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from visage_jax.models.internvideo2 import chunked_attention
+@pytest.mark.parametrize("impl", ["chunked", "per_head", "per_head_recompute"])
+def test_blocked_attention_equals_xla_values_and_gradients(impl):
+  """Query blocks (with a ragged last block) and one (batch, head) at a time give XLA's attention
+  and its gradients."""
+  from visage_jax.models.internvideo2 import chunked_attention, per_head_attention
 
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.normal(size=(2, 37, 3, 8)), jnp.float32) for _ in range(3))
   full = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=0.3, implementation="xla")
-  part = lambda q, k, v: chunked_attention(q, k, v, scale=0.3, chunk=8)
+  part = {
+    "chunked": lambda q, k, v: chunked_attention(q, k, v, scale=0.3, chunk=8),
+    "per_head": lambda q, k, v: per_head_attention(q, k, v, scale=0.3, recompute=False),
+    "per_head_recompute": lambda q, k, v: per_head_attention(q, k, v, scale=0.3, recompute=True),
+  }[impl]
   assert np.max(np.abs(full(q, k, v) - part(q, k, v))) <= 1e-6
   w = jnp.asarray(rng.normal(size=(2, 37, 3, 8)), jnp.float32)
   gf = jax.grad(lambda *a: jnp.sum(full(*a) * w), argnums=(0, 1, 2))(q, k, v)
@@ -95,11 +97,20 @@ def test_chunked_attention_equals_xla_values_and_gradients():
     assert np.max(np.abs(a - b)) <= 1e-5 * float(np.max(np.abs(a)))
 
 
-def test_auto_attention_blocks_long_sequences_off_gpu():
-  import jax.numpy as jnp
-
+@pytest.mark.parametrize(
+  "backend,dtype,tokens,expected",
+  [
+    ("cpu", "float32", 129, "per_head"),
+    ("cpu", "bfloat16", 5121, "per_head"),
+    ("gpu", "bfloat16", 5121, "cudnn"),
+    ("gpu", "float32", 129, "xla"),
+    ("gpu", "float32", 5121, "chunked"),  # 6B, 20 frames
+    ("tpu", "bfloat16", 5121, "chunked"),
+  ],
+)
+def test_auto_attention_by_platform(monkeypatch, backend, dtype, tokens, expected):
   from visage_jax.models.internvideo2 import resolve_attention_impl
 
-  assert resolve_attention_impl("auto", jnp.float32, 129, 1024) == "xla"
-  assert resolve_attention_impl("auto", jnp.bfloat16, 5121, 1024) == "chunked"  # 6B, 20 frames
-  assert resolve_attention_impl("xla", jnp.bfloat16, 5121, 1024) == "xla"
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  assert resolve_attention_impl("auto", jnp.dtype(dtype), tokens, 1024) == expected
+  assert resolve_attention_impl("xla", jnp.dtype(dtype), tokens, 1024) == "xla"
