@@ -100,19 +100,25 @@ class CenterBias(nnx.Module):
 
 
 class FinalHead(nnx.Module):
-  """Per frame: Conv2d 3×3 (no bias), BN, ReLU, Conv2d 3×3 → 1."""
+  """Per frame: bilinear resize to the output size, Conv2d 3×3 (no bias), BN, ReLU, Conv2d 3×3 → 1.
 
-  def __init__(self, dim, *, bn_eps, bn_momentum, rngs):
+  The resize is the spatial part of the original's trilinear one (the frame count is kept), and
+  may be folded into the first convolution (`model.resize_conv`)."""
+
+  def __init__(self, dim, *, output_size, resize_conv, bn_eps, bn_momentum, rngs):
     self.conv1 = Conv(dim, dim // 2, (3, 3), use_bias=False, rngs=rngs)
     self.bn = BatchNorm(dim // 2, eps=bn_eps, momentum=bn_momentum)
     self.conv2 = Conv(dim // 2, 1, (3, 3), use_bias=True, rngs=rngs)
+    self.size = (output_size, output_size)
+    self.resize_conv = resize_conv
 
   def __call__(self, x):
-    return self.conv2(jax.nn.relu(self.bn(self.conv1(x))))
+    x = self.conv1.of_resized(x, self.size, self.resize_conv)
+    return self.conv2(jax.nn.relu(self.bn(x)))
 
 
 class Expert1Decoder(nnx.Module):
-  def __init__(self, neck_dim, dim, *, output_size, bn_eps, bn_momentum, rngs):
+  def __init__(self, neck_dim, dim, *, output_size, resize_conv, bn_eps, bn_momentum, rngs):
     bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
     self.temp_attn = TemporalAttention(neck_dim, rngs=rngs)
     self.proj23_attn = Conv(neck_dim, dim, (1, 1, 1), use_bias=True, rngs=rngs)
@@ -122,7 +128,9 @@ class Expert1Decoder(nnx.Module):
     self.conv17 = ResBlend(dim, dim, **bn, rngs=rngs)
     self.blend11 = ResBlend(2 * dim, dim, **bn, rngs=rngs)
     self.blend5 = ResBlend(2 * dim, dim, **bn, rngs=rngs)
-    self.final_head = FinalHead(dim, **bn, rngs=rngs)
+    self.final_head = FinalHead(
+      dim, output_size=output_size, resize_conv=resize_conv, **bn, rngs=rngs
+    )
     self.center_bias = CenterBias(output_size)
     self.output_size = output_size
 
@@ -136,9 +144,7 @@ class Expert1Decoder(nnx.Module):
     x5 = self.upsample5(f5) * attn
     x5 = self.blend5(jnp.concatenate([x5, _match_size(x11, x5.shape[1:4])], axis=-1))
     x5 = x5 * (1 + gamma[:, None, None, None, :]) + beta[:, None, None, None, :]
-    s = self.output_size
-    x = resize_trilinear(x5, (x5.shape[1], s, s))
-    logits = _per_frame(self.final_head, x)[..., 0]
+    logits = _per_frame(self.final_head, x5)[..., 0]
     return logits + self.center_bias()
 
 
@@ -152,6 +158,7 @@ class Expert1(nnx.Module):
       cfg.neck_dim,
       cfg.decoder_dim,
       output_size=cfg.output_size,
+      resize_conv=cfg.get("resize_conv", "auto"),
       bn_eps=cfg.bn_eps,
       bn_momentum=cfg.bn_momentum,
       rngs=rngs,
@@ -226,29 +233,30 @@ class Fuse(nnx.Module):
 
 
 class SaliencyHead(nnx.Module):
-  """Conv3d 3³ → GN → GELU; trilinear to (T, S, S); per frame Conv2d-GN-GELU-Conv2d → logits."""
+  """Conv3d 3³ → GN → GELU; per frame bilinear to (S, S), Conv2d-GN-GELU-Conv2d → logits (the
+  resize may be folded into the first Conv2d, see `FinalHead`)."""
 
-  def __init__(self, dim, hidden, *, output_size, gn_eps, rngs):
+  def __init__(self, dim, hidden, *, output_size, resize_conv, gn_eps, rngs):
     self.pre_conv = Conv(dim, hidden, (3, 3, 3), use_bias=False, rngs=rngs)
     self.pre_norm = GroupNorm(hidden, eps=gn_eps)
     self.conv1 = Conv(hidden, hidden, (3, 3), use_bias=False, rngs=rngs)
     self.norm1 = GroupNorm(hidden, eps=gn_eps)
     self.conv2 = Conv(hidden, 1, (3, 3), use_bias=True, rngs=rngs)
-    self.output_size = output_size
+    self.size = (output_size, output_size)
+    self.resize_conv = resize_conv
 
   def __call__(self, x):
     x = _gelu(self.pre_norm(self.pre_conv(x)))
-    s = self.output_size
-    x = resize_trilinear(x, (x.shape[1], s, s))
 
     def head(y):  # GroupNorm statistics per frame, as on the original's (B·T, C, H, W)
-      return self.conv2(_gelu(self.norm1(self.conv1(y))))
+      y = self.conv1.of_resized(y, self.size, self.resize_conv)
+      return self.conv2(_gelu(self.norm1(y)))
 
     return _per_frame(head, x)[..., 0]
 
 
 class Expert2Decoder(nnx.Module):
-  def __init__(self, neck_dim, dim, *, output_size, gn_eps, rngs):
+  def __init__(self, neck_dim, dim, *, output_size, resize_conv, gn_eps, rngs):
     hidden = max(dim // 2, 64)
     g = dict(gn_eps=gn_eps, rngs=rngs)
     self.proj5 = Projection(neck_dim, dim, **g)
@@ -261,7 +269,7 @@ class Expert2Decoder(nnx.Module):
     self.fuse11 = Fuse(2 * dim, dim, **g)
     self.fuse5 = Fuse(2 * dim, dim, **g)
     self.refine3d = nnx.List([Fuse(dim, dim, **g), Fuse(dim, dim, **g)])
-    h = dict(output_size=output_size, gn_eps=gn_eps, rngs=rngs)
+    h = dict(output_size=output_size, resize_conv=resize_conv, gn_eps=gn_eps, rngs=rngs)
     self.main_head = SaliencyHead(dim, hidden, **h)
     self.aux_p23 = SaliencyHead(dim, hidden, **h)
     self.aux_p17 = SaliencyHead(dim, hidden, **h)
@@ -292,7 +300,12 @@ class Expert2(nnx.Module):
   def __init__(self, cfg, *, rngs):
     self.neck = Neck(cfg.backbone.embed_dim, cfg.neck_dim, len(cfg.backbone.taps), rngs=rngs)
     self.decoder = Expert2Decoder(
-      cfg.neck_dim, cfg.decoder_dim, output_size=cfg.output_size, gn_eps=cfg.gn_eps, rngs=rngs
+      cfg.neck_dim,
+      cfg.decoder_dim,
+      output_size=cfg.output_size,
+      resize_conv=cfg.get("resize_conv", "auto"),
+      gn_eps=cfg.gn_eps,
+      rngs=rngs,
     )
 
   def __call__(self, taps, cls, *, with_aux: bool = False):

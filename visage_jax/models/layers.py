@@ -92,13 +92,21 @@ class GroupNorm(nnx.Module):
     self.eps = eps
 
   def __call__(self, x):
-    shape = x.shape
+    """Two passes (mean, then the mean square of x − mean), each reduced over space per channel
+    and then over the group's channels: XLA's CPU backend runs that order several times faster,
+    forward and backward, than one reduction over (space, channels-in-group)."""
+    n, c = x.shape[0], x.shape[-1]
     g = self.num_groups
-    xg = x.reshape(shape[0], -1, g, shape[-1] // g)
-    mean = jnp.mean(xg, axis=(1, 3), keepdims=True)
-    var = jnp.mean(jnp.square(xg - mean), axis=(1, 3), keepdims=True)
-    xg = (xg - mean) * jax.lax.rsqrt(var + self.eps)
-    return xg.reshape(shape) * self.weight[...] + self.bias[...]
+    count = (x.size // n) // g
+
+    def group_mean(per_sample):  # (N, spatial…, C) → (N, 1…, C), each channel its group's mean
+      sums = jnp.sum(per_sample.reshape(n, -1, c), axis=1).reshape(n, g, c // g)
+      means = jnp.repeat(jnp.sum(sums, axis=-1) / count, c // g, axis=-1)
+      return means.reshape(n, *(1,) * (x.ndim - 2), c)
+
+    centred = x - group_mean(x)
+    inv = jax.lax.rsqrt(group_mean(jnp.square(centred)) + self.eps)
+    return centred * (inv * self.weight[...]) + self.bias[...]
 
 
 class Conv(nnx.Module):
@@ -137,6 +145,31 @@ class Conv(nnx.Module):
     if self.bias is not None:
       y = y + self.bias[...]
     return y
+
+  def of_resized(self, x, size: tuple[int, int], impl: str = "auto"):
+    """self(x resized bilinearly to `size`) for x (N, h, w, C): "separate" resizes then convolves,
+    "folded" (3×3 kernels only) runs `conv3x3_of_resized`; see `resolve_resize_conv`."""
+    if resolve_resize_conv(impl) == "separate":
+      return self(resize_axis_linear(resize_axis_linear(x, 1, size[0]), 2, size[1]))
+    if self.kernel_size != (3, 3) or self.groups != 1:
+      raise ValueError(f"a folded resize needs a 3×3 convolution, not {self.kernel_size}")
+    y = conv3x3_of_resized(x, size, self.kernel[...])
+    return y + self.bias[...] if self.bias is not None else y
+
+
+RESIZE_CONV_IMPLS = ("auto", "folded", "separate")
+
+
+def resolve_resize_conv(impl: str) -> str:
+  """ "auto": "folded" on a CPU (measured there: 2.3× faster forward, 13× faster gradients for the
+  heads' first convolution), "separate" elsewhere until it is measured on GPUs and TPUs."""
+  if impl not in RESIZE_CONV_IMPLS:
+    raise ValueError(
+      f"model.resize_conv must be one of {', '.join(RESIZE_CONV_IMPLS)}, got {impl!r}"
+    )
+  if impl == "auto":
+    return "folded" if jax.default_backend() == "cpu" else "separate"
+  return impl
 
 
 class Linear(nnx.Module):
@@ -194,6 +227,33 @@ def resize_trilinear(x, size: tuple[int, int, int]):
   for axis, n in zip((1, 2, 3), size):
     x = resize_axis_linear(x, axis, n)
   return x
+
+
+@functools.lru_cache(maxsize=64)
+def _shifted_resize_matrices(in_size: int, out_size: int) -> np.ndarray:
+  """(3, out, in): the linear-resize matrix with its rows moved by −1, 0 and +1 output positions,
+  a zero row where a 3-wide 'same' convolution reads the zero padding."""
+  m = _linear_resize_matrix(in_size, out_size)
+  padded = np.pad(m, ((1, 1), (0, 0)))
+  return np.stack([padded[i : i + out_size] for i in range(3)])
+
+
+def conv3x3_of_resized(x, size: tuple[int, int], kernel):
+  """conv3x3(resize_bilinear(x, size)) with 'same' zero padding, computed from the small grid.
+
+  x: (N, h, w, C); kernel (3, 3, C, O). Both maps are linear, so the kernel is applied first on
+  the h×w grid (one product per tap) and the two resize matrices, shifted by each tap's offset,
+  carry the result to `size`: about a tenth of the arithmetic of a 3×3 convolution on the
+  resized map when it is 14× larger per side, and no (N, *size, C) intermediate. The sums are
+  reassociated, so values agree with the two-step form to float32 rounding.
+  """
+  n, h, w, c = x.shape
+  rows = jnp.asarray(_shifted_resize_matrices(h, size[0]), x.dtype)  # (3, H, h)
+  cols = jnp.asarray(_shifted_resize_matrices(w, size[1]), x.dtype)  # (3, W, w)
+  highest = jax.lax.Precision.HIGHEST
+  taps = jnp.einsum("nabc,ijco->nabijo", x, kernel)
+  taps = jnp.einsum("iHa,nabijo->nHbjo", rows, taps, precision=highest)
+  return jnp.einsum("jWb,nHbjo->nHWo", cols, taps, precision=highest)
 
 
 def torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
