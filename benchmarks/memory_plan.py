@@ -11,8 +11,9 @@ job=train: the sharded training step of `visage_jax.train` (`--stage`, default 2
 expert, default Expert 2: auxiliary heads and EMA) on `--devices` emulated CPU devices (default 8)
 with `--batch` clips per device (global batch = batch × data × fsdp), mesh from `--mesh`
 (data,fsdp,tensor; default 1,8,1: the frozen bf16 backbone, LoRA, optimiser state and EMA sharded
-over all 8), the config's `train.remat_policy` (default full). The CPU compile uses XLA's attention
-(N×N scores per layer in the temporaries); cuDNN's on a GPU needs less.
+over all 8), the config's `train.remat_policy` ("auto": full at 6B). The CPU compile uses the CPU's
+attention, one head's N×N scores at a time (`model.backbone.attention_impl`; "chunked" or "xla"
+show what a GPU without cuDNN's kernel would hold).
 
 The last line printed is one JSON object: job, devices, bytes_per_device (arguments + outputs +
 temporaries − aliased), the parts, and mesh.

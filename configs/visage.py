@@ -119,10 +119,11 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   t.cosine_steps = 0  # then cosine to min_lr over this many steps (0: constant)
   t.min_lr = 1e-6
   t.aux_loss = True  # Expert 2's deep supervision
-  # The backbone's rematerialisation while training ("": the model's). Stage 2 differentiates
-  # through the backbone; "full" keeps one activation per block (6B: ~1.6 GB per clip of 20
-  # frames instead of tens of GB). Stage 1 stores nothing of the backbone either way.
-  t.remat_policy = "full"
+  # The backbone's rematerialisation in stage 2, which differentiates through it ("": the
+  # model's): "full" keeps one activation per block (6B: ~1.6 GB per clip of 20 frames instead of
+  # tens of GB); "auto" is "full" on GPUs and TPUs and, on a CPU, "none" when the activations fit
+  # in a quarter of the host's memory (`train.backbone_remat`). Stage 1 never rematerialises.
+  t.remat_policy = "auto"
   t.num_steps = 1000
   t.checkpoint_every = 100
   t.keep = 2  # latest checkpoints kept (for resuming)

@@ -74,3 +74,25 @@ def test_ema_follows_the_weights_and_the_recipe():
     assert moved > 1e-6  # the EMA lags the weights
   for a, b in zip(jax.tree.leaves(jax.device_get(ema)), jax.tree.leaves(expected)):
     assert np.max(np.abs(a - b)) <= 1e-7
+
+
+def test_backbone_remat_by_stage_platform_and_size(monkeypatch):
+  """Stage 1 never rematerialises; stage 2's "auto" is "full" on accelerators and on a CPU where
+  the activations would not fit (6B), "none" where they do; explicit policies are kept."""
+  import jax
+
+  from configs.visage import get_config
+  from visage_jax import train
+
+  def policy(preset, stage, remat="auto", backend="cpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    cfg = get_config(preset)
+    cfg.train.stage, cfg.train.remat_policy = stage, remat
+    return train.training_model_config(cfg).backbone.remat_policy
+
+  assert policy("6b", 1, "full") == "none"
+  assert policy("tiny", 2) == "none"
+  assert policy("6b", 2) == "full"  # ~57 GB of activations per clip
+  assert policy("tiny", 2, backend="gpu") == "full"
+  assert policy("tiny", 2, "dots") == "dots"
+  assert policy("tiny", 2, "") == "none"  # the model's own

@@ -8,6 +8,8 @@ checkpoints, validation, logging) is `visage_jax.trainer`.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -35,10 +37,37 @@ def training_model_config(cfg):
   m.experts = (expert_name(cfg),)
   m.lora.enabled = cfg.train.stage == 2
   m.lora_merged = False
-  remat = cfg.train.get("remat_policy", "")  # absent from workdirs of older versions
-  if remat:
-    m.backbone.remat_policy = remat
+  m.backbone.remat_policy = backbone_remat(cfg, m)
   return m
+
+
+def backbone_remat(cfg, model_cfg) -> str:
+  """The backbone's rematerialisation while training. Stage 1 never rematerialises: its backbone
+  is not differentiated (a policy there only costs time: 15 % of a mid-size step on a CPU).
+  Stage 2 takes `train.remat_policy` ("" for the model's own), where "auto" is "full" on GPUs and
+  TPUs and, on a CPU, "none" when the blocks' stored activations for this process's batch take
+  under a quarter of the host's memory, else "full"."""
+  if cfg.train.stage == 1:
+    return "none"
+  policy = cfg.train.get("remat_policy", "")  # absent from workdirs of older versions
+  if policy == "auto":
+    if jax.default_backend() != "cpu":
+      return "full"
+    clips = -(-cfg.train.batch_size // jax.process_count())
+    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
+    return "none" if clips * stored_activation_bytes(model_cfg) < budget else "full"
+  return policy or model_cfg.backbone.remat_policy
+
+
+def stored_activation_bytes(model_cfg) -> int:
+  """A rough float32 size of what the blocks keep for the backward pass of one clip without
+  remat: per token about ten D-wide and two MLP-wide vectors per block and expert (attention
+  scores are recomputed per head on a CPU; see `per_head_attention`)."""
+  b = model_cfg.backbone
+  tokens = 1 + (b.num_frames // b.tubelet_size) * (b.img_size // b.patch_size) ** 2
+  per_token = 10 * b.embed_dim + 2 * int(b.embed_dim * b.mlp_ratio)
+  blocks = max(b.taps) + 1
+  return 4 * tokens * per_token * blocks * max(len(model_cfg.experts), 1)
 
 
 def trainable_filter(cfg):
