@@ -7,6 +7,10 @@ peak memory, and MFU (the backbone's matmul FLOPs, `visage_jax.perf`, over the t
 fraction of a plain bf16 matmul's FLOP/s measured in the same run and of the card's nominal peak).
 
     python benchmarks/gpu_predict.py --config=6b [--batch=1,2] [--iters=10] [--out=result.json]
+        [--attention=auto,xla,cudnn] [--resize_conv=separate,folded]
+
+`--resize_conv` compares the heads' resize-then-convolve forms (`model.resize_conv`; "auto" keeps
+"separate" off a CPU until this comparison has been run on a GPU).
 
 Each result is printed as one JSON line as soon as it is measured.
 """
@@ -14,6 +18,7 @@ Each result is printed as one JSON line as soon as it is measured.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -36,6 +41,7 @@ def main():
   ap.add_argument("--batch", default="1")
   ap.add_argument("--iters", type=int, default=10)
   ap.add_argument("--attention", default="auto", help="comma list: auto, xla, cudnn")
+  ap.add_argument("--resize_conv", default="auto", help="comma list: auto, folded, separate")
   ap.add_argument("--out", default="")
   args = ap.parse_args()
 
@@ -54,9 +60,11 @@ def main():
   mm = matmul_flops(n=8192, iters=10, dtype=jnp.bfloat16) / 1e12
   _emit({"device": kind, "jax": jax.__version__, "matmul_bf16_tflops": round(mm, 1)}, args.out)
 
-  for impl in args.attention.split(","):
+  choices = itertools.product(args.attention.split(","), args.resize_conv.split(","))
+  for impl, resize_conv in choices:
     cfg = get_config(args.config)
     cfg.model.backbone.attention_impl = impl
+    cfg.model.resize_conv = resize_conv
     t0 = time.perf_counter()
     model = nnx.jit(lambda c=cfg: ViSAGE(c.model, rngs=nnx.Rngs(0)))()
     graphdef, state = nnx.split(model)
@@ -89,6 +97,7 @@ def main():
       rec = {
         "config": args.config,
         "attention": impl,
+        "resize_conv": resize_conv,
         "batch": batch,
         "frames_per_call": frames,
         "step_s": round(dt, 4),

@@ -34,7 +34,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-BASELINE_COMMIT = "1d54be4da7fdf7ba16ea44bc1ac9fc5cee04f08d"
+BASELINE_COMMIT = "1d54be4fbc4a955796bc1799a2c5b291d6a67317"
 JAX_JOBS = ("forward", "train_step", "decoders_forward", "decoders_train")
 TORCH_JOBS = ("decoders_forward", "decoders_train")
 CALLS = {"forward": 2, "train_step": 1, "decoders_forward": 3, "decoders_train": 2}
@@ -44,8 +44,9 @@ CALLS = {"forward": 2, "train_step": 1, "decoders_forward": 3, "decoders_train":
 # the JAX side: runs in either tree (only APIs that both have)
 
 
-def _mid_config():
-  sys.path.insert(0, HERE)
+def _mid_config(tree: str):
+  """`predict_speed.mid_config` of `tree` (which puts that tree first on the path)."""
+  sys.path.insert(0, os.path.join(tree, "benchmarks"))
   from predict_speed import mid_config
 
   return mid_config()
@@ -62,7 +63,7 @@ def _random_taps(cfg, experts: int):
   return taps, cls
 
 
-def jax_jobs():
+def jax_jobs(tree: str):
   """{job: a function that runs one call and waits for it}, set up and compiled."""
   import jax
   import jax.numpy as jnp
@@ -72,7 +73,7 @@ def jax_jobs():
   from visage_jax import train
   from visage_jax.models.visage import ViSAGE, logit_fusion
 
-  cfg = _mid_config()
+  cfg = _mid_config(tree)
   b = cfg.model.backbone
   model = ViSAGE(cfg.model, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
@@ -343,7 +344,7 @@ def _torch_weights(jax_model, expert: str) -> dict:
   return out
 
 
-def torch_jobs():
+def torch_jobs(tree: str):
   """{job: one call}, eager and compiled, after checking the torch maps equal ours."""
   import numpy as np
   import torch
@@ -352,7 +353,7 @@ def torch_jobs():
   from visage_jax.models.visage import ViSAGE
 
   torch.set_num_threads(os.cpu_count() or 1)
-  cfg = _mid_config()
+  cfg = _mid_config(tree)
   m = cfg.model
   jax_model = ViSAGE(m, rngs=nnx.Rngs(0))
   shape = (m.backbone.embed_dim, m.neck_dim, m.decoder_dim, m.output_size)
@@ -426,9 +427,9 @@ def worker(kind: str, tree: str) -> None:
   sys.path.insert(0, tree)
   os.chdir(tree)
   if kind == "torch":
-    jobs, info = torch_jobs()
+    jobs, info = torch_jobs(tree)
   else:
-    jobs, info = {f"{kind}/{k}": f for k, f in jax_jobs().items()}, {}
+    jobs, info = {f"{kind}/{k}": f for k, f in jax_jobs(tree).items()}, {}
   for fn in jobs.values():  # compile and warm up
     fn()
   import visage_jax
@@ -471,7 +472,11 @@ def baseline_tree(path: str | None):
     return path, lambda: None
   tmp = tempfile.mkdtemp(prefix="visage-baseline-")
   add = ["git", "-C", REPO, "worktree", "add", "--detach", tmp, BASELINE_COMMIT]
-  subprocess.run(add, check=True, capture_output=True)
+  made = subprocess.run(add, capture_output=True, text=True)
+  if made.returncode:
+    os.rmdir(tmp)
+    why = made.stderr.strip().splitlines()[-1] if made.stderr.strip() else "git failed"
+    raise SystemExit(f"vs_pytorch: cannot check out {BASELINE_COMMIT[:12]}: {why}; use --baseline")
   remove = ["git", "-C", REPO, "worktree", "remove", "--force", tmp]
   return tmp, lambda: subprocess.run(remove, check=True, capture_output=True)
 

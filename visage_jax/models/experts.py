@@ -132,7 +132,6 @@ class Expert1Decoder(nnx.Module):
       dim, output_size=output_size, resize_conv=resize_conv, **bn, rngs=rngs
     )
     self.center_bias = CenterBias(output_size)
-    self.output_size = output_size
 
   def __call__(self, features, gamma, beta):
     """Returns logits (B, T, S, S) before the sigmoid."""
