@@ -124,6 +124,7 @@ def test_eval_names_a_missing_video(dataset, ckpt_plain, tmp_path):
   )
   assert res.returncode == 2
   assert entry.video in res.stderr and "missing" in res.stderr
+  assert not os.path.exists(tmp_path / "out")  # a refused run leaves no folder behind
 
 
 def _pngs(root):

@@ -15,16 +15,22 @@ def fail(prog: str, msg: str) -> NoReturn:
 
 
 def check_output(prog: str, output: str) -> None:
-  """An output folder that exists or can be made, and can be written: else one line, exit 2."""
+  """An output folder that exists or can be made, and can be written: else one line, exit 2.
+
+  Nothing is created here, so a run refused later (a bad checkpoint, a missing dataset) leaves no
+  empty folder behind; the command makes the folder when it first writes."""
   if os.path.exists(output) and not os.path.isdir(output):
     fail(prog, f"--output={output} is an existing file, not a folder")
-  try:
-    os.makedirs(output, exist_ok=True)
-  except OSError as e:
-    fail(prog, f"--output={output}: cannot create it: {e.strerror}")
+  target = os.path.abspath(output)
+  existing = target
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    fail(prog, f"--output={output}: cannot create it: {existing} is a file")
   try:  # a real write: permission bits say nothing to root or on read-only mounts
-    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=output)
+    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
     os.close(fd)
     os.remove(probe)
   except OSError as e:
-    fail(prog, f"--output={output}: not writable: {e.strerror}")
+    where = "not writable" if existing == target else f"cannot create it in {existing}"
+    fail(prog, f"--output={output}: {where}: {e.strerror}")
