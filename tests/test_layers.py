@@ -45,8 +45,8 @@ def test_conv_of_resized_matches_torch_folded_or_not(src, dst, bias):
   resized = F.interpolate(
     torch.from_numpy(x).permute(0, 3, 1, 2), size=dst, mode="bilinear", align_corners=False
   )
-  kernel = torch.from_numpy(np.asarray(conv.kernel[...])).permute(3, 2, 0, 1)
-  tbias = torch.from_numpy(np.asarray(conv.bias[...])) if bias else None
+  kernel = torch.from_numpy(np.array(conv.kernel[...])).permute(3, 2, 0, 1)
+  tbias = torch.from_numpy(np.array(conv.bias[...])) if bias else None
   ref = F.conv2d(resized, kernel, tbias, padding=1).permute(0, 2, 3, 1).numpy()
   scale = float(np.max(np.abs(ref)))
   graphdef, state = nnx.split(conv)
