@@ -71,7 +71,7 @@ def jax_jobs(tree: str):
   from flax import nnx
 
   from visage_jax import train
-  from visage_jax.models.visage import ViSAGE, logit_fusion
+  from visage_jax.models.visage import ViSAGE
 
   cfg = _mid_config(tree)
   b = cfg.model.backbone
@@ -80,16 +80,7 @@ def jax_jobs(tree: str):
   clip = jnp.zeros((1, b.num_frames, b.img_size, b.img_size, 3), jnp.float32)
   forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)["fused"])
   taps, cls = _random_taps(cfg, 2)
-
-  def decoders(s, taps, cls, with_aux):
-    m = nnx.merge(graphdef, s)
-    outs = [getattr(m, n)([t[e] for t in taps], cls[e], with_aux=with_aux) for n, e in NAMES]
-    return outs
-
-  @jax.jit
-  def decoders_forward(s, taps, cls):
-    outs = decoders(s, taps, cls, False)
-    return logit_fusion([o["map"] for o in outs], 0.5)
+  decoders_forward = jax.jit(lambda s, taps, cls: fused_decoders(nnx.merge(graphdef, s), taps, cls))
 
   train_model = ViSAGE(cfg.model, rngs=nnx.Rngs(0))
   train.set_batchnorm_mode(train_model, train=True)
@@ -97,8 +88,7 @@ def jax_jobs(tree: str):
   tgraph, tparams, trest = nnx.split(train_model, nnx.All(nnx.Param, in_decoders), ...)
 
   def decoders_loss(params, rest, taps, cls):
-    m = nnx.merge(tgraph, params, rest, copy=True)
-    outs = [getattr(m, n)([t[e] for t in taps], cls[e], with_aux=True) for n, e in NAMES]
+    outs = run_decoders(nnx.merge(tgraph, params, rest, copy=True), taps, cls, with_aux=True)
     return sum(jnp.mean(v * v) for o in outs for v in o.values() if v.ndim == 4)
 
   decoders_train = jax.jit(jax.grad(decoders_loss))
@@ -112,7 +102,19 @@ def jax_jobs(tree: str):
   return {k: (lambda f=f: jax.block_until_ready(f())) for k, f in calls.items()}
 
 
-NAMES = (("expert1", 0), ("expert2", 1))
+def run_decoders(model, taps, cls, *, with_aux: bool = False) -> list[dict]:
+  """Each expert's neck and decoder on its own taps (expert e reads taps[…][e])."""
+  names = ("expert1", "expert2")
+  return [
+    getattr(model, n)([t[e] for t in taps], cls[e], with_aux=with_aux) for e, n in enumerate(names)
+  ]
+
+
+def fused_decoders(model, taps, cls):
+  """Both decoders' maps fused in logit space, as the model fuses them."""
+  from visage_jax.models.visage import logit_fusion
+
+  return logit_fusion([o["map"] for o in run_decoders(model, taps, cls)], 0.5)
 
 
 def _train_step(cfg, jax, np, train):
@@ -388,7 +390,8 @@ def torch_jobs(tree: str):
 
   for e in experts:
     e.eval()
-  diff = _max_map_difference(forward(*experts), jax_model, taps, cls)
+  ours = np.asarray(fused_decoders(jax_model, taps, cls))
+  diff = float(np.max(np.abs(ours - forward(*experts).numpy())))
   compiled = [torch.compile(e) for e in experts]
   jobs = {
     "torch_eager/decoders_forward": lambda: forward(*experts),
@@ -406,16 +409,6 @@ def torch_jobs(tree: str):
     return call
 
   return {k: in_mode(k, f) for k, f in jobs.items()}, {"max_map_difference_vs_ours": diff}
-
-
-def _max_map_difference(torch_fused, jax_model, taps, cls) -> float:
-  import numpy as np
-
-  from visage_jax.models.visage import logit_fusion
-
-  outs = [getattr(jax_model, n)([t[e] for t in taps], cls[e])["map"] for n, e in NAMES]
-  ours = np.asarray(logit_fusion(outs, 0.5))
-  return float(np.max(np.abs(ours - torch_fused.numpy())))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,6 +462,8 @@ class Worker:
 def baseline_tree(path: str | None):
   """(directory of the baseline checkout, a function that removes it if we made it)."""
   if path:
+    if not os.path.isdir(os.path.join(path, "visage_jax")):
+      raise SystemExit(f"vs_pytorch: --baseline={path} is not a checkout of this repository")
     return path, lambda: None
   tmp = tempfile.mkdtemp(prefix="visage-baseline-")
   add = ["git", "-C", REPO, "worktree", "add", "--detach", tmp, BASELINE_COMMIT]
