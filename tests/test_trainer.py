@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import REPO, free_port
 
-from visage_jax import trainer
+from visage_jax import checkpoint as ckpt
+from visage_jax import provenance
 from visage_jax.data.prepare import prepare
 from visage_jax.data.synth import write_dataset
 
@@ -138,8 +139,8 @@ def test_kill9_then_rerun_equals_uninterrupted(prepared, reference, tmp_path):
     err = float(np.max(np.abs(a[k] - b[k])))
     assert err <= 1e-6, (k, err)
   # the EMA (what validation scored and best/ keeps) was restored too
-  _, wa, desc_a = trainer.workdir_weights(ref)
-  _, wb, desc_b = trainer.workdir_weights(run)
+  _, wa, desc_a = provenance.workdir_weights(ref)
+  _, wb, desc_b = provenance.workdir_weights(run)
   assert desc_a.split("(")[1] == desc_b.split("(")[1], (desc_a, desc_b)
   assert wa.keys() == wb.keys()
   for k in wa:
@@ -192,16 +193,16 @@ def test_stage2_from_workdir_fused_validation_and_export(prepared, reference, tm
   assert "init from" in res.stdout
 
   out = str(tmp_path / "exported")
-  trainer.export([e1, e2], out, log=lambda m: None)
+  provenance.export([e1, e2], out, log=lambda m: None)
   predictor = Predictor.load(out)
   clip = np.random.default_rng(0).integers(0, 255, (1, 4, 56, 56, 3)).astype(np.float32)
   clip = np.asarray(train.normalize_on_device(clip))
   maps = predictor.predict_clip(clip)
   own = {}
   for name, w in (("expert1", e1), ("expert2", e2)):
-    wcfg = trainer.ckpt.read_config(w)
+    wcfg = ckpt.read_config(w)
     model = train.init_model(wcfg)
-    trainer.load_init(model, w, name)
+    provenance.load_init(model, w, name)
     train.set_batchnorm_mode(model, train=False)
     own[name] = np.asarray(model(clip)[name])
     assert np.max(np.abs(maps[name] - own[name])) <= 1e-5, name

@@ -19,6 +19,9 @@ from visage_jax.models.visage import ViSAGE
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+# Tensors of the original files that the model does not use (written by visage-convert, see
+# conversion/convert.py), kept so that an export writes the original's files back exactly.
+KEPT_FILE = "kept_tensors.safetensors"
 
 
 class CheckpointError(Exception):
@@ -156,10 +159,18 @@ def load_model(directory: str, *, model_overrides: dict | None = None):
   return cfg, nnx.merge(graphdef, state)
 
 
-def save_flat(directory: str, config: ml_collections.ConfigDict, flat: dict, extra=None) -> None:
+def kept_tensors_path(directory: str) -> str | None:
+  path = os.path.join(directory, KEPT_FILE)
+  return path if os.path.isfile(path) else None
+
+
+def save_flat(
+  directory: str, config: ml_collections.ConfigDict, flat: dict, extra=None, copies=None
+) -> None:
   """Write a loadable checkpoint (config.json + params) from {path tuple: array}, checked against
   the config's model: every variable present with its shape. Written to a temporary directory and
-  renamed, so `directory` is either whole or absent. `extra`: {file name: JSON object} beside it."""
+  renamed, so `directory` is either whole or absent. `extra`: {file name: JSON object} beside it;
+  `copies`: {file name: path of a file to copy beside it}."""
   want = abstract_flat_state(config.model)
   got = {_key(p): v for p, v in flat.items()}
   missing = [p for p in want if _key(p) not in got]
@@ -183,6 +194,8 @@ def save_flat(directory: str, config: ml_collections.ConfigDict, flat: dict, ext
       with open(os.path.join(tmp, name), "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+    for name, path in (copies or {}).items():
+      shutil.copyfile(path, os.path.join(tmp, name))
     os.rename(tmp, directory)
   finally:
     if os.path.exists(tmp):

@@ -25,7 +25,6 @@ under its name. The weights validated (and kept as best) are the EMA's when ther
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -38,252 +37,16 @@ from flax import nnx
 
 from visage_jax import checkpoint as ckpt
 from visage_jax import parallel, perf, train
-
-STATE_DIR, BEST_DIR, INIT_DIR = "checkpoints", "best", "init_backbone"
-
-
-class TrainError(Exception):
-  """A bad workdir, init or partner: the message names the path and the problem."""
-
-
-# ----------------------------------------------------------------------------- trees and hosts
-
-
-def to_host(x) -> np.ndarray:
-  """A (possibly multi-process) jax.Array as one numpy array on this host."""
-  if not isinstance(x, jax.Array) or x.is_fully_addressable:
-    return np.asarray(x)
-  if x.is_fully_replicated:
-    return np.asarray(x.addressable_data(0))
-  from jax.experimental import multihost_utils
-
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def _part(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
-def named(tree) -> dict:
-  """{path of strings: leaf}; an nnx Variable's trailing `value` is dropped, so the paths of an
-  nnx.State are the model's."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    keys = tuple(_part(k) for k in path)
-    if keys and keys[-1] == "value":
-      keys = keys[:-1]
-    out[keys] = leaf
-  return out
-
-
-def from_named(like, flat: dict):
-  """The tree `like` with its leaves taken from `flat` (as `named` lays them out)."""
-  paths, treedef = jax.tree_util.tree_flatten_with_path(like)
-  names = list(named(like))
-  assert len(names) == len(paths)
-  return jax.tree_util.tree_unflatten(treedef, [flat[n] for n in names])
-
-
-def _nested(tree) -> dict:
-  return ckpt.nested_from_flat(named(tree))
-
-
-# ----------------------------------------------------------------------------- workdirs
-
-
-def is_workdir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, ckpt.CONFIG_FILE)) and (
-    os.path.isdir(os.path.join(path, STATE_DIR)) or os.path.isdir(os.path.join(path, BEST_DIR))
-  )
-
-
-def _best_options(k: int, async_save: bool = True):
-  return ocp.CheckpointManagerOptions(
-    max_to_keep=k,
-    best_fn=lambda m: m["cc"] if math.isfinite(m.get("cc", math.nan)) else -math.inf,
-    best_mode="max",
-    keep_checkpoints_without_metrics=False,
-    enable_async_checkpointing=async_save,
-  )
-
-
-def _abstract_params(cfg) -> dict:
-  """{model path: ShapeDtypeStruct on one device} of a run's `params` (trainable + statistics)."""
-  model = nnx.eval_shape(lambda: train.init_model(cfg))
-  _, trainable, stats, _ = train.split(model, cfg)
-  dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  flat = {**named(trainable), **named(stats)}
-  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev) for k, v in flat.items()}
-
-
-def workdir_weights(workdir: str):
-  """(config, {model path: numpy array}, description) of a workdir's best checkpoint by
-  validation CC, or its latest if it never validated."""
-  wcfg = ckpt.read_config(workdir)
-  target = ckpt.nested_from_flat(_abstract_params(wcfg))
-  for sub in (BEST_DIR, STATE_DIR):
-    d = os.path.abspath(os.path.join(workdir, sub))
-    if not os.path.isdir(d):
-      continue
-    opts = _best_options(wcfg.train.best_k, False) if sub == BEST_DIR else None
-    with ocp.CheckpointManager(d, item_names=("params",), options=opts) as mngr:
-      step = mngr.best_step() if sub == BEST_DIR else mngr.latest_step()
-      if step is None:
-        continue
-      restored = mngr.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
-      ).params
-    flat = {k: np.asarray(v) for k, v in ckpt.flat_from_nested(restored).items()}
-    return wcfg, flat, f"{workdir} ({'best' if sub == BEST_DIR else 'latest'}, step {step})"
-  raise TrainError(f"{workdir}: a workdir without any checkpoint")
-
-
-def root_init(source: str) -> str:
-  """The converted checkpoint at the start of a chain of workdirs."""
-  seen = set()
-  while is_workdir(source):
-    if source in seen:
-      raise TrainError(f"{source}: train.init chain loops")
-    seen.add(source)
-    source = ckpt.read_config(source).train.init
-    if not source:
-      raise TrainError(f"{sorted(seen)[0]}: its chain of train.init ends without a backbone")
-  return source
-
-
-def load_init(model, source: str, expert: str) -> list[str]:
-  """Copy into `model` what `source` has for it. A converted checkpoint gives the backbone's base
-  weights and, if present, this expert's neck/decoder and LoRA; a workdir gives its own init's,
-  then its best (or latest) weights on top. Returns what was loaded."""
-  if is_workdir(source):
-    wcfg, flat, desc = workdir_weights(source)
-    if train.expert_name(wcfg) != expert:
-      raise TrainError(f"{source}: trained {train.expert_name(wcfg)}, not {expert}")
-    loaded = load_init(model, wcfg.train.init, expert) if wcfg.train.init else []
-    state = nnx.state(model)
-    n = 0
-    for path, var in nnx.to_flat_state(state):
-      key = tuple(str(p) for p in path)
-      if key in flat:
-        if tuple(flat[key].shape) != tuple(var.get_value().shape):
-          raise TrainError(
-            f"{source}: {'/'.join(key)} has shape {flat[key].shape}, this model wants "
-            f"{var.get_value().shape}"
-          )
-        var.set_value(flat[key].astype(var.get_value().dtype))
-        n += 1
-    nnx.update(model, state)
-    return [*loaded, f"{n} tensors from {desc}"]
-  if not os.path.isfile(os.path.join(source, ckpt.CONFIG_FILE)):
-    raise TrainError(f"{source}: neither a visage-convert output nor a training workdir")
-  src_cfg, src = ckpt.load_model(source)
-  if src_cfg.model.lora_merged:
-    raise TrainError(f"{source}: LoRA is merged into per-expert backbones; train from unmerged")
-  src_flat = dict(nnx.to_flat_state(nnx.state(src)))
-  src_experts = tuple(src_cfg.model.experts)
-  state = nnx.state(model)
-  loaded = set()
-  for path, var in nnx.to_flat_state(state):
-    key = tuple(path)
-    if key[0] == "backbone" and key[-1] in ("lora_a", "lora_b"):
-      if key in src_flat and expert in src_experts:
-        e = src_experts.index(expert)
-        value = src_flat[key].get_value()
-        value = value[:, e : e + 1] if "blocks" in key else value[e : e + 1]
-        var.set_value(value)
-        loaded.add("lora")
-    elif key in src_flat:
-      var.set_value(src_flat[key].get_value())
-      loaded.add(key[0])
-  nnx.update(model, state)
-  return sorted(loaded)
-
-
-def partner_model(cfg, source: str):
-  """(name, model) of the other expert from a workdir or a converted checkpoint, for fused
-  validation. It gets its own copy of the backbone's base weights (freed after validation's
-  first pass computes its maps)."""
-  from visage_jax.models.visage import ViSAGE
-
-  name = "expert2" if train.expert_name(cfg) == "expert1" else "expert1"
-  if is_workdir(source):
-    pcfg = ckpt.read_config(source)
-    if train.expert_name(pcfg) != name:
-      raise TrainError(f"{source}: train.partner must hold {name}; it trained the same expert")
-    model = train.init_model(pcfg)
-  else:
-    try:
-      ccfg = ckpt.read_config(source)
-    except ckpt.CheckpointError as e:
-      raise TrainError(f"train.partner: {e}") from None
-    if name not in tuple(ccfg.model.experts):
-      raise TrainError(f"{source}: train.partner has no {name} (it has {ccfg.model.experts})")
-    mcfg = ccfg.model.copy_and_resolve_references()
-    mcfg.experts = (name,)
-    model = ViSAGE(mcfg, rngs=nnx.Rngs(0))
-  load_init(model, source, name)
-  return name, model
-
-
-def export(workdirs: list[str], output: str, *, log=print) -> str:
-  """One loadable checkpoint (both experts, fused maps) from training workdirs, one per expert:
-  each expert's best (or latest) weights over the backbone at the root of the first workdir's
-  init chain. An expert trained without LoRA gets zero LoRA (an exact no-op)."""
-  if not workdirs:
-    raise TrainError("export: no workdir given")
-  parts = {}
-  for w in workdirs:
-    if not is_workdir(w):
-      raise TrainError(f"{w}: not a training workdir (no config.json and checkpoints/)")
-    wcfg, flat, desc = workdir_weights(w)
-    name = train.expert_name(wcfg)
-    if name in parts:
-      raise TrainError(f"{w}: a second workdir for {name}")
-    parts[name] = (wcfg, flat)
-    log(f"{name}: {desc}")
-  base = root_init(workdirs[0])
-  for w in workdirs[1:]:
-    if os.path.abspath(root_init(w)) != os.path.abspath(base):
-      raise TrainError(f"{w}: starts from {root_init(w)}, not {base}; the backbone must be shared")
-  bcfg, backbone = ckpt.load_model(base)
-  names = tuple(n for n in ("expert1", "expert2") if n in parts)
-  first = parts[names[0]][0]
-  out_cfg = first.copy_and_resolve_references()
-  out_cfg.model = bcfg.model.copy_and_resolve_references()
-  for k in ("neck_dim", "decoder_dim", "fusion_alpha", "fusion_eps", "output_size"):
-    out_cfg.model[k] = first.model[k]
-  out_cfg.model.experts = names
-  out_cfg.model.lora.enabled = any(p[0].train.stage == 2 for p in parts.values())
-  out_cfg.model.lora_merged = False
-  want = ckpt.abstract_flat_state(out_cfg.model)
-  src = {
-    tuple(str(q) for q in p): to_host(v.get_value())
-    for p, v in nnx.to_flat_state(nnx.state(backbone))
-  }
-  flat = {}
-  for path, sds in want.items():
-    key = tuple(str(q) for q in path)
-    if key[0] == "backbone" and key[-1] in ("lora_a", "lora_b"):
-      pieces = []
-      for n in names:
-        v = parts[n][1].get(key)
-        if v is None:  # no LoRA for this expert: B = 0 makes any A a no-op
-          shape = list(sds.shape)
-          shape[1 if "blocks" in key else 0] = 1
-          v = np.zeros(shape, sds.dtype)
-        pieces.append(v)
-      flat[path] = np.concatenate(pieces, axis=1 if "blocks" in key else 0)
-    elif key[0] in parts:
-      flat[path] = parts[key[0]][1][key]
-    else:
-      flat[path] = src[key]
-  report = {"workdirs": [os.path.abspath(w) for w in workdirs], "backbone": os.path.abspath(base)}
-  ckpt.save_flat(output, out_cfg, flat, extra={"export_report.json": report})
-  return output
-
+from visage_jax.provenance import (
+  BEST_DIR,
+  INIT_DIR,
+  STATE_DIR,
+  TrainError,
+  best_options,
+  load_init,
+  partner_model,
+)
+from visage_jax.trees import from_named, named, nested, to_host
 
 # ----------------------------------------------------------------------------- validation
 
@@ -489,7 +252,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
 
   def state_tree():
     tree = {"trainable": trainable, "batch_stats": stats, "opt": opt_state, "ema": ema}
-    return {k: _nested(v) for k, v in tree.items() if v is not None and jax.tree.leaves(v)}
+    return {k: nested(v) for k, v in tree.items() if v is not None and jax.tree.leaves(v)}
 
   mngr = ocp.CheckpointManager(
     os.path.join(workdir, STATE_DIR),
@@ -497,7 +260,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
     options=ocp.CheckpointManagerOptions(max_to_keep=t.keep, enable_async_checkpointing=True),
   )
   best = ocp.CheckpointManager(
-    os.path.join(workdir, BEST_DIR), item_names=("params",), options=_best_options(t.best_k)
+    os.path.join(workdir, BEST_DIR), item_names=("params",), options=best_options(t.best_k)
   )
   start = 0
   latest = mngr.latest_step()

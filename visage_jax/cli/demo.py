@@ -146,7 +146,7 @@ def main(_):
 
   import jax
 
-  from visage_jax import trainer
+  from visage_jax import provenance, trainer
   from visage_jax.data import challenge
   from visage_jax.data.prepare import prepare
   from visage_jax.data.synth import write_dataset
@@ -183,7 +183,7 @@ def main(_):
   )
 
   ckpt_dir = os.path.join(out, "checkpoint")
-  trainer.export([w1, w2], ckpt_dir, log=quiet)
+  provenance.export([w1, w2], ckpt_dir, log=quiet)
   result = evaluate_dataset(ckpt_dir, data, "public_test", os.path.join(out, "eval"))
   fused = result["overall"]["fused"]["ntire2026"]
   model = {k: fused[k]["challenge"] for k in HEADLINE}
