@@ -28,10 +28,13 @@ from conversion.keymap import (
 )
 from conversion.torch_io import (
   ConversionError,
+  TensorSpec,
+  exact_numpy,
   is_memory_mapped,
   load_state_dict,
   release_pages,
   to_numpy,
+  write_safetensors,
 )
 from visage_jax.cli import fail
 
@@ -196,6 +199,7 @@ def convert(
       raise ConversionError(f"internal: {'.'.join(map(str, path))} filled {filled[path]} times")
 
   report = _report(sources, mcfg, notes)
+  report["without_lora"] = stage1
   for line in report["summary"]:
     _say(line)
 
@@ -213,6 +217,9 @@ def convert(
   try:
     os.makedirs(tmp)
     ckpt.save_params(os.path.join(tmp, ckpt.PARAMS_DIR), arrays)
+    kept = _kept_tensors(sources)
+    write_safetensors(os.path.join(tmp, ckpt.KEPT_FILE), kept)
+    report["kept"] = len(kept)
     ckpt.write_config(tmp, config)
     with open(os.path.join(tmp, "conversion_report.json"), "w") as f:
       json.dump({k: v for k, v in report.items() if k != "summary"}, f, indent=2)
@@ -255,6 +262,32 @@ def _fill(slot: Slot, sources, arrays, filled, stage1, *, pos):
     release_pages(original)
 
 
+def _kept_tensors(sources) -> list[TensorSpec]:
+  """The original's tensors that the model has no place for, named `ROLE/ORIGINAL_KEY`: every
+  unused tensor of an expert file (fc1/fc2 LoRA under the fused MLP, the CLIP projector's LoRA,
+  BatchNorm counters, centre-bias grids) and the backbone file's unused `vision_encoder.` tensors
+  (CLIP heads, blocks beyond the depth). `visage-export --format=pytorch` writes them back."""
+
+  def value(src, key):
+    tensor = src.sd[key]
+    array = exact_numpy(tensor).copy()
+    if src.mapped:
+      release_pages(tensor)
+    return array
+
+  specs = []
+  for role, src in sources.items():
+    for name, key in src.tensors.items():
+      if name in src.used:
+        continue
+      tensor = src.sd[key]
+      dtype = exact_numpy(tensor.reshape(-1)[:0]).dtype
+      specs.append(
+        TensorSpec(f"{role}/{key}", tuple(tensor.shape), dtype, lambda s=src, k=key: value(s, k))
+      )
+  return specs
+
+
 def _report(sources, mcfg, notes) -> dict:
   import torch
 
@@ -286,6 +319,7 @@ def _report(sources, mcfg, notes) -> dict:
     )
   return {
     "sources": {role: src.path for role, src in sources.items()},
+    "key_order": {role: list(src.tensors.values()) for role, src in sources.items()},
     "experts": list(mcfg.experts),
     "lora_enabled": bool(mcfg.lora.enabled),
     "ignored": ignored,

@@ -1,12 +1,19 @@
-"""Reading PyTorch checkpoints tensor by tensor: pickles memory-mapped, safetensors lazily."""
+"""PyTorch checkpoints tensor by tensor: read (pickles memory-mapped, safetensors lazily) and
+written (one tensor in memory at a time, in torch.save's and safetensors' own file formats)."""
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import hashlib
+import json
 import mmap
 import os
+import struct
 import sys
-from collections.abc import Iterator, Mapping
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
@@ -105,6 +112,16 @@ def release_pages(tensor) -> None:
     libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
 
 
+def exact_numpy(tensor) -> np.ndarray:
+  """A torch tensor as a numpy array of the same dtype and values (bfloat16 included)."""
+  import torch
+
+  t = tensor.detach().contiguous()
+  if t.dtype == torch.bfloat16:
+    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return t.numpy()
+
+
 def to_numpy(tensor, dtype) -> np.ndarray:
   """A torch tensor as a numpy array of `dtype` (float32 or bfloat16), rounding as torch does."""
   import torch
@@ -116,3 +133,135 @@ def to_numpy(tensor, dtype) -> np.ndarray:
   if dtype == np.float32:
     return tensor.detach().to(torch.float32).contiguous().numpy()
   raise ConversionError(f"unsupported parameter dtype {dtype}")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+  """One tensor of a file to write: its name, shape and dtype, and how to compute its value
+  (called once, when the tensor's turn comes, so only one value is in memory at a time)."""
+
+  name: str
+  shape: tuple
+  dtype: np.dtype
+  value: Callable[[], np.ndarray]
+
+
+_SAFETENSORS_DTYPES = {
+  np.dtype(np.float32): "F32",
+  np.dtype(ml_dtypes.bfloat16): "BF16",
+  np.dtype(np.float16): "F16",
+  np.dtype(np.float64): "F64",
+  np.dtype(np.int64): "I64",
+  np.dtype(np.int32): "I32",
+  np.dtype(np.uint8): "U8",
+  np.dtype(np.bool_): "BOOL",
+}
+
+
+SAFETENSORS_NUMPY = {code: dtype for dtype, code in _SAFETENSORS_DTYPES.items()}
+
+
+def _bytes_of(spec: TensorSpec) -> np.ndarray:
+  """The spec's value as flat bytes, checked against the shape and dtype it announced."""
+  array = np.asarray(spec.value())
+  array = array if array.flags.c_contiguous else array.copy()
+  if array.shape != tuple(spec.shape) or array.dtype != np.dtype(spec.dtype):
+    raise ConversionError(
+      f"internal: {spec.name} is {array.dtype}{array.shape}, announced as "
+      f"{np.dtype(spec.dtype)}{tuple(spec.shape)}"
+    )
+  return array.reshape(-1).view(np.uint8)
+
+
+def write_safetensors(path: str, specs: list[TensorSpec], metadata=None) -> dict[str, str]:
+  """Write a .safetensors file tensor by tensor; returns {name: sha256 of its bytes}."""
+  header, offset = {}, 0
+  for spec in specs:
+    n = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+    header[spec.name] = {
+      "dtype": _SAFETENSORS_DTYPES[np.dtype(spec.dtype)],
+      "shape": list(spec.shape),
+      "data_offsets": [offset, offset + n],
+    }
+    offset += n
+  if metadata:
+    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)
+  digests = {}
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for spec in specs:
+      data = _bytes_of(spec)
+      f.write(data)
+      digests[spec.name] = hashlib.sha256(data).hexdigest()
+  return digests
+
+
+def write_pth(path: str, specs: list[TensorSpec], *, nest: str | None = None) -> dict[str, str]:
+  """Write what `torch.save(state_dict)` writes (`{nest: state_dict}` with `nest`), one tensor in
+  memory at a time; returns {name: sha256 of its bytes}.
+
+  torch lays the file out from unallocated placeholders (`torch.serialization.skip_data`: the
+  zip archive with every record in place, data left empty); each tensor's bytes are then written
+  at its record's offset and its CRC-32 into the record's data descriptor and the central
+  directory, so the archive is a valid zip as well as a torch checkpoint.
+  """
+  import torch
+  from torch.serialization import skip_data
+
+  placeholders = {  # torch.empty reserves address space only: no page is touched
+    spec.name: torch.empty(spec.shape, dtype=torch_dtype(spec.dtype)) for spec in specs
+  }
+  with skip_data():
+    torch.save({nest: placeholders} if nest else placeholders, path)
+  del placeholders
+  reader = torch._C.PyTorchFileReader(path)
+  offsets = [reader.get_record_offset(f"data/{i}") for i in range(len(specs))]
+  del reader
+  crcs, digests = {}, {}
+  with open(path, "r+b") as f:
+    for i, (spec, offset) in enumerate(zip(specs, offsets)):
+      data = _bytes_of(spec)
+      digests[spec.name] = hashlib.sha256(data).hexdigest()
+      if not data.size:  # an empty record: its CRC (0) is already right
+        continue
+      f.seek(offset)
+      f.write(data)
+      if f.read(4) != b"PK\x07\x08":
+        raise ConversionError(f"internal: {path}: no data descriptor after {spec.name}")
+      crcs[f"data/{i}"] = zlib.crc32(data)
+      f.write(struct.pack("<I", crcs[f"data/{i}"]))
+    _write_central_crcs(f, crcs)
+  return digests
+
+
+def torch_dtype(dtype):
+  import torch
+
+  if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16):
+    return torch.bfloat16
+  return torch.from_numpy(np.zeros((), dtype)).dtype
+
+
+def _write_central_crcs(f, crcs: dict[str, int]) -> None:
+  """Set the CRC-32 of the records named in `crcs` (without the archive's folder) in the zip's
+  central directory."""
+  f.seek(0)
+  with zipfile.ZipFile(f) as archive:
+    pos = archive.start_dir
+  while True:
+    f.seek(pos)
+    head = f.read(46)
+    if head[:4] != b"PK\x01\x02":
+      return
+    n, m, k = struct.unpack("<HHH", head[28:34])
+    record = f.read(n).decode().split("/", 1)[-1]
+    if record in crcs:
+      f.seek(pos + 16)
+      f.write(struct.pack("<I", crcs[record]))
+    pos += 46 + n + m + k

@@ -11,6 +11,9 @@ is the global batch.
 visage-export --workdir=EXPERT1_WORKDIR --workdir=EXPERT2_WORKDIR --output=DIR
     writes a checkpoint with both experts (each workdir's best weights) that visage-eval and
     visage-predict load.
+visage-export --format=pytorch (--checkpoint=DIR | --workdir=W ...) --output=OUT
+    [--full_state_dict] writes the original's expert files (see conversion/export.py);
+    --format=safetensors the same tensors as .safetensors.
 """
 
 from __future__ import annotations
@@ -50,16 +53,43 @@ def export_main(_):
   from absl import logging
 
   from visage_jax import checkpoint as ckpt
-  from visage_jax.trainer import TrainError, export
+  from visage_jax.provenance import TrainError
 
   logging.set_verbosity(logging.WARNING)
-  if not FLAGS.workdir or not FLAGS.output:
-    fail("visage-export", "--workdir (once per expert) and --output are required")
+  fmt = FLAGS.format
+  if not FLAGS.output:
+    fail("visage-export", "--output is required")
+  if fmt == "orbax":
+    if FLAGS.checkpoint or FLAGS.full_state_dict:
+      fail("visage-export", "--format=orbax takes --workdir only (it merges training workdirs)")
+  elif bool(FLAGS.checkpoint) == bool(FLAGS.workdir):
+    fail("visage-export", f"--format={fmt} takes either --checkpoint or --workdir (repeatable)")
+  if not FLAGS.checkpoint and not FLAGS.workdir:
+    fail("visage-export", "--workdir (once per expert) is required")
   try:
-    export(FLAGS.workdir, FLAGS.output)
+    if fmt == "orbax":
+      from visage_jax.provenance import export
+
+      export(FLAGS.workdir, FLAGS.output)
+    else:
+      _export_original(fmt)
   except (TrainError, ckpt.CheckpointError, FileNotFoundError) as e:
     fail("visage-export", str(e))
   print(f"wrote {FLAGS.output}")
+
+
+def _export_original(fmt: str) -> None:
+  from conversion import export as to_original
+  from conversion.torch_io import ConversionError
+
+  try:
+    if FLAGS.checkpoint:
+      weights = to_original.weights_of_checkpoint(FLAGS.checkpoint)
+    else:
+      weights = to_original.weights_of_workdirs(FLAGS.workdir)
+    to_original.export(weights, FLAGS.output, fmt=fmt, full=FLAGS.full_state_dict)
+  except ConversionError as e:
+    fail("visage-export", str(e))
 
 
 def run_cli():
@@ -70,8 +100,16 @@ def run_cli():
 
 
 def run_export():
+  flags.DEFINE_enum(
+    "format",
+    "orbax",
+    ["orbax", "pytorch", "safetensors"],
+    "orbax: one checkpoint for visage-eval/predict; pytorch, safetensors: the original's files",
+  )
   flags.DEFINE_multi_string("workdir", [], "A training workdir (one per expert)")
-  flags.DEFINE_string("output", None, "The checkpoint directory to write (must not exist)")
+  flags.DEFINE_string("checkpoint", None, "A converted or exported checkpoint")
+  flags.DEFINE_bool("full_state_dict", False, "Write each expert's whole model.state_dict()")
+  flags.DEFINE_string("output", None, "The directory to write (must not exist)")
   app.run(export_main)
 
 
