@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, free_port
+from conftest import CONFIG, REPO, free_port, run_convert
 
 from visage_jax import checkpoint as ckpt
 from visage_jax import provenance
@@ -208,6 +208,40 @@ def test_stage2_from_workdir_fused_validation_and_export(prepared, reference, tm
     assert np.max(np.abs(maps[name] - own[name])) <= 1e-5, name
   fused = np.asarray(logit_fusion([own["expert1"], own["expert2"]], 0.5))
   assert np.max(np.abs(maps["fused"] - fused)) <= 1e-5
+  _check_pytorch_round_trip([e1, e2], maps, clip, tmp_path)
+
+
+def _check_pytorch_round_trip(workdirs, maps, clip, tmp_path):
+  """The same workdirs exported as the original's files (Expert 2 of stage 1 without adapters; the
+  random backbone, from no train.init, as an InternVideo2 file) and converted back: the maps of
+  the exported checkpoint's."""
+  import torch
+
+  from visage_jax.inference import Predictor
+
+  pt = tmp_path / "pytorch"
+  cmd = [sys.executable, "-c", "from visage_jax.cli.train import run_export; run_export()"]
+  cmd += ["--format=pytorch", *[f"--workdir={w}" for w in workdirs], f"--output={pt}"]
+  res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert sorted(os.listdir(pt)) == ["backbone.pt", "expert1.pth", "expert2.pth", "export.json"]
+  e2 = torch.load(pt / "expert2.pth", weights_only=True)
+  assert e2 and not any("lora_" in k for k in e2)
+  assert any("lora_A" in k for k in torch.load(pt / "expert1.pth", weights_only=True))
+  model = [a for a in SMALL if a.startswith("--config.model.")]
+  back = str(tmp_path / "back")
+  res = run_convert(
+    f"--config={CONFIG}:tiny",
+    *model,
+    f"--backbone={pt / 'backbone.pt'}",
+    f"--expert1={pt / 'expert1.pth'}",
+    f"--expert2={pt / 'expert2.pth'}",
+    f"--output={back}",
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  again = Predictor.load(back).predict_clip(clip)
+  for k in ("expert1", "expert2", "fused"):
+    assert float(np.max(np.abs(again[k] - maps[k]))) <= 1e-6, k
 
 
 def test_bad_init_is_reported(prepared, tmp_path):
