@@ -36,7 +36,7 @@ from conversion.torch_io import (
   to_numpy,
   write_safetensors,
 )
-from visage_jax.cli import fail
+from visage_jax.cli import fail, run_app
 
 EXPERT_NAMES = ("expert1", "expert2")
 
@@ -331,7 +331,7 @@ def _report(sources, mcfg, notes) -> dict:
 
 
 def main(argv=None) -> None:
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
   flags_ = flags.FLAGS
@@ -361,7 +361,7 @@ def main(argv=None) -> None:
     except ConversionError as e:
       fail("visage-convert", str(e))
 
-  app.run(run, argv=argv)
+  run_app(run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -212,3 +212,28 @@ def test_refused_configs_name_the_field(ckpt_plain, tmp_path):
     "and cannot be written as the original's adapters; export the unmerged checkpoint"
   ]
   assert not out.exists() and not list(tmp_path.glob("out.partial-*"))
+
+
+@pytest.mark.parametrize(
+  "module, entry, flags",
+  [
+    ("visage_jax.cli.train", "run_export", ["--format", "--checkpoint", "--workdir", "--output"]),
+    ("visage_jax.cli.train", "run_cli", ["--config", "--workdir"]),
+    ("conversion.convert", "main", ["--backbone", "--expert1", "--[no]merge_lora"]),
+  ],
+)
+def test_help_lists_the_commands_own_flags(module, entry, flags):
+  """absl lists only the flags of the file that sys.argv[0] names; run_app registers the command's
+  own there, so `--help` of an installed script (here: a file that calls the entry point) lists
+  them."""
+  script = f"from {module} import {entry}; {entry}()"
+  res = subprocess.run(
+    [sys.executable, "-c", script, "--help"],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"),
+    timeout=120,
+  )
+  assert res.returncode == 1, res.stderr[-2000:]  # absl's --help exits with 1
+  for flag in flags:
+    assert f"  {flag}" in res.stdout, (flag, res.stdout)

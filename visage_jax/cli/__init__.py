@@ -8,6 +8,20 @@ import tempfile
 from typing import NoReturn
 
 
+def run_app(main, argv=None) -> None:
+  """absl's `app.run`, with `--help` listing the command's own flags. absl lists the flags of the
+  module that `sys.argv[0]` names, which for an installed console script is the script file, not
+  the module that defined them: so they are registered as that file's key flags too."""
+  from absl import app, flags
+
+  caller = sys._getframe(1).f_globals["__name__"]
+  by_module = flags.FLAGS.flags_by_module_dict()
+  for module in {caller, sys.argv[0]} & set(by_module) or {caller}:
+    for flag in by_module.get(module, []):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  app.run(main, argv=argv)
+
+
 def fail(prog: str, msg: str) -> NoReturn:
   """The commands' one way to refuse: `PROG: error: MSG` on stderr, exit code 2."""
   print(f"{prog}: error: {msg}", file=sys.stderr)

@@ -16,9 +16,9 @@ import os
 import re
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from visage_jax.cli import fail
+from visage_jax.cli import fail, run_app
 
 flags.DEFINE_string("predictions", None, "Folder with the predictions")
 flags.DEFINE_string("videos", None, "Dataset root (challenge layout) or a folder of mp4 videos")
@@ -127,7 +127,7 @@ def main(_):
 
 
 def run():
-  app.run(main)
+  run_app(main)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ import shutil
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from visage_jax.cli import fail
+from visage_jax.cli import fail, run_app
 
 flags.DEFINE_string("output", "visage_demo", "Where everything goes")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and the training")
@@ -234,7 +234,7 @@ def main(_):
 
 
 def run():
-  app.run(main)
+  run_app(main)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
-from visage_jax.cli import check_output, fail
+from visage_jax.cli import check_output, fail, run_app
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_string("data", None, "Dataset root in the challenge layout")
@@ -79,7 +79,7 @@ def main(_):
 
 
 def run():
-  app.run(main)
+  run_app(main)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import shutil
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from visage_jax.cli import run_app
 
 flags.DEFINE_string("golden", "../shared/golden", "Folder with the golden files")
 flags.DEFINE_string("output", "out/golden", "Where the converted checkpoint goes (replaced)")
@@ -55,7 +57,7 @@ def main(_):
 
 
 def run():
-  app.run(main)
+  run_app(main)
 
 
 if __name__ == "__main__":

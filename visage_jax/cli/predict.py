@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from visage_jax.cli import check_output, fail
+from visage_jax.cli import check_output, fail, run_app
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_multi_string("input", None, "Video file or folder of videos (repeatable)")
@@ -133,7 +133,7 @@ def main(_):
 
 
 def run():
-  app.run(main)
+  run_app(main)
 
 
 if __name__ == "__main__":

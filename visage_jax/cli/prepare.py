@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from visage_jax.cli import fail
+from visage_jax.cli import fail, run_app
 
 flags.DEFINE_enum("layout", None, ["ntire2026", "dhf1k"], "Dataset layout")
 flags.DEFINE_string("root", None, "The dataset as distributed")
@@ -57,7 +57,7 @@ def main(_):
 
 
 def run():
-  app.run(main)
+  run_app(main)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ visage-synth --output=DIR [--videos=8] [--frames=90] [--size=144x256] [--fps=30]
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from visage_jax.cli import fail
+from visage_jax.cli import fail, run_app
 
 flags.DEFINE_string("output", None, "Output directory (must not exist)")
 flags.DEFINE_integer("videos", 8, "Number of videos")
@@ -51,7 +51,7 @@ def main(_):
 
 def run():
   flags.mark_flag_as_required("output")
-  app.run(main)
+  run_app(main)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ visage-export --format=pytorch (--checkpoint=DIR | --workdir=W ...) --output=OUT
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from visage_jax.cli import fail
+from visage_jax.cli import fail, run_app
 
 FLAGS = flags.FLAGS
 
@@ -96,7 +96,7 @@ def run_cli():
   config_flags.DEFINE_config_file("config", None, "configs/visage.py:PRESET", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints and logs go (resumed if present)")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  run_app(main)
 
 
 def run_export():
@@ -110,7 +110,7 @@ def run_export():
   flags.DEFINE_string("checkpoint", None, "A converted or exported checkpoint")
   flags.DEFINE_bool("full_state_dict", False, "Write each expert's whole model.state_dict()")
   flags.DEFINE_string("output", None, "The directory to write (must not exist)")
-  app.run(export_main)
+  run_app(export_main)
 
 
 if __name__ == "__main__":
