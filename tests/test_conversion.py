@@ -218,3 +218,15 @@ def test_merge_lora_in_memory(ckpt_plain, clip):
   f = nnx.jit(lambda m, x: m(x)["fused"])
   err = float(np.max(np.abs(np.asarray(f(merged, clip[:1])) - np.asarray(f(model, clip[:1])))))
   assert err <= 1e-5
+
+
+def test_restore_budget_covers_the_largest_array():
+  """Orbax refuses to restore an array larger than its in-flight budget: the 6B stacked qkv
+  kernels (48 × 3200 × 9600 bfloat16, 2.95 GB) did not load with a fixed 2 GB."""
+  import jax
+
+  from visage_jax import checkpoint as ckpt
+
+  qkv = jax.ShapeDtypeStruct((48, 3200, 9600), jax.numpy.bfloat16)
+  assert ckpt._restore_gb({"qkv": qkv}) == 3
+  assert ckpt._restore_gb({"small": jax.ShapeDtypeStruct((4,), np.float32)}) == ckpt.CONCURRENT_GB

@@ -115,6 +115,13 @@ def read_config(directory: str) -> ml_collections.ConfigDict:
   return cfg
 
 
+def _restore_gb(target: dict) -> int:
+  """Orbax's in-flight budget for a restore: CONCURRENT_GB, or the largest array's size if more
+  (Orbax refuses an array bigger than the budget: the 6B stacked qkv kernels are 2.9 GB)."""
+  largest = max(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in target.values())
+  return max(CONCURRENT_GB, -(-largest // 10**9))
+
+
 def load_model(directory: str, *, model_overrides: dict | None = None):
   """(config, model) from a converted checkpoint directory.
 
@@ -145,7 +152,7 @@ def load_model(directory: str, *, model_overrides: dict | None = None):
       sds.shape, dtype, sharding=jax.sharding.SingleDeviceSharding(device)
     )
   try:
-    handler = ocp.StandardCheckpointHandler(restore_concurrent_gb=CONCURRENT_GB)
+    handler = ocp.StandardCheckpointHandler(restore_concurrent_gb=_restore_gb(target))
     with ocp.Checkpointer(handler) as ckptr:
       restored = ckptr.restore(params_dir, args=ocp.args.StandardRestore(nested_from_flat(target)))
   except Exception as e:
@@ -162,6 +169,35 @@ def load_model(directory: str, *, model_overrides: dict | None = None):
 def kept_tensors_path(directory: str) -> str | None:
   path = os.path.join(directory, KEPT_FILE)
   return path if os.path.isfile(path) else None
+
+
+def load_arrays(directory: str, keep=None) -> tuple[ml_collections.ConfigDict, dict]:
+  """(config, {path: numpy array}) of a checkpoint directory without building the model: only
+  the paths for which `keep(path)` is true are read (all without `keep`)."""
+  cfg = read_config(directory)
+  params_dir = os.path.abspath(os.path.join(directory, PARAMS_DIR))
+  if not os.path.isdir(params_dir):
+    raise CheckpointError(f"{directory}: no {PARAMS_DIR}/ directory")
+  wanted = {
+    _key(p): s for p, s in abstract_flat_state(cfg.model).items() if keep is None or keep(p)
+  }
+  args = {p: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype) for p, s in wanted.items()}
+  try:
+    handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=_restore_gb(wanted))
+    with ocp.Checkpointer(handler) as ckptr:
+      restored = ckptr.restore(
+        params_dir,
+        args=ocp.args.PyTreeRestore(
+          item=nested_from_flat(wanted),
+          restore_args=nested_from_flat(args),
+          partial_restore=True,
+        ),
+      )
+  except Exception as e:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise CheckpointError(f"{directory}: cannot restore parameters: {msg}") from None
+  flat = flat_from_nested(restored)
+  return cfg, {p: flat[_key(p)] for p in abstract_flat_state(cfg.model) if _key(p) in wanted}
 
 
 def save_flat(
