@@ -82,17 +82,21 @@ def _root_facts(root: str) -> tuple[dict, bool]:
   return report.get("key_order", {}), bool(report)
 
 
-def weights_of_checkpoint(directory: str) -> Weights:
-  from flax import nnx
+def _is_backbone_base(path) -> bool:
+  return str(path[0]) == "backbone" and str(path[-1]) not in ("lora_a", "lora_b")
 
+
+def weights_of_checkpoint(directory: str, *, with_backbone: bool = True) -> Weights:
+  """The checkpoint's weights as numpy arrays. Without `with_backbone` the backbone's base weights
+  are not read when they came from an original file (the expert files do not hold them)."""
   from visage_jax import checkpoint as ckpt
 
-  cfg, model = ckpt.load_model(directory)
-  flat = {tuple(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
   exported = _read_json(os.path.join(directory, "export_report.json"))
   root = exported.get("backbone", directory)
   converted = _read_json(os.path.join(directory, "conversion_report.json"))
   key_order, original = _root_facts(root)
+  skip = original and not with_backbone
+  cfg, flat = ckpt.load_arrays(directory, keep=lambda p: not (skip and _is_backbone_base(p)))
   return Weights(
     config=cfg,
     flat=flat,

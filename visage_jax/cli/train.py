@@ -84,7 +84,9 @@ def _export_original(fmt: str) -> None:
 
   try:
     if FLAGS.checkpoint:
-      weights = to_original.weights_of_checkpoint(FLAGS.checkpoint)
+      weights = to_original.weights_of_checkpoint(
+        FLAGS.checkpoint, with_backbone=FLAGS.full_state_dict
+      )
     else:
       weights = to_original.weights_of_workdirs(FLAGS.workdir)
     to_original.export(weights, FLAGS.output, fmt=fmt, full=FLAGS.full_state_dict)
