@@ -333,17 +333,14 @@ def _torch_weights(jax_model, expert: str) -> dict:
   from flax import nnx
 
   sys.path.insert(0, REPO)
+  from conversion.export import original_layout
   from conversion.keymap import slots_for
 
   flat = {tuple(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(jax_model))}
   mine = {p: a for p, a in flat.items() if p[0] == expert}
-  out = {}
-  for slot in slots_for(mine, (expert,), 0):
-    a = mine[slot.path]
-    if slot.path[-1] == "kernel":  # (k…, in, out) → (out, in, k…); Linear (in, out) → (out, in)
-      a = np.transpose(a, (a.ndim - 1, a.ndim - 2, *range(a.ndim - 2)))
-    out[slot.name] = a
-  return out
+  return {
+    slot.name: original_layout(mine[slot.path], slot) for slot in slots_for(mine, (expert,), 0)
+  }
 
 
 def torch_jobs(tree: str):

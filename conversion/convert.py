@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from collections import defaultdict
@@ -135,6 +134,17 @@ def _check_rank(src: _Source, rank: int) -> None:
       return
 
 
+def new_output(output: str) -> str:
+  """`output` as an absolute path, refused unless it is new and its parent folder exists."""
+  output = os.path.abspath(output)
+  if os.path.exists(output):
+    raise ConversionError(f"{output}: output already exists; remove it or choose another --output")
+  parent = os.path.dirname(output)
+  if not os.path.isdir(parent):
+    raise ConversionError(f"{output}: parent directory {parent} does not exist")
+  return output
+
+
 def convert(
   config,
   *,
@@ -150,12 +160,7 @@ def convert(
   from visage_jax.models.lora import fold_lora
 
   t0 = time.time()
-  output = os.path.abspath(output)
-  if os.path.exists(output):
-    raise ConversionError(f"{output}: output already exists; remove it or choose another --output")
-  parent = os.path.dirname(output)
-  if not os.path.isdir(parent):
-    raise ConversionError(f"{output}: parent directory {parent} does not exist")
+  output = new_output(output)
 
   config = config.copy_and_resolve_references()
   mcfg = config.model
@@ -213,9 +218,7 @@ def convert(
         raise ConversionError(f"internal: merged {path} has shape {arrays[path].shape}")
     _say("merged every expert's LoRA into its own copy of the backbone kernels")
 
-  tmp = f"{output}.partial-{os.getpid()}"
-  try:
-    os.makedirs(tmp)
+  with ckpt.staged_directory(output) as tmp:
     ckpt.save_params(os.path.join(tmp, ckpt.PARAMS_DIR), arrays)
     kept = _kept_tensors(sources)
     write_safetensors(os.path.join(tmp, ckpt.KEPT_FILE), kept)
@@ -223,10 +226,6 @@ def convert(
     ckpt.write_config(tmp, config)
     with open(os.path.join(tmp, "conversion_report.json"), "w") as f:
       json.dump({k: v for k, v in report.items() if k != "summary"}, f, indent=2)
-    os.rename(tmp, output)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   _say(f"wrote {output} in {time.time() - t0:.1f} s")
   return report
 

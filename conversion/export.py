@@ -27,11 +27,11 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import time
 
 import numpy as np
 
+from conversion.convert import interpolate_pos_embed, new_output
 from conversion.keymap import Slot, expert_display_name, slots_for
 from conversion.torch_io import (
   SAFETENSORS_NUMPY,
@@ -75,11 +75,10 @@ def _read_json(path: str) -> dict:
       raise ConversionError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
 
 
-def _root_facts(root: str) -> tuple[dict, bool]:
-  """(the key order of the expert files it was converted from, whether it was converted from an
-  original backbone file) of a converted checkpoint directory."""
-  report = _read_json(os.path.join(root, "conversion_report.json"))
-  return report.get("key_order", {}), bool(report)
+def _conversion_report(root: str) -> dict:
+  """The conversion report of a converted checkpoint; empty when the checkpoint holds a backbone
+  we initialised (`WORKDIR/init_backbone`), which no original file gave."""
+  return _read_json(os.path.join(root, "conversion_report.json"))
 
 
 def _is_backbone_base(path) -> bool:
@@ -92,18 +91,18 @@ def weights_of_checkpoint(directory: str, *, with_backbone: bool = True) -> Weig
   from visage_jax import checkpoint as ckpt
 
   exported = _read_json(os.path.join(directory, "export_report.json"))
-  root = exported.get("backbone", directory)
-  converted = _read_json(os.path.join(directory, "conversion_report.json"))
-  key_order, original = _root_facts(root)
-  skip = original and not with_backbone
+  converted = _conversion_report(exported.get("backbone", directory))
+  skip = bool(converted) and not with_backbone
   cfg, flat = ckpt.load_arrays(directory, keep=lambda p: not (skip and _is_backbone_base(p)))
+  # an exported checkpoint's report says which experts have no LoRA; else its conversion's does
+  report = exported or converted
   return Weights(
     config=cfg,
     flat=flat,
     kept=ckpt.kept_tensors_path(directory),
-    without_lora=tuple(exported.get("without_lora", converted.get("without_lora", ()))),
-    key_order=key_order,
-    backbone_original=original,
+    without_lora=tuple(report.get("without_lora", ())),
+    key_order=converted.get("key_order", {}),
+    backbone_original=bool(converted),
     source={"checkpoint": os.path.abspath(directory), "export_report": exported or None},
   )
 
@@ -113,14 +112,14 @@ def weights_of_workdirs(workdirs: list[str], log=print) -> Weights:
   from visage_jax.provenance import merged_weights
 
   cfg, flat, report = merged_weights(workdirs, log=log)
-  key_order, original = _root_facts(report["backbone"])
+  converted = _conversion_report(report["backbone"])
   return Weights(
     config=cfg,
     flat={tuple(p): np.asarray(v) for p, v in flat.items()},
     kept=ckpt.kept_tensors_path(report["backbone"]),
     without_lora=tuple(report["without_lora"]),
-    key_order=key_order,
-    backbone_original=original,
+    key_order=converted.get("key_order", {}),
+    backbone_original=bool(converted),
     source=report,
   )
 
@@ -147,33 +146,27 @@ def check_expressible(cfg) -> None:
 # ----------------------------------------------------------------------------- layouts and names
 
 
-def _original_shape(shape: tuple, slot: Slot) -> tuple:
-  """The inverse of conversion.convert's layout change, on a shape."""
-  leaf = str(slot.path[-1])
+def original_layout(array, slot: Slot):
+  """One slot's array in the original's layout, as a view: the inverse of conversion.convert's
+  layout change. Applied to a zero-stride array of a shape, it gives the original's shape."""
   if slot.kind == "lora_b" and slot.name.startswith("patch_embed."):
-    return (shape[1], shape[0], 1, 1, 1)  # (r, D) → Conv3d 1×1×1 (D, r, 1, 1, 1)
-  if leaf in ("kernel", "lora_a", "lora_b"):
-    if len(shape) == 2:
-      return shape[::-1]  # Linear (in, out) → (out, in)
-    return (shape[-1], shape[-2], *shape[:-2])  # (k..., in, out) → ConvNd (out, in, k...)
-  return tuple(shape)
-
-
-def _original_value(array: np.ndarray, slot: Slot, dtype) -> np.ndarray:
-  leaf = str(slot.path[-1])
-  if slot.kind == "lora_b" and slot.name.startswith("patch_embed."):
-    array = array.T.reshape(array.shape[1], array.shape[0], 1, 1, 1)
-  elif leaf in ("kernel", "lora_a", "lora_b"):
-    n = array.ndim
-    array = array.T if n == 2 else array.transpose(n - 1, n - 2, *range(n - 2))
-  return np.array(array, dtype=dtype, order="C")  # ascontiguousarray would make scalars 1-D
+    return array.T.reshape(array.shape[1], array.shape[0], 1, 1, 1)  # → Conv3d 1×1×1 (D, r, …)
+  if str(slot.path[-1]) in ("kernel", "lora_a", "lora_b"):
+    n = array.ndim  # Linear (in, out) → (out, in); (k…, in, out) → ConvNd (out, in, k…)
+    return array.T if n == 2 else array.transpose(n - 1, n - 2, *range(n - 2))
+  return array
 
 
 def _param_spec(name: str, flat: dict, slot: Slot, dtype=None) -> TensorSpec:
   stacked = flat[slot.path]
   dtype = np.dtype(dtype or stacked.dtype)
-  shape = _original_shape(stacked.shape[len(slot.index) :], slot)
-  return TensorSpec(name, shape, dtype, lambda: _original_value(stacked[slot.index], slot, dtype))
+  blank = np.broadcast_to(np.zeros((), dtype), stacked.shape[len(slot.index) :])
+  shape = original_layout(blank, slot).shape
+
+  def value():  # np.array, not ascontiguousarray, which would make a scalar 1-D
+    return np.array(original_layout(stacked[slot.index], slot), dtype=dtype, order="C")
+
+  return TensorSpec(name, shape, dtype, value)
 
 
 def _constant(name: str, shape: tuple, dtype, fill=0) -> TensorSpec:
@@ -321,8 +314,6 @@ def _stretched_pos_embed(spec: TensorSpec, b) -> TensorSpec:
   stretches both position embeddings."""
   import torch
 
-  from conversion.convert import interpolate_pos_embed
-
   grid, frames = b.img_size // b.patch_size, b.num_frames // b.tubelet_size
   shape = (1, 1 + frames * grid * grid, spec.shape[-1])
 
@@ -385,11 +376,7 @@ def export(weights: Weights, output: str, *, fmt: str = "pytorch", full: bool = 
   if fmt not in FORMATS:
     raise ConversionError(f"--format={fmt}: choose one of {', '.join(FORMATS)} or orbax")
   check_expressible(weights.config)
-  output = os.path.abspath(output)
-  if os.path.exists(output):
-    raise ConversionError(f"{output}: output already exists; remove it or choose another --output")
-  if not os.path.isdir(os.path.dirname(output)):
-    raise ConversionError(f"{output}: parent directory {os.path.dirname(output)} does not exist")
+  output = new_output(output)
   ext = ".pth" if fmt == "pytorch" else ".safetensors"
   jobs = [
     (f"{'full_' if full else ''}{e}{ext}", expert_specs(weights, e, full=full), None)
@@ -398,10 +385,10 @@ def export(weights: Weights, output: str, *, fmt: str = "pytorch", full: bool = 
   if not weights.backbone_original:
     name = "backbone" + (".pt" if fmt == "pytorch" else ext)
     jobs.append((name, backbone_specs(weights, full=False), "module"))
-  tmp = f"{output}.partial-{os.getpid()}"
-  try:
-    os.makedirs(tmp)
-    files = {}
+  from visage_jax.checkpoint import staged_directory
+
+  files = {}
+  with staged_directory(output) as tmp:
     for name, specs, nest in jobs:
       t0 = time.time()
       path = os.path.join(tmp, name)
@@ -418,10 +405,6 @@ def export(weights: Weights, output: str, *, fmt: str = "pytorch", full: bool = 
     with open(os.path.join(tmp, SIDECAR), "w") as f:
       json.dump(sidecar, f, indent=2)
       f.write("\n")
-    os.rename(tmp, output)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return sidecar
 
 

@@ -5,6 +5,7 @@ A directory written here loads with no other argument: `load_model(DIR)`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -115,6 +116,20 @@ def read_config(directory: str) -> ml_collections.ConfigDict:
   return cfg
 
 
+def _restore(directory: str, handler, args) -> dict:
+  """{path of strings: array} restored from `directory`'s params by `handler` with `args`; any
+  failure is one CheckpointError naming the directory."""
+  params_dir = os.path.abspath(os.path.join(directory, PARAMS_DIR))
+  if not os.path.isdir(params_dir):
+    raise CheckpointError(f"{directory}: no {PARAMS_DIR}/ directory")
+  try:
+    with ocp.Checkpointer(handler) as ckptr:
+      return flat_from_nested(ckptr.restore(params_dir, args=args))
+  except Exception as e:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise CheckpointError(f"{directory}: cannot restore parameters: {msg}") from None
+
+
 def _restore_gb(target: dict) -> int:
   """Orbax's in-flight budget for a restore: CONCURRENT_GB, or the largest array's size if more
   (Orbax refuses an array bigger than the budget: the 6B stacked qkv kernels are 2.9 GB)."""
@@ -129,9 +144,6 @@ def load_model(directory: str, *, model_overrides: dict | None = None):
   `{"dtype": "bfloat16"}` or `{"backbone.remat_policy": "full"}`.
   """
   cfg = read_config(directory)
-  params_dir = os.path.abspath(os.path.join(directory, PARAMS_DIR))
-  if not os.path.isdir(params_dir):
-    raise CheckpointError(f"{directory}: no {PARAMS_DIR}/ directory")
   stored_param_dtype = cfg.model.param_dtype
   for k, v in (model_overrides or {}).items():
     node = cfg.model
@@ -151,14 +163,8 @@ def load_model(directory: str, *, model_overrides: dict | None = None):
     target[path] = jax.ShapeDtypeStruct(
       sds.shape, dtype, sharding=jax.sharding.SingleDeviceSharding(device)
     )
-  try:
-    handler = ocp.StandardCheckpointHandler(restore_concurrent_gb=_restore_gb(target))
-    with ocp.Checkpointer(handler) as ckptr:
-      restored = ckptr.restore(params_dir, args=ocp.args.StandardRestore(nested_from_flat(target)))
-  except Exception as e:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise CheckpointError(f"{directory}: cannot restore parameters: {msg}") from None
-  restored_flat = flat_from_nested(restored)
+  handler = ocp.StandardCheckpointHandler(restore_concurrent_gb=_restore_gb(target))
+  restored_flat = _restore(directory, handler, ocp.args.StandardRestore(nested_from_flat(target)))
   for path, var in nnx.to_flat_state(state):
     value = restored_flat[_key(path)]
     want = flat_abstract[tuple(path)]
@@ -175,29 +181,14 @@ def load_arrays(directory: str, keep=None) -> tuple[ml_collections.ConfigDict, d
   """(config, {path: numpy array}) of a checkpoint directory without building the model: only
   the paths for which `keep(path)` is true are read (all without `keep`)."""
   cfg = read_config(directory)
-  params_dir = os.path.abspath(os.path.join(directory, PARAMS_DIR))
-  if not os.path.isdir(params_dir):
-    raise CheckpointError(f"{directory}: no {PARAMS_DIR}/ directory")
-  wanted = {
-    _key(p): s for p, s in abstract_flat_state(cfg.model).items() if keep is None or keep(p)
-  }
+  wanted = {p: s for p, s in abstract_flat_state(cfg.model).items() if keep is None or keep(p)}
   args = {p: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype) for p, s in wanted.items()}
-  try:
-    handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=_restore_gb(wanted))
-    with ocp.Checkpointer(handler) as ckptr:
-      restored = ckptr.restore(
-        params_dir,
-        args=ocp.args.PyTreeRestore(
-          item=nested_from_flat(wanted),
-          restore_args=nested_from_flat(args),
-          partial_restore=True,
-        ),
-      )
-  except Exception as e:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise CheckpointError(f"{directory}: cannot restore parameters: {msg}") from None
-  flat = flat_from_nested(restored)
-  return cfg, {p: flat[_key(p)] for p in abstract_flat_state(cfg.model) if _key(p) in wanted}
+  handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=_restore_gb(wanted))
+  restore = ocp.args.PyTreeRestore(
+    item=nested_from_flat(wanted), restore_args=nested_from_flat(args), partial_restore=True
+  )
+  flat = _restore(directory, handler, restore)
+  return cfg, {p: flat[_key(p)] for p in wanted}
 
 
 def save_flat(
@@ -220,9 +211,7 @@ def save_flat(
       )
   if os.path.exists(directory):
     raise CheckpointError(f"{directory}: exists; refusing to overwrite")
-  tmp = f"{directory}.partial-{os.getpid()}"
-  try:
-    os.makedirs(tmp)
+  with staged_directory(directory) as tmp:
     arrays = {p: np.asarray(got[_key(p)]) for p in want}
     save_params(os.path.join(tmp, PARAMS_DIR), arrays)
     write_config(tmp, config)
@@ -232,6 +221,16 @@ def save_flat(
         f.write("\n")
     for name, path in (copies or {}).items():
       shutil.copyfile(path, os.path.join(tmp, name))
+
+
+@contextlib.contextmanager
+def staged_directory(directory: str):
+  """A new temporary folder beside `directory`, renamed to it when the block completes and
+  removed when it fails (an exception or Ctrl-C): `directory` is either whole or absent."""
+  tmp = f"{directory}.partial-{os.getpid()}"
+  try:
+    os.makedirs(tmp)
+    yield tmp
     os.rename(tmp, directory)
   finally:
     if os.path.exists(tmp):
