@@ -104,6 +104,30 @@ def ckpt_fused(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def stage1_expert1(tmp_path_factory):
+  """(a stage-1 Expert 1 file: the golden file without LoRA, its tensors, its conversion)."""
+  import torch
+
+  root = tmp_path_factory.mktemp("stage1")
+  tensors = {
+    k: v
+    for k, v in torch.load(golden("expert1.pth"), weights_only=True).items()
+    if "lora_" not in k
+  }
+  path = root / "stage1_expert1.pth"
+  torch.save(tensors, path)
+  out = str(root / "converted")
+  res = run_convert(
+    f"--config={CONFIG}:tiny",
+    f"--backbone={golden('backbone_t4.pt')}",
+    f"--expert1={path}",
+    f"--output={out}",
+  )
+  assert res.returncode == 0, res.stderr[-2000:]
+  return path, tensors, out
+
+
+@pytest.fixture(scope="session")
 def plain_outputs(ckpt_plain, clip):
   """Every output of the plain-path model on the golden clip, with features and aux maps."""
   from flax import nnx

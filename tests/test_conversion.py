@@ -160,19 +160,8 @@ def test_one_expert_and_backbone_only(tmp_path, ckpt_plain, clip):
     Predictor.load(bare)
 
 
-def test_stage1_expert_file_converts_without_lora(tmp_path, clip):
-  sd = {k: v for k, v in _load("expert1.pth").items() if "lora_" not in k}
-  stage1 = tmp_path / "stage1_expert1.pth"
-  torch.save(sd, stage1)
-  out = str(tmp_path / "out")
-  res = run_convert(
-    f"--config={CONFIG}:tiny",
-    f"--backbone={golden('backbone_t4.pt')}",
-    f"--expert1={stage1}",
-    f"--output={out}",
-  )
-  assert res.returncode == 0, res.stderr[-2000:]
-  p = Predictor.load(out)
+def test_stage1_expert_file_converts_without_lora(stage1_expert1, clip):
+  p = Predictor.load(stage1_expert1[2])
   assert not p.config.model.lora.enabled
   assert p.model.backbone.blocks.attn.qkv.lora_a is None
   assert np.isfinite(p.predict_clip(clip[:1])["fused"]).all()

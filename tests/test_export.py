@@ -106,19 +106,9 @@ def test_without_kept_tensors_unused_ones_are_zero_or_rebuilt(ckpt_fused, tmp_pa
     )
 
 
-def test_stage1_file_round_trip(tmp_path):
+def test_stage1_file_round_trip(stage1_expert1, tmp_path):
   """A stage-1 expert file (no LoRA) comes back as a stage-1 file: the same keys and values."""
-  theirs = {k: v for k, v in _load(golden("expert1.pth")).items() if "lora_" not in k}
-  stage1 = tmp_path / "stage1.pth"
-  torch.save(theirs, stage1)
-  conv = str(tmp_path / "conv")
-  res = run_convert(
-    f"--config={CONFIG}:tiny",
-    f"--backbone={golden('backbone_t4.pt')}",
-    f"--expert1={stage1}",
-    f"--output={conv}",
-  )
-  assert res.returncode == 0, res.stderr[-2000:]
+  _, theirs, conv = stage1_expert1
   _export(conv, tmp_path / "out")
   ours = _load(tmp_path / "out" / "expert1.pth")
   _assert_same(ours, theirs)
