@@ -124,15 +124,10 @@ def exact_numpy(tensor) -> np.ndarray:
 
 def to_numpy(tensor, dtype) -> np.ndarray:
   """A torch tensor as a numpy array of `dtype` (float32 or bfloat16), rounding as torch does."""
-  import torch
-
   dtype = np.dtype(dtype)
-  if dtype == np.dtype(ml_dtypes.bfloat16):
-    t = tensor.detach().to(torch.bfloat16).contiguous()
-    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-  if dtype == np.float32:
-    return tensor.detach().to(torch.float32).contiguous().numpy()
-  raise ConversionError(f"unsupported parameter dtype {dtype}")
+  if dtype not in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32)):
+    raise ConversionError(f"unsupported parameter dtype {dtype}")
+  return exact_numpy(tensor.detach().to(torch_dtype(dtype)))
 
 
 # ----------------------------------------------------------------------------- writing

@@ -14,11 +14,9 @@ def run_app(main, argv=None) -> None:
   the module that defined them: so they are registered as that file's key flags too."""
   from absl import app, flags
 
-  caller = sys._getframe(1).f_globals["__name__"]
-  by_module = flags.FLAGS.flags_by_module_dict()
-  for module in {caller, sys.argv[0]} & set(by_module) or {caller}:
-    for flag in by_module.get(module, []):
-      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  caller = sys._getframe(1).f_globals["__name__"]  # "__main__" under `python -m`: nothing to do
+  for flag in flags.FLAGS.flags_by_module_dict().get(caller, []):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main, argv=argv)
 
 
