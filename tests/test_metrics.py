@@ -1,8 +1,8 @@
 """Metrics against float64 numpy references written here from the definitions (no shared code).
 
 The `ntire2026` references follow the challenge scorer's `bench.py` step by step on an (N, 2)
-list of [y, x] events; the `mit` ones follow the MIT benchmark's Matlab code (no jitter,
-negatives for sAUC given).
+list of [y, x] events; the `mit` ones follow the MIT benchmark's Matlab code (AUC-Judd without
+its jitter, negatives for sAUC given). tests/test_metrics_mit.py ports the MATLAB files themselves.
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ def ref_mit(s, g, F):
       return out
     z = (s - s.mean()) / s.std(ddof=1)
     out["nss"] = np.nan if s.max() == s.min() else z[binary].mean()
+  if s.max() == s.min():  # AUC_Judd.m's min-max gives an all-NaN map
+    out["auc_judd"] = np.nan
+    return out
   sth = np.sort(s[binary])[::-1]
   n = len(sth)
   tp, fp = [0.0], [0.0]
@@ -176,6 +179,7 @@ KINDS = [
   "uint8",
   "no_fixations",
 ]
+NO_JITTER = {"ntire2026": {}, "mit": {"jitter": False}}
 CASES = [(k, seed) for k in KINDS for seed in range(3)]  # 30 cases, plus the resized ones below
 
 
@@ -198,7 +202,7 @@ def test_metrics_match_references(kind, seed, variant):
   _close("sim", metrics.sim(s, g, variant=variant), ref["sim"])
   _close("kld", metrics.kld(s, g, variant=variant), ref["kld"])
   _close("nss", metrics.nss(s, c, variant=variant), ref["nss"])
-  _close("auc_judd", metrics.auc_judd(s, c, variant=variant), ref["auc_judd"])
+  _close("auc_judd", metrics.auc_judd(s, c, variant=variant, **NO_JITTER[variant]), ref["auc_judd"])
   rng = np.random.default_rng(seed + 100)
   neg = counts_from_events(
     np.stack([rng.integers(0, s.shape[0], 30), rng.integers(0, s.shape[1], 30)], axis=1), s.shape
@@ -217,7 +221,7 @@ def test_batched_over_leading_axes(seed, variant):
   G = np.stack([c[1][:h, :w].astype(np.float64) for c in cases]).reshape(2, 2, h, w)
   Fs = [c[2][(c[2][:, 0] < h) & (c[2][:, 1] < w)] for c in cases]
   C = np.stack([counts_from_events(f, (h, w)) for f in Fs]).reshape(2, 2, h, w)
-  auc = np.asarray(metrics.auc_judd(S, C, variant=variant))
+  auc = np.asarray(metrics.auc_judd(S, C, variant=variant, **NO_JITTER[variant]))
   nss = np.asarray(metrics.nss(S, C, variant=variant))
   assert auc.shape == nss.shape == (2, 2)
   ref = ref_ntire if variant == "ntire2026" else ref_mit

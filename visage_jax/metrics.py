@@ -5,13 +5,19 @@ Two definitions, named by `variant` (see ../shared/spec/METRICS.md):
 - "ntire2026" (default): the NTIRE 2026 challenge scorer (`bench.py`), whose numbers ViSAGE
   reports: population std with a 1e-7 guard, NSS and AUC-Judd over fixation *events*
   (duplicates counted), AUC-Judd's false-positive denominator H·W − U with the scorer's U quirk.
-- "mit": the MIT saliency benchmark / DHF1K definitions: sample std, binary fixation maps,
-  min-max normalised SIM, no jitter in AUC-Judd, eps 2⁻⁵² in KLD.
+- "mit": the MIT saliency benchmark / DHF1K MATLAB code as it runs by default: sample std,
+  binary fixation maps, SIM and KLD with its `if any(map(:))` guards, eps 2⁻⁵² in KLD, AUC-Judd
+  as the expected value of `AUC_Judd.m` with its default jitter (`jitter=False`: without), sAUC
+  with `AUC_shuffled.m`'s 0.1 threshold steps.
 
-Maps are (..., H, W). `fixations` and `negatives` are (..., H, W) integer event counts (a pixel
-fixated by three events holds 3). Results are (...): float32, or float64 when x64 is enabled.
-A metric that is undefined for a frame (no fixations, a constant map where the definition divides
-by its spread) is NaN; `visage_jax.evaluate` excludes and counts those frames.
+Maps are (..., H, W) and non-negative; `fixations` and `negatives` are (..., H, W) integer event
+counts (a pixel fixated by three events holds 3). The two arguments of a metric must have equal
+shapes: nothing is broadcast (resize explicitly, e.g. with `cv2_resize_linear`). Called on
+concrete arrays, a metric raises a `ValueError` naming the argument for unequal shapes, negative
+or non-finite maps and negative or non-integer counts; inside `jax.jit`, where values cannot be
+checked, such a frame's result is NaN instead. Results are (...): float32, or float64 when x64 is
+enabled. A metric that is undefined for a frame (no fixations, a constant map where the
+definition divides by its spread) is NaN; `visage_jax.evaluate` excludes and counts those frames.
 """
 
 from __future__ import annotations
@@ -37,6 +43,59 @@ def _f(x):
 def _check(variant):
   if variant not in VARIANTS:
     raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def _dtype_of(x):
+  return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
+def _value_problem(name: str, x, counts: bool) -> str | None:
+  """What is wrong with a concrete map (or count array), if anything."""
+  a = np.asarray(x)
+  if counts:
+    bad = "negative counts" if a.size and a.min() < 0 else None
+  elif not np.all(np.isfinite(a)):
+    bad = "non-finite values"
+  else:
+    bad = f"negative values (min {a.min():.4g})" if a.size and a.min() < 0 else None
+  return f"{name}: {bad}" if bad else None
+
+
+def _validate(pred, maps: dict | None = None, counts: dict | None = None):
+  """Check a metric's arguments. Shapes must equal pred's (no broadcasting) and counts must have
+  an integer dtype, always; on concrete values maps must be finite and non-negative and counts
+  non-negative. Each failure is a ValueError naming the argument. Returns None when the values
+  were checked, or, for traced values, a (...) bool that is false on frames that would fail (the
+  metric gives NaN there)."""
+  maps, counts = maps or {}, counts or {}
+  shape = tuple(np.shape(pred))
+  for name, x in {**maps, **counts}.items():
+    if tuple(np.shape(x)) != shape:
+      raise ValueError(
+        f"{name}: shape {tuple(np.shape(x))} differs from pred's {shape}; metrics never "
+        "broadcast (resize explicitly)"
+      )
+  for name, x in counts.items():
+    if _dtype_of(x).kind not in "biu":
+      raise ValueError(f"{name}: counts must be integers, got {_dtype_of(x)}")
+  every = [("pred", pred, False), *[(n, x, False) for n, x in maps.items()]]
+  every += [(n, x, True) for n, x in counts.items()]
+  if not any(isinstance(x, jax.core.Tracer) for _, x, _ in every):
+    for name, x, is_counts in every:
+      problem = _value_problem(name, x, is_counts)
+      if problem:
+        raise ValueError(problem)
+    return None
+  ok = True
+  for _, x, is_counts in every:
+    x = jnp.asarray(x)
+    good = x >= 0 if is_counts else jnp.isfinite(x) & (x >= 0)
+    ok = ok & jnp.all(good, axis=(-2, -1))
+  return ok
+
+
+def _guard(result, ok):
+  return result if ok is None else jnp.where(ok, result, jnp.nan)
 
 
 def _sum(x):
@@ -69,13 +128,14 @@ def _zscore(s, ddof: int, guard: float):
 def cc(pred, gt, variant: str = "ntire2026"):
   """Linear correlation coefficient between two maps."""
   _check(variant)
+  ok = _validate(pred, {"gt": gt})
   s, g = _f(pred), _f(gt)
   if variant == "ntire2026":
     a, b = _zscore(s, 0, 1e-7), _zscore(g, 0, 1e-7)
-    return _sum(a * b) / jnp.sqrt(_sum(a * a) * _sum(b * b) + 1e-7)
+    return _guard(_sum(a * b) / jnp.sqrt(_sum(a * a) * _sum(b * b) + 1e-7), ok)
   s, g = _shift(s), _shift(g)
   a, b = s - _expand(_mean(s)), g - _expand(_mean(g))
-  return _sum(a * b) / jnp.sqrt(_sum(a * a) * _sum(b * b))
+  return _guard(_sum(a * b) / jnp.sqrt(_sum(a * a) * _sum(b * b)), ok)
 
 
 def _minmax(x):
@@ -84,31 +144,50 @@ def _minmax(x):
   return (x - lo) / (hi - lo)
 
 
+def _if_any(x, normalised):
+  """MATLAB's `if any(map(:))`: an all-zero map is kept as it is."""
+  return jnp.where(jnp.any(x != 0, axis=(-2, -1), keepdims=True), normalised, x)
+
+
 def sim(pred, gt, variant: str = "ntire2026"):
-  """Similarity (histogram intersection) of the two maps as distributions."""
+  """Similarity (histogram intersection) of the two maps as distributions. mit: each map min-max
+  normalised and divided by its sum only if it is not all zero (`similarity.m`): an all-zero
+  map scores 0, a constant non-zero one NaN."""
   _check(variant)
+  ok = _validate(pred, {"gt": gt})
   s, g = _f(pred), _f(gt)
   if variant == "ntire2026":
     s = s / _expand(_sum(s) + 1e-7)
     g = g / _expand(_sum(g) + 1e-7)
   else:
-    s, g = _minmax(s), _minmax(g)
-    s, g = s / _expand(_sum(s)), g / _expand(_sum(g))
-  return _sum(jnp.minimum(s, g))
+
+    def distribution(x):
+      m = _minmax(x)
+      return _if_any(x, m / _expand(_sum(m)))
+
+    s, g = distribution(s), distribution(g)
+  return _guard(_sum(jnp.minimum(s, g)), ok)
 
 
 def kld(pred, gt, variant: str = "ntire2026"):
-  """KL divergence of the ground truth from the prediction, both divided by their sums."""
+  """KL divergence of the ground truth from the prediction, both divided by their sums (mit:
+  only if not all zero, as `KLdiv.m`)."""
   _check(variant)
-  eps = NTIRE_KLD_EPS if variant == "ntire2026" else MIT_KLD_EPS
+  ok = _validate(pred, {"gt": gt})
   s, g = _f(pred), _f(gt)
-  s, g = s / _expand(_sum(s)), g / _expand(_sum(g))
-  return _sum(g * jnp.log(eps + g / (s + eps)))
+  if variant == "ntire2026":
+    eps = NTIRE_KLD_EPS
+    s, g = s / _expand(_sum(s)), g / _expand(_sum(g))
+  else:
+    eps = MIT_KLD_EPS
+    s, g = _if_any(s, s / _expand(_sum(s))), _if_any(g, g / _expand(_sum(g)))
+  return _guard(_sum(g * jnp.log(eps + g / (s + eps))), ok)
 
 
 def nss(pred, fixations, variant: str = "ntire2026"):
   """Normalised scanpath saliency: the z-scored prediction averaged over the fixations."""
   _check(variant)
+  ok = _validate(pred, counts={"fixations": fixations})
   s = _f(pred)
   c = _f(fixations)
   if variant == "ntire2026":
@@ -117,7 +196,7 @@ def nss(pred, fixations, variant: str = "ntire2026"):
     z = _zscore(s, 1, 0.0)
     c = (c > 0).astype(z.dtype)
   n = _sum(c)
-  return jnp.where(n > 0, _sum(c * z) / jnp.where(n > 0, n, 1), jnp.nan)
+  return _guard(jnp.where(n > 0, _sum(c * z) / jnp.where(n > 0, n, 1), jnp.nan), ok)
 
 
 # Fixations are sparse: a frame has tens to a few hundred fixated pixels among 10⁴–10⁶. The rank
@@ -141,17 +220,19 @@ def _compact(mask, values, slots: int, fills):
   return (*packed, count)
 
 
-def _count_at_least_sparse(flat, values):
-  """For each row, #{q : flat_q ≥ v} for every v in `values` (R, K), by binary search of every
-  pixel into the sorted values and a histogram: O(P·log K) instead of a sort of P."""
+def _count_sparse(flat, values, *, strict: bool):
+  """For each row, #{q : flat_q ≥ v} (or > v when `strict`) for every v in `values` (R, K), by
+  binary search of every pixel into the sorted values and a histogram: O(P·log K) instead of a
+  sort of P."""
   k = values.shape[-1]
   u = jnp.sort(values, axis=-1)
-  ranks = jax.vmap(lambda a, q: jnp.searchsorted(a, q, side="right", method="scan"))(u, flat)
+  side = "left" if strict else "right"  # rank_q = #{u < q} or #{u ≤ q}
+  ranks = jax.vmap(lambda a, q: jnp.searchsorted(a, q, side=side, method="scan"))(u, flat)
   hist = jax.vmap(lambda r: jnp.bincount(r, length=k + 1))(ranks)
-  at_least_sorted = jnp.cumsum(hist[:, ::-1], axis=-1)[:, ::-1][:, 1:]  # A(u_k) = Σ_{j≥k} hist_j
+  counts_sorted = jnp.cumsum(hist[:, ::-1], axis=-1)[:, ::-1][:, 1:]  # #{q : rank_q > k}
   # back to the order of `values`
   pos = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left", method="scan"))(u, values)
-  return jnp.take_along_axis(at_least_sorted, pos, axis=-1)
+  return jnp.take_along_axis(counts_sorted, pos, axis=-1)
 
 
 def _sorted_groups(flat, *weights):
@@ -169,38 +250,65 @@ def _sorted_groups(flat, *weights):
   return v, *ws, start, end
 
 
-def auc_judd(pred, fixations, variant: str = "ntire2026"):
-  """AUC-Judd: thresholds at the fixated values, trapezoids over (fp, tp), not tie-aware.
+def _judd_sums(values, weights, at_least, greater, jitter: bool):
+  """(Σ_p c_p·A_p, A_last) over fixated pixels p (weights c_p > 0), where A counts the pixels
+  at or above p's value. With `jitter`, their expectations when ties are broken at random: p
+  lands uniformly within its tie group of g = at_least − greater pixels, so E[A_p] = greater +
+  (g + 1)/2; the lowest fixated group, holding f fixated pixels, ends at greater + the largest
+  of f random places among g, whose mean is f·(g + 1)/(f + 1)."""
+  dt = weights.dtype
+  at_least, greater = at_least.astype(dt), greater.astype(dt)
+  fixated = weights > 0
+  if not jitter:
+    return jnp.sum(weights * at_least, axis=-1), jnp.max(jnp.where(fixated, at_least, 0), axis=-1)
+  a = (at_least + greater + 1) / 2
+  low = jnp.min(jnp.where(fixated, values, jnp.inf), axis=-1, keepdims=True)
+  lowest = fixated & (values == low)
+  f = jnp.sum(jnp.where(lowest, weights, 0), axis=-1)
+  g_low = jnp.max(jnp.where(lowest, at_least - greater, 0), axis=-1)
+  greater_low = jnp.max(jnp.where(lowest, greater, 0), axis=-1)
+  return jnp.sum(weights * a, axis=-1), greater_low + f * (g_low + 1) / (f + 1)
 
-  With events sorted by value, tp_k = k/N and fp_k = (A_k − k)/D. The trapezoid sum over
-  (0,0), (fp_1, tp_1), …, (fp_N, tp_N), (1,1) has the closed form
-  1 + (N² + A_last − 2·Σ_p c_p·A_p) / (2·N·D), with A_p = #{q : S_q ≥ S_p}, c_p the events at p
-  and A_last the A of the lowest fixated value; so no per-event loop is needed.
-  ntire2026: c = event counts, D = H·W − U where U is the scorer's `np.unique(F, axis=1)` column
-  count (1 when every fixation has y == x, else 2). mit: c = binary map, D = H·W − N.
+
+def auc_judd(pred, fixations, variant: str = "ntire2026", *, jitter: bool | None = None):
+  """AUC-Judd: thresholds at the fixated values, trapezoids over (fp, tp).
+
+  With fixated pixels sorted by value, tp_k = k/N and fp_k = (A_k − k)/D (A_k: pixels at or
+  above the k-th). The trapezoid sum over (0,0), (fp_1, tp_1), …, (fp_N, tp_N), (1,1) has the
+  closed form 1 + (N² + A_last − 2·Σ_p c_p·A_p) / (2·N·D), with c_p the events at p and A_last
+  the A of the lowest fixated value; so no per-event loop is needed.
+  ntire2026: not tie-aware, c = event counts, D = H·W − U where U is the scorer's
+  `np.unique(F, axis=1)` column count (1 when every fixation has y == x, else 2).
+  mit (`AUC_Judd.m`): c = binary map, D = H·W − N. Its default `jitter = 1` adds rand/1e7 to the
+  map, which breaks ties at random (distinct values of a map lie further apart: it reorders
+  nothing else); the AUC is linear in the A's, so `jitter=None` (the default, as True) gives the
+  exact expected value of what the code returns. `jitter=False` gives its value without jitter
+  (NaN for a constant map, as the code returns).
   """
   _check(variant)
+  if jitter is None:
+    jitter = variant == "mit"
+  if jitter and variant != "mit":
+    raise ValueError("jitter: only the mit variant (AUC_Judd.m) jitters the map")
+  ok = _validate(pred, counts={"fixations": fixations})
   s = _f(pred)
   c = jnp.asarray(fixations)
-  h, w = s.shape[-2], s.shape[-1]
-  if variant == "mit":
-    c = (c > 0).astype(s.dtype)
-  else:
-    c = c.astype(s.dtype)
+  c = ((c > 0) if variant == "mit" else c).astype(s.dtype)
   n = _sum(c)
+  h, w = s.shape[-2], s.shape[-1]
   lead = s.shape[:-2]
   flat, cflat = s.reshape(-1, h * w), c.reshape(-1, h * w)
   slots = min(SPARSE_SLOTS, h * w)
 
   def dense(_):
-    _, cs, start, _ = _sorted_groups(flat, cflat)
-    a = (h * w - start).astype(s.dtype)  # A_p = P − first index of p's run of equal values
-    return jnp.sum(cs * a, axis=-1), jnp.max(jnp.where(cs > 0, a, 0), axis=-1)
+    v, cs, start, end = _sorted_groups(flat, cflat)
+    return _judd_sums(v, cs, h * w - start, h * w - 1 - end, jitter)
 
   def sparse(_):
     vals, cs, _ = _compact(cflat > 0, (flat, cflat), slots, (jnp.inf, 0))
-    a = _count_at_least_sparse(flat, vals).astype(s.dtype)
-    return jnp.sum(cs * a, axis=-1), jnp.max(jnp.where(cs > 0, a, 0), axis=-1)
+    at_least = _count_sparse(flat, vals, strict=False)
+    greater = _count_sparse(flat, vals, strict=True) if jitter else at_least
+    return _judd_sums(vals, cs, at_least, greater, jitter)
 
   fits = jnp.max(jnp.sum(cflat > 0, axis=-1)) <= slots
   sum_ca, a_last = jax.lax.cond(fits, sparse, dense, None)
@@ -214,48 +322,106 @@ def auc_judd(pred, fixations, variant: str = "ntire2026"):
     d = h * w - n
   n_safe = jnp.where(n > 0, n, 1)
   auc = 1 + (n_safe * n_safe + a_last - 2 * sum_ca) / (2 * n_safe * d)
-  return jnp.where(n > 0, auc, jnp.nan)
+  defined = n > 0
+  if variant == "mit" and not jitter:
+    defined &= jnp.max(s, axis=(-2, -1)) > jnp.min(s, axis=(-2, -1))
+  return _guard(jnp.where(defined, auc, jnp.nan), ok)
+
+
+SAUC_STEP = 0.1  # AUC_shuffled.m's default stepSize
+SAUC_THRESHOLDS = 11  # 0:0.1:max has at most eleven values on a min-max normalised map
+
+
+def _colon_thresholds(top, step: float = SAUC_STEP):
+  """MATLAB's `0:step:top` for each frame, as its colon operator builds it (to the last bit,
+  which decides where a value of an 8-bit map such as 153/255 = 0.6 falls): n intervals, the end
+  c = n·step (or `top` itself when within 2·eps·top of it), the first half k·step, the second
+  half c − (n − k)·step, the middle of an even count c/2. Padded to `SAUC_THRESHOLDS` with +inf,
+  ascending: (..., 11)."""
+  top = jnp.asarray(top)
+  tol = 2.0 * 2.0**-52 * top
+  n = jnp.floor(top / step + 0.5)  # MATLAB's round (half away from zero; top ≥ 0)
+  n = jnp.where(n * step - top > tol, n - 1, n)
+  c = n * step
+  c = jnp.where(c - top > -tol, top, c)
+  n, c = n[..., None], c[..., None]
+  k = jnp.arange(SAUC_THRESHOLDS, dtype=top.dtype)
+  t = jnp.where(k <= jnp.floor(n / 2), k * step, c - (n - k) * step)
+  t = jnp.where((jnp.mod(n, 2) == 0) & (k == n / 2), c / 2, t)
+  return jnp.where(k <= n, t, jnp.inf)
+
+
+def _roc_area(tp, fp, xp):
+  """Trapezoids over (0,0), the points along the last axis, (1,1); `xp` is numpy or jax.numpy."""
+  zeros, ones = xp.zeros_like(tp[..., :1]), xp.ones_like(tp[..., :1])
+  tp = xp.concatenate([zeros, tp, ones], axis=-1)
+  fp = xp.concatenate([zeros, fp, ones], axis=-1)
+  return xp.sum((fp[..., 1:] - fp[..., :-1]) * (tp[..., 1:] + tp[..., :-1]) / 2, axis=-1)
+
+
+def sauc_counts(pred, fixations, negatives):
+  """What `AUC_shuffled.m`'s result depends on: (..., 2, 11), the fixated pixels (row 0) and the
+  negative pixels (row 1) whose min-max normalised value is at or above each threshold of
+  MATLAB's `0:0.1:max` (`_colon_thresholds`, max over the fixated and negative pixels), from the
+  highest down, thresholds past max counting 0 (so the last column holds the totals). NaN for a
+  constant map (the code's all-NaN map)."""
+  ok = _validate(pred, counts={"fixations": fixations, "negatives": negatives})
+  s = _f(pred)
+  spread = jnp.max(s, axis=(-2, -1)) > jnp.min(s, axis=(-2, -1))
+  s = _minmax(s)
+  pos = jnp.asarray(fixations) > 0
+  neg = jnp.asarray(negatives) > 0
+  top = jnp.max(jnp.where(pos | neg, s, 0), axis=(-2, -1))
+  steps = _colon_thresholds(jnp.where(spread, top, 0))[..., ::-1]  # descending
+  above = s[..., None, :, :] >= steps[..., None, None]  # (..., 11, H, W)
+
+  def count(mask):
+    return jnp.sum(above & mask[..., None, :, :], axis=(-2, -1))
+
+  out = jnp.stack([count(pos), count(neg)], axis=-2).astype(s.dtype)
+  valid = spread if ok is None else spread & ok
+  return jnp.where(valid[..., None, None], out, jnp.nan)
+
+
+def sauc_shuffled(counts, *, splits: int = 100, rng: np.random.Generator) -> float:
+  """`AUC_shuffled.m` as it runs, for one frame's `sauc_counts`: `splits` random draws of
+  min(fixated, negative) pixels among the negatives, an AUC per draw, their mean. Host numpy,
+  seeded by `rng`. A draw matters only through how many drawn pixels lie at or above each
+  threshold: a multivariate hypergeometric draw over the threshold bins, sampled as such."""
+  c = np.asarray(counts, np.float64)
+  if np.isnan(c).any() or c[0, -1] == 0 or c[1, -1] == 0:
+    return float("nan")
+  pos, neg = c[0], c[1].astype(np.int64)
+  k = int(min(pos[-1], neg[-1]))
+  drawn = rng.multivariate_hypergeometric(np.diff(neg, prepend=0), k, size=splits)
+  fp = np.cumsum(drawn, axis=-1) / k
+  tp = np.broadcast_to(pos / pos[-1], fp.shape)
+  return float(np.mean(_roc_area(tp, fp, np)))
 
 
 def sauc(pred, fixations, negatives, variant: str = "ntire2026"):
   """Shuffled AUC: the fixated values against `negatives` (other frames' fixations).
 
-  mit: the MIT benchmark's procedure with the negatives given rather than sampled: the map
-  min-max normalised, binary positives and negatives, thresholds 0, 0.1, … up to the largest
-  value at either, trapezoids over (0,0) … (1,1).
+  mit: `AUC_shuffled.m` with every negative pixel rather than its random draws of as many as
+  there are fixated pixels: the map min-max normalised, binary positives and negatives,
+  thresholds MATLAB's 0:0.1:max, trapezoids over (0,0) … (1,1). The area is linear in the
+  false-positive rates, so this is the expected value of the code's random result
+  (`sauc_shuffled` draws as the code does), up to the code's thresholds following each draw's own
+  max in the last bit (which moves a value lying exactly on one).
   ntire2026 (not reported by the challenge): the exact ROC AUC of the fixation events against the
   negative events, weighted by their counts, ties counting one half.
   """
   _check(variant)
+  if variant == "mit":
+    c = sauc_counts(pred, fixations, negatives)
+    pos, neg = c[..., 0, :], c[..., 1, :]
+    npos, nneg = pos[..., -1:], neg[..., -1:]
+    auc = _roc_area(pos / jnp.maximum(npos, 1), neg / jnp.maximum(nneg, 1), jnp)
+    return jnp.where((npos[..., 0] > 0) & (nneg[..., 0] > 0), auc, jnp.nan)
+  ok = _validate(pred, counts={"fixations": fixations, "negatives": negatives})
   s = _f(pred)
   pos = _f(fixations)
   neg = _f(negatives)
-  if variant == "mit":
-    spread = jnp.max(s, axis=(-2, -1)) > jnp.min(s, axis=(-2, -1))
-    s = _minmax(s)
-    pos = (pos > 0).astype(s.dtype)
-    neg = (neg > 0).astype(s.dtype)
-    npos, nneg = _sum(pos), _sum(neg)
-    top = jnp.maximum(
-      jnp.max(jnp.where(pos > 0, s, -jnp.inf), axis=(-2, -1)),
-      jnp.max(jnp.where(neg > 0, s, -jnp.inf), axis=(-2, -1)),
-    )
-    steps = jnp.asarray(np.arange(10, -1, -1) / 10.0, s.dtype)  # 1.0, 0.9, …, 0.0
-    active = steps <= top[..., None] + 1e-12  # Matlab's 0:0.1:max keeps steps up to max
-
-    def rate(mask, total):
-      above = (s[..., None, :, :] >= steps[:, None, None]) & (mask[..., None, :, :] > 0)
-      return jnp.sum(above, axis=(-2, -1)).astype(s.dtype) / total[..., None]
-
-    tp = jnp.where(active, rate(pos, npos), 0.0)
-    fp = jnp.where(active, rate(neg, nneg), 0.0)
-    # Inactive (above-max) thresholds sit at (0, 0), like the curve's own first point.
-    zeros = jnp.zeros_like(tp[..., :1])
-    ones = jnp.ones_like(tp[..., :1])
-    tp = jnp.concatenate([zeros, tp, ones], axis=-1)
-    fp = jnp.concatenate([zeros, fp, ones], axis=-1)
-    auc = jnp.sum((fp[..., 1:] - fp[..., :-1]) * (tp[..., 1:] + tp[..., :-1]) / 2, axis=-1)
-    return jnp.where((npos > 0) & (nneg > 0) & spread, auc, jnp.nan)
   lead = s.shape[:-2]
   hw = s.shape[-1] * s.shape[-2]
   flat, pflat, nflat = s.reshape(-1, hw), pos.reshape(-1, hw), neg.reshape(-1, hw)
@@ -280,9 +446,9 @@ def sauc(pred, fixations, negatives, variant: str = "ntire2026"):
   fits = jnp.maximum(jnp.max(jnp.sum(pflat > 0, -1)), jnp.max(jnp.sum(nflat > 0, -1))) <= slots
   wins = jax.lax.cond(fits, sparse, dense, None)
   total_p, total_n = jnp.sum(pflat, axis=-1), jnp.sum(nflat, axis=-1)
-  ok = (total_p > 0) & (total_n > 0)
-  auc = jnp.where(ok, wins / jnp.where(ok, total_p * total_n, 1), jnp.nan)
-  return auc.reshape(lead)
+  defined = (total_p > 0) & (total_n > 0)
+  auc = jnp.where(defined, wins / jnp.where(defined, total_p * total_n, 1), jnp.nan)
+  return _guard(auc.reshape(lead), ok)
 
 
 # ------------------------------------------------------------------------------------------------
