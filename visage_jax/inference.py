@@ -64,18 +64,21 @@ class Predictor:
     out = self.forward(self.state, jax.device_put(clip, parallel.batch_sharding(self.mesh)))
     return {k: np.asarray(v, dtype=np.float32)[:n] for k, v in out.items()}
 
-  def stream_video(self, path: str, *, batch_size: int = 1, stride: int = 0):
-    """`stream.FrameMaps` (index, maps {name: float32 (S, S)}) for every frame of a video, in
-    frame order, as the model finishes them: memory does not grow with the video's length."""
+  def stream_video(self, path: str, *, batch_size: int = 1, stride: int = 0, source_fps=None):
+    """`stream.FrameMaps` (index, maps {name: float32 (S, S)}) for every frame of a video (a file,
+    or a folder of numbered frames at `source_fps`), in frame order, as the model finishes them:
+    memory does not grow with the video's length."""
     from visage_jax.data.video import open_video
     from visage_jax.predict import frame_stream
 
-    return frame_stream(self, open_video(path), batch_size=batch_size, stride=stride)
+    video = open_video(path, fps=source_fps)
+    return frame_stream(self, video, batch_size=batch_size, stride=stride)
 
-  def predict_video(self, path: str, *, batch_size: int = 1, stride: int = 0) -> dict:
-    """Every frame of a video, once: {"expert1", "expert2", "fused": float32 (N, S, S) at the
-    model's size, "fps", "source_size": (H, W)}. The one call that holds a whole video's maps;
-    `stream_video` gives the same maps frame by frame."""
+  def predict_video(self, path: str, *, batch_size: int = 1, stride: int = 0, source_fps=None):
+    """Every frame of a video (a file, or a folder of numbered frames at `source_fps`), once:
+    {"expert1", "expert2", "fused": float32 (N, S, S) at the model's size, "fps", "source_size":
+    (H, W)}. The one call that holds a whole video's maps; `stream_video` gives the same maps
+    frame by frame."""
     from visage_jax.predict import video_maps
 
-    return video_maps(self, path, batch_size=batch_size, stride=stride)
+    return video_maps(self, path, batch_size=batch_size, stride=stride, source_fps=source_fps)

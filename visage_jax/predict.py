@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 
 from visage_jax import stream, writers
-from visage_jax.data.video import open_video
+from visage_jax.data.video import IMAGE_EXTENSIONS, open_video
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 SETTINGS_DIR = ".visage-predict"  # one JSON record per finished video: what made it
@@ -38,11 +38,14 @@ def frame_stream(predictor, video, *, batch_size=1, stride=0, keep_frames=False,
     yield frame
 
 
-def video_maps(predictor, path: str, *, batch_size: int = 1, stride: int = 0) -> dict:
+def video_maps(
+  predictor, path: str, *, batch_size: int = 1, stride: int = 0, source_fps: float | None = None
+) -> dict:
   """{name: float32 (N, S, S)} for every map the checkpoint gives ("expert1", "expert2",
   "fused"), one per source frame, plus "fps" and "source_size" (H, W). Holds the whole video's
-  maps: for long videos iterate `frame_stream` instead."""
-  video = open_video(path)
+  maps: for long videos iterate `frame_stream` instead. `path`: a video file, or a folder of
+  numbered frames at `source_fps`."""
+  video = open_video(path, fps=source_fps)
   out = {}
   for fm in frame_stream(predictor, video, batch_size=batch_size, stride=stride):
     for k, m in fm.maps.items():
@@ -55,10 +58,13 @@ def video_maps(predictor, path: str, *, batch_size: int = 1, stride: int = 0) ->
 
 
 def find_videos(inputs) -> list[str]:
-  """Video files named directly, or found (non-recursively) in named folders, sorted."""
+  """Video files named directly, or found (non-recursively) in named folders, sorted; a folder
+  holding numbered images is itself one video (its frames)."""
   out = []
   for item in inputs:
-    if os.path.isdir(item):
+    if os.path.isdir(item) and is_frame_folder(item):
+      out.append(item)
+    elif os.path.isdir(item):
       out.extend(
         sorted(
           os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(VIDEO_EXTENSIONS)
@@ -69,7 +75,17 @@ def find_videos(inputs) -> list[str]:
   return out
 
 
+def is_frame_folder(path: str) -> bool:
+  return any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(path))
+
+
 def video_name(path: str) -> str:
+  """A file's name without extension; a frame folder's name, or its parent's when it is called
+  images/ or frames/ (as in the Hollywood-2 and UCF-Sports layouts: <clip>/images)."""
+  path = os.path.normpath(path)
+  if os.path.isdir(path):
+    base = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if base in ("images", "frames") else base
   return os.path.splitext(os.path.basename(path))[0]
 
 
@@ -105,7 +121,7 @@ def write_video_outputs(
   `settings` (made by `run_settings`) says what to write and is recorded beside the outputs.
   Everything goes to temporary names first; the maps folder is renamed into place last."""
   name = video_name(path)
-  video = open_video(path)
+  video = open_video(path, fps=settings["source_fps"])
   experts = [k for k in predictor.expert_names if settings["save_experts"]]
   tmp = {"fused": os.path.join(output, f".{name}.partial")}
   for sub in experts:
@@ -163,13 +179,17 @@ def write_video_outputs(
   return video.num_frames
 
 
-def run_settings(checkpoint: str, *, map_size="source", save_experts=False, stride=0) -> dict:
-  """What decides a video's outputs, as recorded with each finished video."""
+def run_settings(
+  checkpoint: str, *, map_size="source", save_experts=False, stride=0, source_fps=None
+) -> dict:
+  """What decides a video's outputs, as recorded with each finished video. `source_fps`: the
+  frame rate of videos given as folders of frames."""
   return {
     "checkpoint": os.path.abspath(checkpoint),
     "map_size": map_size,
     "save_experts": bool(save_experts),
     "stride": int(stride),
+    "source_fps": None if source_fps is None else float(source_fps),
   }
 
 

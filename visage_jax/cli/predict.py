@@ -2,7 +2,11 @@
 
     visage-predict --checkpoint=DIR --input=VIDEO_OR_FOLDER [--input=...] --output=OUT
         [--map_size=source|model] [--save_experts] [--batch_size=1] [--stride=0]
-        [--dtype=bfloat16] [--overwrite]
+        [--source_fps=25] [--dtype=bfloat16] [--overwrite]
+
+An input folder that holds numbered images (frame_0001.png, …) is one video, its frames
+(--source_fps gives its frame rate; a folder called images/ takes its parent's name); any other
+folder is searched for video files.
 
 For each video: OUT/<video>/eyeMap_%05d.png (8-bit fused maps, one per frame,
 1-based), OUT/<video>.mp4 (the maps at the source frame rate and frame count) and
@@ -18,6 +22,7 @@ JAX_NUM_PROCESSES and JAX_PROCESS_ID set (as for visage-train) the processes sha
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags
@@ -25,7 +30,9 @@ from absl import flags
 from visage_jax.cli import check_output, fail, run_app
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
-flags.DEFINE_multi_string("input", None, "Video file or folder of videos (repeatable)")
+flags.DEFINE_multi_string(
+  "input", None, "Video file, folder of numbered frames, or folder of videos (repeatable)"
+)
 flags.DEFINE_string("output", None, "Output directory")
 flags.DEFINE_enum(
   "map_size", "source", ["source", "model"], "Write maps at the video's size or 224"
@@ -33,6 +40,7 @@ flags.DEFINE_enum(
 flags.DEFINE_bool("save_experts", False, "Also write each expert's maps")
 flags.DEFINE_integer("batch_size", 1, "Windows per step on each device")
 flags.DEFINE_integer("stride", 0, "Source frames per model frame (0: round(fps / 5))")
+flags.DEFINE_float("source_fps", None, "Frame rate of inputs that are folders of frames")
 flags.DEFINE_string("dtype", None, "Override the backbone's activation dtype (e.g. bfloat16)")
 flags.DEFINE_bool("overwrite", False, "Recompute finished videos made with other settings")
 FLAGS = flags.FLAGS
@@ -86,13 +94,20 @@ def main(_):
   videos = find_videos(FLAGS.input)
   if not videos:
     fail("visage-predict", f"no videos in {FLAGS.input}")
+  folders = [v for v in videos if os.path.isdir(v)]
+  if folders and not FLAGS.source_fps:
+    fail("visage-predict", f"{folders[0]} is a folder of frames: give their rate (--source_fps)")
   names = [video_name(v) for v in videos]
   dupes = sorted({n for n in names if names.count(n) > 1})
   if dupes:
     fail("visage-predict", f"several inputs are named {dupes[0]}")
   check_output("visage-predict", FLAGS.output)
   settings = run_settings(
-    FLAGS.checkpoint, map_size=FLAGS.map_size, save_experts=FLAGS.save_experts, stride=FLAGS.stride
+    FLAGS.checkpoint,
+    map_size=FLAGS.map_size,
+    save_experts=FLAGS.save_experts,
+    stride=FLAGS.stride,
+    source_fps=FLAGS.source_fps,
   )
   try:
     parallel.initialize_distributed()

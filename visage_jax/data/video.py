@@ -147,6 +147,69 @@ class SequentialReader:
     self._container.close()
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def numbered_images(folder: str) -> list[str]:
+  """The image files of a folder in frame order: by the last number in each name (so frame_2
+  comes before frame_10), names without a number refused."""
+  import re
+
+  try:
+    names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)]
+  except OSError as e:
+    raise VideoError(f"{folder}: cannot list frames: {e.strerror}") from None
+  keyed = []
+  for n in names:
+    digits = re.findall(r"\d+", os.path.splitext(n)[0])
+    if not digits:
+      raise VideoError(f"{os.path.join(folder, n)}: a frame file needs a number in its name")
+    keyed.append((int(digits[-1]), n))
+  keyed.sort()
+  for (a, first), (b, second) in zip(keyed, keyed[1:]):
+    if a == b:
+      raise VideoError(f"{folder}: {first} and {second} both hold frame number {a}")
+  return [os.path.join(folder, n) for _, n in keyed]
+
+
+class FrameFolderReader:
+  """A folder of numbered image files read as a video (frame k: the k-th by number). Such a
+  folder carries no frame rate: `fps` says it."""
+
+  def __init__(self, path: str, fps: float | None):
+    self.path = path
+    if not fps or fps <= 0:
+      raise VideoError(f"{path}: a folder of frames has no frame rate; give it (--source_fps)")
+    self.files = numbered_images(path)
+    if not self.files:
+      raise VideoError(f"{path}: no frames ({'/'.join(IMAGE_EXTENSIONS)} files)")
+    self.num_frames, self.fps = len(self.files), float(fps)
+    first = self.frames([0])
+    self.height, self.width = int(first.shape[1]), int(first.shape[2])
+
+  def _read(self, i: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+      with Image.open(self.files[i]) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    except Exception as e:
+      raise VideoError(f"{self.files[i]}: cannot read frame {i}: {_first_line(e)}") from None
+    if i and rgb.shape[:2] != (self.height, self.width):
+      raise VideoError(
+        f"{self.files[i]}: {rgb.shape[0]}×{rgb.shape[1]}, the first frame is "
+        f"{self.height}×{self.width}"
+      )
+    return rgb
+
+  def frames(self, indices) -> np.ndarray:
+    idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+    bad = [i for i in idx if not 0 <= i < self.num_frames]
+    if bad:
+      raise VideoError(f"{self.path}: frame {bad[0]} out of range (it has {self.num_frames})")
+    return np.stack([self._read(i) for i in idx])
+
+
 class RangeReader:
   """`SequentialReader`'s interface over any `VideoReader` (random access, e.g. in tests)."""
 
@@ -172,7 +235,10 @@ def _first_line(e: Exception) -> str:
   return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def open_video(path: str, *, timeout_s: float = 60.0) -> VideoReader:
+def open_video(path: str, *, fps: float | None = None, timeout_s: float = 60.0) -> VideoReader:
+  """A video file, or a folder of numbered frames (which needs `fps`; a file keeps its own)."""
+  if os.path.isdir(path):
+    return FrameFolderReader(path, fps)
   return DecordReader(path, timeout_s=timeout_s)
 
 
