@@ -60,7 +60,8 @@ class Mp4Encoder:
     self.path, self.height, self.width, self.lossless = path, height, width, lossless
     self.frames = 0
     rate = fractions.Fraction(fps).limit_denominator(1001)
-    self._container = av.open(path, mode="w", format="mp4")
+    container = "avi" if path.lower().endswith(".avi") else "mp4"  # AVI: as DHF1K ships
+    self._container = av.open(path, mode="w", format=container)
     stream = self._container.add_stream("libx264", rate=rate)
     stream.width = width + (0 if lossless else width % 2)
     stream.height = height + (0 if lossless else height % 2)

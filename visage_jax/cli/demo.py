@@ -79,7 +79,7 @@ def center_prior_scores(data: str, split: str, size: int) -> dict:
   import numpy as np
 
   from visage_jax import evaluate
-  from visage_jax.data import challenge
+  from visage_jax.data import challenge, layouts
   from visage_jax.data.video import to_gray
 
   y = (np.arange(size) + 0.5) / size - 0.5
@@ -92,8 +92,7 @@ def center_prior_scores(data: str, split: str, size: int) -> dict:
 
   agg = evaluate.Aggregator()
   for entry in challenge.ChallengeLayout(data).entries(split):
-    video, sal = challenge.open_pair(entry)
-    points = challenge.load_fixations(entry.fixations, video.num_frames, video.height, video.width)
+    video, sal, points = layouts.open_entry(entry)
     idx = np.arange(video.num_frames)
     gt = to_gray(sal.frames(idx))
     counts = challenge.fixation_counts(points, idx, video.height, video.width)

@@ -1,6 +1,9 @@
 """`visage-prepare`: TFDS ArrayRecord files for training from a dataset as distributed.
 
-visage-prepare --layout=ntire2026|dhf1k --root=DIR --output=DIR [--fps=5] [--skip_bad]
+visage-prepare --layout=ntire2026|dhf1k|hollywood2|ucf_sports --root=DIR --output=DIR [--fps=5]
+    [--source_fps=25] [--skip_bad]
+
+Frame-folder layouts (hollywood2, ucf_sports) carry no frame rate: --source_fps gives it.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ from absl import flags
 
 from visage_jax.cli import fail, run_app
 
-flags.DEFINE_enum("layout", None, ["ntire2026", "dhf1k"], "Dataset layout")
+flags.DEFINE_enum(
+  "layout", None, ["ntire2026", "dhf1k", "hollywood2", "ucf_sports"], "Dataset layout"
+)
 flags.DEFINE_string("root", None, "The dataset as distributed")
 flags.DEFINE_string("output", None, "Where the prepared dataset goes (new or empty)")
 flags.DEFINE_float("fps", 5.0, "Training frame rate: every round(source_fps / fps)-th frame")
-flags.DEFINE_float("source_fps", None, "Override the videos' frame rate")
+flags.DEFINE_float(
+  "source_fps", None, "The videos' frame rate (frame folders have none; files: overrides theirs)"
+)
 flags.DEFINE_integer("offset", 0, "First source frame of the sampled sequence")
 flags.DEFINE_integer("size", 224, "Model input size")
 flags.DEFINE_list(

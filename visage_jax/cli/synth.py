@@ -1,6 +1,7 @@
-"""`visage-synth`: a synthetic dataset in exactly the challenge layout.
+"""`visage-synth`: a synthetic dataset in exactly one of the layouts `visage-eval` reads.
 
-visage-synth --output=DIR [--videos=8] [--frames=90] [--size=144x256] [--fps=30] [--seed=0]
+visage-synth --output=DIR [--layout=ntire2026|dhf1k|hollywood2|ucf_sports] [--videos=8]
+    [--frames=90] [--size=144x256] [--fps=30] [--seed=0]
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from absl import flags
 from visage_jax.cli import fail, run_app
 
 flags.DEFINE_string("output", None, "Output directory (must not exist)")
+flags.DEFINE_enum(
+  "layout", "ntire2026", ["ntire2026", "dhf1k", "hollywood2", "ucf_sports"], "Dataset layout"
+)
 flags.DEFINE_integer("videos", 8, "Number of videos")
 flags.DEFINE_integer("frames", 90, "Frames per video")
 flags.DEFINE_string("size", "144x256", "Frame size HxW")
-flags.DEFINE_float("fps", 30.0, "Frame rate")
+flags.DEFINE_float("fps", 30.0, "Frame rate (frame folders record none: pass it as --source_fps)")
 flags.DEFINE_integer("seed", 0, "Seed: the same seed gives the same dataset")
 FLAGS = flags.FLAGS
 
@@ -35,6 +39,7 @@ def main(_):
   try:
     split = write_dataset(
       FLAGS.output,
+      layout=FLAGS.layout,
       videos=FLAGS.videos,
       frames=FLAGS.frames,
       size=(h, w),
@@ -45,8 +50,8 @@ def main(_):
   except (FileExistsError, ValueError) as e:
     fail("visage-synth", str(e))
   bar.close()
-  n_train, n_test = len(split["train"]), len(split["public_test"])
-  print(f"wrote {FLAGS.output}: {n_train} train, {n_test} public_test videos")
+  counts = ", ".join(f"{len(names)} {name}" for name, names in split.items())
+  print(f"wrote {FLAGS.output} ({FLAGS.layout} layout): {counts} videos")
 
 
 def run():

@@ -1,1 +1,1 @@
-"""Data: decoding video, the challenge and DHF1K layouts, windows, TFDS builders, the pipeline."""
+"""Data: decoding video, the dataset layouts, windows, TFDS builders, the pipeline."""

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from visage_jax.data.video import VideoError, open_video
+from visage_jax.data.video import VideoError
 
 SPLITS = ("train", "public_test", "private_test")
 
@@ -123,19 +123,6 @@ def model_fixation_map(events: np.ndarray, size: int) -> np.ndarray:
   return np.max(shifted, axis=0)
 
 
-def open_pair(entry: VideoEntry, *, timeout_s: float = 60.0):
-  """(video reader, saliency reader or None), with matching frame counts checked."""
-  video = open_video(entry.video, timeout_s=timeout_s)
-  sal = None
-  if entry.saliency:
-    sal = open_video(entry.saliency, timeout_s=timeout_s)
-    if sal.num_frames != video.num_frames:
-      raise DataError(
-        f"{entry.saliency}: {sal.num_frames} frames, but {entry.video} has {video.num_frames}"
-      )
-  return video, sal
-
-
 __all__ = [
   "ChallengeLayout",
   "DataError",
@@ -145,5 +132,4 @@ __all__ = [
   "load_fixations",
   "model_fixation_events",
   "model_fixation_map",
-  "open_pair",
 ]

@@ -11,20 +11,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import shutil
 
-import numpy as np
-
-from visage_jax.data import challenge
+from visage_jax.data import challenge, layouts
 from visage_jax.data.builders.common import SourceVideo
-from visage_jax.data.video import VideoError, open_video, to_gray
-
-DHF1K_SPLITS = {"train": range(1, 601), "validation": range(601, 701)}
+from visage_jax.data.video import VideoError, to_gray
 
 
-def _ntire_openers(root: str, splits, check):
-  layout = challenge.ChallengeLayout(root)
+def _openers(layout, splits, check, source_fps):
+  """{split: the checked [(opener, frame rate)]}: each opener reads one video of the layout."""
   out = {}
   for split in splits:
     openers = []
@@ -32,57 +27,8 @@ def _ntire_openers(root: str, splits, check):
 
       def opener(name=name, split=split):
         entry = layout.entry(name, split)
-        video, sal = challenge.open_pair(entry)
-        points = challenge.load_fixations(
-          entry.fixations, video.num_frames, video.height, video.width
-        )
+        video, sal, points = layouts.open_entry(entry, source_fps=source_fps)
         return SourceVideo(name, video, lambda idx, sal=sal: to_gray(sal.frames(idx)), points)
-
-      openers.append((name, opener))
-    out[split] = check(openers)
-  return out
-
-
-def _png_stack(paths, idx):
-  from PIL import Image
-
-  return np.stack([np.asarray(Image.open(paths[int(i)]).convert("L")) for i in idx])
-
-
-def _dhf1k_openers(root: str, splits, check):
-  videos = {}
-  for p in glob.glob(os.path.join(root, "video", "*")):
-    m = re.match(r"^(\d+)\.avi$", os.path.basename(p), re.IGNORECASE)
-    if m:
-      videos[int(m.group(1))] = p
-  if not videos:
-    raise challenge.DataError(f"{os.path.join(root, 'video')}: no NNN.AVI videos (not DHF1K?)")
-  out = {}
-  for split in splits:
-    if split not in DHF1K_SPLITS:
-      raise challenge.DataError(f"unknown DHF1K split {split!r}; it has {tuple(DHF1K_SPLITS)}")
-    openers = []
-    for k in DHF1K_SPLITS[split]:
-      if k not in videos:
-        continue
-      name = f"{k:03d}"
-
-      def opener(k=k, name=name):
-        video = open_video(videos[k])
-        ann = os.path.join(root, "annotation", f"{k:04d}")
-        maps = sorted(glob.glob(os.path.join(ann, "maps", "*.png")))
-        fix = sorted(glob.glob(os.path.join(ann, "fixation", "*.png")))
-        for what, files in (("maps", maps), ("fixation", fix)):
-          if len(files) != video.num_frames:
-            raise challenge.DataError(
-              f"{os.path.join(ann, what)}: {len(files)} PNGs, but {videos[k]} has "
-              f"{video.num_frames} frames"
-            )
-        points = []
-        for path in fix:
-          ys, xs = np.nonzero(_png_stack([path], [0])[0])
-          points.append(np.stack([ys, xs], 1).astype(np.int32))
-        return SourceVideo(name, video, lambda idx, maps=maps: _png_stack(maps, idx), points)
 
       openers.append((name, opener))
     out[split] = check(openers)
@@ -130,12 +76,9 @@ def prepare(
         progress(f"checked {name}")
     return good
 
-  if layout == "ntire2026":
-    splits = splits or ["train", "public_test"]
-    sources = _ntire_openers(root, splits, check)
-  else:
-    splits = splits or ["train", "validation"]
-    sources = _dhf1k_openers(root, splits, check)
+  layouts.check_frame_rate(layout, source_fps)
+  splits = splits or ["train", layouts.EVAL_SPLIT[layout]]
+  sources = _openers(layouts.open_layout(layout, root), splits, check, source_fps)
   rates = {round(r, 3) for openers in sources.values() for _, r in openers}
   if len(rates) > 1 and not source_fps:
     raise challenge.DataError(

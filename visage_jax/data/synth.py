@@ -1,14 +1,16 @@
-"""A synthetic saliency dataset in exactly the challenge layout (METRICS.md).
+"""A synthetic saliency dataset in exactly one of the layouts of `visage_jax.data.layouts`.
 
 Textured, slowly drifting backgrounds with a few bright moving objects; the ground-truth saliency
 follows the objects (a Gaussian on each, weighted, plus a weak centre bias), min-max normalised
 per frame; fixations are drawn from that saliency, several observers a frame. Everything follows
-from the seed. Videos are H.264 mp4; the saliency videos are lossless.
+from the seed. Videos are H.264 (mp4, or AVI for DHF1K); saliency videos are lossless, map and
+fixation images PNG.
 
-    ROOT/Videos/<name>.mp4
-    ROOT/SaliencyTrain/Train/<name>.mp4,  ROOT/SaliencyTest/Test/<name>.mp4
-    ROOT/FixationsTrain/Train/<name>/fixations.json  (and FixationsTest/Test)
-    ROOT/TrainTestSplit.json  {"train": [...], "public_test": [...], "private_test": [...]}
+    ntire2026:  Videos/<name>.mp4, SaliencyTrain/Train/<name>.mp4 (SaliencyTest/Test),
+                FixationsTrain/Train/<name>/fixations.json (FixationsTest/Test), TrainTestSplit.json
+    dhf1k:      video/NNN.AVI, annotation/NNNN/{maps,fixation}/NNNN.png; the last videos numbered
+                from 601 (validation)
+    hollywood2, ucf_sports: {training,testing}/<name>/{images,maps,fixation}/<name>_NNNNN.png
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import shutil
 
 import numpy as np
 
-from visage_jax.writers import write_mp4
+from visage_jax.writers import write_mp4, write_png
 
 OBJECT_COLOURS = np.asarray(
   [[255, 60, 40], [40, 230, 255], [255, 230, 30], [230, 40, 255], [60, 255, 90]], np.float32
@@ -97,9 +99,13 @@ def make_video(seed: int, frames: int, size: tuple[int, int]):
   return np.clip(video, 0, 255).astype(np.uint8), np.round(sal * 255).astype(np.uint8), fixations
 
 
+LAYOUTS = ("ntire2026", "dhf1k", "hollywood2", "ucf_sports")
+
+
 def write_dataset(
   output: str,
   *,
+  layout: str = "ntire2026",
   videos: int = 8,
   frames: int = 90,
   size: tuple[int, int] = (144, 256),
@@ -108,45 +114,102 @@ def write_dataset(
   test_fraction: float = 0.25,
   progress=None,
 ) -> dict:
-  """Write the dataset to `output` (which must not exist), atomically. Returns the split."""
+  """Write the dataset to `output` (which must not exist), atomically. Returns {split: names}."""
   output = os.path.abspath(output)
   if os.path.exists(output):
     raise FileExistsError(f"{output}: already exists; choose another --output")
+  if layout not in LAYOUTS:
+    raise ValueError(f"--layout must be one of {LAYOUTS}, got {layout!r}")
   if videos < 2:
     raise ValueError("--videos must be at least 2 (one to train on, one to test)")
-  names = [f"synth_{i:03d}" for i in range(videos)]
   n_test = max(1, int(round(videos * test_fraction)))
-  split = {
-    "train": [n + ".mp4" for n in names[:-n_test]],
-    "public_test": [n + ".mp4" for n in names[-n_test:]],
-    "private_test": [],
-  }
+  if layout == "dhf1k" and (videos - n_test > 600 or n_test > 100):
+    raise ValueError("DHF1K numbers at most 600 training and 100 validation videos")
+  names = _names(layout, videos, n_test)
   tmp = f"{output}.partial-{os.getpid()}"
   try:
-    for sub in (
-      "Videos",
-      "SaliencyTrain/Train",
-      "SaliencyTest/Test",
-      "FixationsTrain/Train",
-      "FixationsTest/Test",
-    ):
-      os.makedirs(os.path.join(tmp, sub))
-    for i, name in enumerate(names):
-      train = name + ".mp4" in split["train"]
+    os.makedirs(tmp)
+    for i, (split, name) in enumerate(names):
       video, sal, fix = make_video(seed * 100_003 + i, frames, size)
-      write_mp4(os.path.join(tmp, "Videos", name + ".mp4"), video, fps, crf=12)
-      sal_dir = "SaliencyTrain/Train" if train else "SaliencyTest/Test"
-      write_mp4(os.path.join(tmp, sal_dir, name + ".mp4"), sal, fps, lossless=True)
-      fix_dir = os.path.join(tmp, "FixationsTrain/Train" if train else "FixationsTest/Test", name)
-      os.makedirs(fix_dir)
-      with open(os.path.join(fix_dir, "fixations.json"), "w") as f:
-        json.dump(fix, f)
+      WRITERS[layout](tmp, split, name, video, sal, fix, fps)
       if progress:
         progress(i + 1, videos)
-    with open(os.path.join(tmp, "TrainTestSplit.json"), "w") as f:
-      json.dump(split, f, indent=1)
+    splits = {}
+    for split, name in names:
+      splits.setdefault(split, []).append(name)
+    if layout == "ntire2026":
+      _write_split_file(tmp, splits)
     os.rename(tmp, output)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return split
+  return splits
+
+
+def _names(layout: str, videos: int, n_test: int) -> list[tuple[str, str]]:
+  """(split, name) of every video, training ones first."""
+  train, test = {
+    "ntire2026": ("train", "public_test"),
+    "dhf1k": ("train", "validation"),
+  }.get(layout, ("train", "test"))
+  if layout == "dhf1k":
+    return [(train, f"{k:03d}") for k in range(1, videos - n_test + 1)] + [
+      (test, f"{k:03d}") for k in range(601, 601 + n_test)
+    ]
+  split_of = [train] * (videos - n_test) + [test] * n_test
+  return [(split, f"synth_{i:03d}") for i, split in enumerate(split_of)]
+
+
+def _write_ntire(root, split, name, video, sal, fix, fps):
+  train = split == "train"
+  sal_dir = os.path.join(root, "SaliencyTrain/Train" if train else "SaliencyTest/Test")
+  fix_dir = os.path.join(root, "FixationsTrain/Train" if train else "FixationsTest/Test", name)
+  for d in (os.path.join(root, "Videos"), sal_dir, fix_dir):
+    os.makedirs(d, exist_ok=True)
+  write_mp4(os.path.join(root, "Videos", name + ".mp4"), video, fps, crf=12)
+  write_mp4(os.path.join(sal_dir, name + ".mp4"), sal, fps, lossless=True)
+  with open(os.path.join(fix_dir, "fixations.json"), "w") as f:
+    json.dump(fix, f)
+
+
+def _write_split_file(root, splits):
+  listed = {s: [n + ".mp4" for n in splits.get(s, [])] for s in ("train", "public_test")}
+  with open(os.path.join(root, "TrainTestSplit.json"), "w") as f:
+    json.dump({**listed, "private_test": []}, f, indent=1)
+
+
+def _write_annotation(folder, sal, fix, name_of):
+  """maps/ and fixation/ PNGs (binary: 255 where any observer looked) under `folder`."""
+  for sub in ("maps", "fixation"):
+    os.makedirs(os.path.join(folder, sub), exist_ok=True)
+  for i, points in enumerate(fix):
+    write_png(os.path.join(folder, "maps", name_of(i)), sal[i])
+    binary = np.zeros(sal.shape[1:], np.uint8)
+    for y, x in points:
+      binary[y, x] = 255
+    write_png(os.path.join(folder, "fixation", name_of(i)), binary)
+
+
+def _write_dhf1k(root, split, name, video, sal, fix, fps):
+  del split  # the number says it
+  os.makedirs(os.path.join(root, "video"), exist_ok=True)
+  write_mp4(os.path.join(root, "video", name + ".AVI"), video, fps, crf=12)
+  folder = os.path.join(root, "annotation", f"{int(name):04d}")
+  _write_annotation(folder, sal, fix, lambda i: f"{i + 1:04d}.png")
+
+
+def _write_clip(root, split, name, video, sal, fix, fps):
+  del fps  # frame folders carry none
+  clip = os.path.join(root, {"train": "training", "test": "testing"}[split], name)
+  os.makedirs(os.path.join(clip, "images"))
+  for i, frame in enumerate(video):
+    write_png(os.path.join(clip, "images", f"{name}_{i + 1:05d}.png"), frame)
+  _write_annotation(clip, sal, fix, lambda i: f"{name}_{i + 1:05d}.png")
+
+
+WRITERS = {
+  "ntire2026": _write_ntire,
+  "dhf1k": _write_dhf1k,
+  "hollywood2": _write_clip,
+  "ucf_sports": _write_clip,
+}

@@ -1,1 +1,1 @@
-"""TFDS builders (ArrayRecord) for the challenge layout and DHF1K."""
+"""TFDS builders (ArrayRecord) for every layout of `visage_jax.data.layouts`."""

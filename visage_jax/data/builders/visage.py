@@ -61,4 +61,21 @@ class VisageDhf1k(_Base):
   LAYOUT = "dhf1k"
 
 
-BUILDERS = {"ntire2026": VisageNtire2026, "dhf1k": VisageDhf1k}
+class VisageHollywood2(_Base):
+  """Hollywood-2 (as the field's loaders read it: training/ and testing/ clip folders)."""
+
+  LAYOUT = "hollywood2"
+
+
+class VisageUcfSports(_Base):
+  """UCF-Sports (as the field's loaders read it: training/ and testing/ clip folders)."""
+
+  LAYOUT = "ucf_sports"
+
+
+BUILDERS = {
+  "ntire2026": VisageNtire2026,
+  "dhf1k": VisageDhf1k,
+  "hollywood2": VisageHollywood2,
+  "ucf_sports": VisageUcfSports,
+}
