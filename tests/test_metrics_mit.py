@@ -278,22 +278,36 @@ def test_auc_judd_in_float32_and_batched():
   np.testing.assert_allclose(ours, want, atol=2e-5)
 
 
-@pytest.mark.parametrize("kind", ["smooth", "uint8"])
-def test_sauc_is_the_expected_value_of_the_shuffled_code(kind):
-  """Many negatives: AUC_shuffled.m draws as many as there are fixated pixels, 100 times. Our
-  `sauc` is the exact expectation; `sauc_shuffled` draws as the code does."""
-  pred, _, fix, neg = make_case(kind, 4)
+def _levels(pred, fix, neg):
+  """sauc_levels' inputs for an 8-bit map, through the jittable `level_histograms`."""
+  hist, span = jax.jit(metrics.level_histograms)(pred, fix, neg)
+  return np.asarray(hist), *(int(v) for v in np.asarray(span))
+
+
+@pytest.mark.parametrize("kind", ["uint8", "few_levels", "binary"])
+def test_sauc_levels_is_the_shuffled_code_on_8bit_maps(kind):
+  pred, gt, fix, neg = make_case(kind, 4)
+  hist, lo, hi = _levels(pred, fix, neg)
+  assert (lo, hi) == (pred.min(), pred.max())
+  np.testing.assert_array_equal(hist[0], np.bincount(pred[fix > 0].astype(int), minlength=256))
+  # few negatives: every split of the code takes them all, so it is deterministic
+  few = _fixations(np.random.default_rng(4), fix.shape, gt, 8)
+  port = m_auc_shuffled(pred, fix, few, rng=np.random.default_rng(0))
+  _same("sAUC", metrics.sauc_levels(*_levels(pred, fix, few)), port, tol=1e-12)
+  with jax.enable_x64(True):
+    _same("sAUC", metrics.sauc(pred, fix, few, variant="mit"), port)
+  # many negatives: the code draws as many as there are fixated pixels, 100 times a call; a
+  # draw's AUC spreads by ~0.06, so 10000 draws bring the mean's error to ~6e-4
   assert np.sum(neg > 0) > 2 * np.sum(fix > 0)
   rng = np.random.default_rng(1)
-  port = np.mean([m_auc_shuffled(pred, fix, neg, rng=rng) for _ in range(20)])  # 2000 splits
-  with jax.enable_x64(True):
-    expected = float(metrics.sauc(pred, fix, neg, variant="mit"))
-    counts = np.asarray(metrics.sauc_counts(pred, fix, neg))
-  drawn = metrics.sauc_shuffled(counts, splits=2000, rng=np.random.default_rng(2))
+  port = np.mean([m_auc_shuffled(pred, fix, neg, rng=rng) for _ in range(100)])
+  expected = metrics.sauc_levels(hist, lo, hi)
+  drawn = metrics.sauc_levels(hist, lo, hi, splits=10000, rng=np.random.default_rng(2))
   assert abs(expected - port) <= 3e-3, (expected, port)
-  assert abs(drawn - port) <= 4e-3, (drawn, port)
-  again = metrics.sauc_shuffled(counts, splits=2000, rng=np.random.default_rng(2))
+  assert abs(drawn - expected) <= 3e-3, (drawn, expected)
+  again = metrics.sauc_levels(hist, lo, hi, splits=10000, rng=np.random.default_rng(2))
   assert drawn == again  # seeded: reproducible
+  assert np.isnan(metrics.sauc_levels(hist, 7, 7))  # a constant map: the code's NaN map
 
 
 def test_bad_inputs_raise_naming_the_argument():

@@ -9,10 +9,13 @@ same way, in both metric variants.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
+import sys
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +50,25 @@ def score(pred_read, gt_read, fixations):
   return out
 
 
+def shuffled_auc(host_levels: dict, per_frame: dict, batch, b: int, video: str, protocol: dict):
+  """The mit s-AUC of window `b`, from its 8-bit maps' level histograms (`metrics.sauc_levels`,
+  float64, as `AUC_shuffled.m` computes it): "sauc" with every negative, "sauc_splits" with the
+  code's `protocol["splits"]` random draws, seeded by (seed, video, frame, map) so that they do
+  not depend on batching or processes."""
+  for i, source in enumerate(sorted(host_levels)):
+    hist, span = host_levels[source]
+    every = np.full(batch.mask.shape[1], np.nan)
+    drawn = every.copy()
+    for t in np.nonzero(batch.mask[b])[0]:
+      lo, hi = (int(v) for v in span[b, t])
+      every[t] = metrics.sauc_levels(hist[b, t], lo, hi)
+      key = [protocol["seed"], zlib.crc32(video.encode()), int(batch.indices[b, t]), i]
+      rng = np.random.default_rng(key)
+      drawn[t] = metrics.sauc_levels(hist[b, t], lo, hi, splits=protocol["splits"], rng=rng)
+    per_frame[source]["mit"]["sauc"] = every
+    per_frame[source]["mit"]["sauc_splits"] = drawn
+
+
 def read_gt(gt):
   return metrics.ntire2026_preprocess(gt, gt.shape[-2:], channels=False)
 
@@ -71,8 +93,10 @@ def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
   the shared forward (`stream.model_maps`) with every map scored on top.
 
   batch: clip (B, T, S, S, 3) normalised frames; gt (B, T, H, W); fixations (B, T, H, W) int
-  counts; mask (B, T) bool, false on padded frames, whose metrics come out NaN. With `mesh`, the
-  batch is split over its (data, fsdp) axes and the parameters are replicated.
+  counts; mask (B, T) bool, false on padded frames, whose metrics come out NaN; optionally
+  negatives (B, T, H, W) int, for s-AUC (with `quantize_uint8`: the mit one comes out as level
+  histograms under "sauc_levels", for `shuffled_auc` on the host). With `mesh`, the batch is
+  split over its (data, fsdp) axes and the parameters are replicated.
   """
   from visage_jax.stream import model_maps
 
@@ -84,6 +108,11 @@ def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
     for k, m in maps.items():
       p = read_pred(m, hw, quantize_uint8=quantize_uint8)
       scores = score(p, g, batch["fixations"])
+      if "negatives" in batch:  # s-AUC: the exact one here, the mit one on the host
+        scores["ntire2026"]["sauc"] = metrics.sauc(p, batch["fixations"], batch["negatives"])
+        levels = submission_maps(m, hw)  # as read_pred's (XLA computes it once)
+        histograms = metrics.level_histograms(levels, batch["fixations"], batch["negatives"])
+        result.setdefault("sauc_levels", {})[k] = histograms
       result["metrics"][k] = jax.tree.map(lambda v: jnp.where(batch["mask"], v, jnp.nan), scores)
     return result
 
@@ -169,17 +198,39 @@ class Aggregator:
     return {"overall": overall, "per_video": per_video}
 
 
-def format_table(report: dict, variant: str = "ntire2026") -> str:
-  """The headline numbers: challenge aggregation, one row per map."""
+HEADERS = {"auc_judd": "AUC-J", "sim": "SIM", "sauc": "s-AUC", "cc": "CC", "nss": "NSS"}
+# What `visage-eval` prints: the challenge's numbers, or the DHF1K protocol's in the papers' order.
+TABLES = {
+  "ntire2026": [
+    ("ntire2026", ("cc", "sim", "nss", "auc_judd"), "challenge"),
+    ("mit", ("cc", "sim", "nss", "auc_judd"), "challenge"),
+  ],
+  "dhf1k": [
+    ("mit", ("auc_judd", "sim", "sauc", "cc", "nss"), "pooled"),
+    ("mit", ("auc_judd", "sim", "sauc", "cc", "nss"), "challenge"),
+  ],
+}
+AGGREGATIONS = {
+  "challenge": "mean over each video's frames, then the unweighted mean over videos",
+  "pooled": "mean over all frames of all videos (the DHF1K benchmark's)",
+}
+
+
+def format_table(
+  report: dict,
+  variant: str = "ntire2026",
+  columns=("cc", "sim", "nss", "auc_judd"),
+  aggregation: str = "challenge",
+) -> str:
+  """One row per map: `columns` of `variant` under `aggregation` ("challenge" or "pooled")."""
   overall = report["overall"]
-  cols = ("cc", "sim", "nss", "auc_judd")
-  lines = [f"{variant} (mean over videos of per-video means; {overall['videos']} videos)"]
-  lines.append(f"{'map':<9}" + "".join(f"{c:>10}" for c in cols))
+  lines = [f"{variant}: {AGGREGATIONS[aggregation]} ({overall['videos']} videos)"]
+  lines.append(f"{'map':<9}" + "".join(f"{HEADERS[c]:>10}" for c in columns))
   for source in [s for s in ("expert1", "expert2", "fused") if s in overall]:
     row = overall[source][variant]
     cells = []
-    for c in cols:
-      v = row[c]["challenge"] if c in row else None
+    for c in columns:
+      v = row[c][aggregation] if c in row else None
       cells.append(f"{v:>10.4f}" if v is not None else f"{'—':>10}")
     lines.append(f"{source:<9}" + "".join(cells))
   return "\n".join(lines)
@@ -199,35 +250,61 @@ def write_json(path: str, obj) -> None:
     json.dump(clean(obj), f, indent=2)
 
 
-def evaluate_video(
-  step, state, entry, *, mesh, window, size, batch_size, stride, agg, outputs=None, progress=None
-) -> None:
-  """Score every frame of one challenge video into `agg`; with `outputs` (a
-  `writers.VideoOutputs`) also write its fused maps as they become final."""
-  from visage_jax import stream
-  from visage_jax.data import challenge
+@dataclasses.dataclass
+class EvalRun:
+  """What every video of one evaluation shares."""
 
-  video, sal = challenge.open_pair(entry)
-  points = challenge.load_fixations(entry.fixations, video.num_frames, video.height, video.width)
-  source = stream.VideoSource(video, stride or stream.stride_for(video.fps), sal, points)
-  batches = stream.window_batches(source, window=window, size=size, batch_size=batch_size)
-  results = stream.run_batches(step, state, stream.prefetch(batches, 2), mesh)
+  step: object  # make_eval_step's
+  state: object
+  mesh: object
+  window: int
+  size: int
+  batch_size: int  # windows per step over all local devices
+  stride: int  # 0: round(fps / 5) for each video
+  agg: Aggregator
+  source_fps: float | None = None  # of videos given as folders of frames
+  protocol: dict | None = None  # the DHF1K protocol's s-AUC settings (dhf1k_protocol)
+  negatives: object | None = None  # layouts.ShuffledNegatives, which also holds every fixation
+  progress: object | None = None
+
+
+def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
+  """Score every frame of one video into `run.agg`; with `outputs` (a `writers.VideoOutputs`)
+  also write its fused maps as they become final."""
+  from visage_jax import stream
+  from visage_jax.data import layouts
+
+  pooled = run.negatives is not None
+  video, sal, points = layouts.open_entry(entry, source_fps=run.source_fps, points=not pooled)
+  negatives = None
+  if pooled:
+    points = run.negatives.points[entry.name][0]
+    negatives = functools.partial(run.negatives, entry.name, hw=(video.height, video.width))
+  stride = run.stride or stream.stride_for(video.fps)
+  source = stream.VideoSource(video, stride, sal, points, negatives)
+  batches = stream.window_batches(
+    source, window=run.window, size=run.size, batch_size=run.batch_size
+  )
+  results = stream.run_batches(run.step, run.state, stream.prefetch(batches, 2), run.mesh)
 
   def scored(results):
     for batch, out in results:
       for b in range(batch.real):
-        agg.add(entry.name, jax.tree.map(lambda x, b=b: x[b], out["metrics"]), batch.mask[b])
+        per_frame = jax.tree.map(lambda x, b=b: x[b], out["metrics"])
+        if "sauc_levels" in out:
+          shuffled_auc(out["sauc_levels"], per_frame, batch, b, entry.name, run.protocol)
+        run.agg.add(entry.name, per_frame, batch.mask[b])
       yield batch, out
 
   fused = lambda out: {"fused": out["maps"]["fused"]}  # noqa: E731
   for frame in stream.frames_in_order(scored(results), fused):
     if outputs is not None:
       outputs.add(frame.index, frame.maps)
-    if progress:
-      progress(1)
+    if run.progress:
+      run.progress(1)
 
 
-def _save_maps_of(entry, pred_root, run):
+def _save_maps_of(entry, pred_root, run, source_fps=None):
   """Run `run(outputs=...)` with the video's maps written to temporary names, moved into place
   when whole."""
   import shutil
@@ -235,7 +312,7 @@ def _save_maps_of(entry, pred_root, run):
   from visage_jax import writers
   from visage_jax.data.video import open_video
 
-  video = open_video(entry.video)
+  video = open_video(entry.video, fps=source_fps)
 
   tmp_dir = os.path.join(pred_root, f".{entry.name}.partial")
   tmp_mp4 = os.path.join(pred_root, f".{entry.name}.partial.mp4")
@@ -259,12 +336,50 @@ def _save_maps_of(entry, pred_root, run):
     raise
 
 
+SAUC_SPLITS = 100  # AUC_shuffled.m's default Nsplits
+
+
+def dhf1k_protocol(m: int, seed: int) -> dict:
+  """The DHF1K protocol's settings, as recorded in metrics.json."""
+  return {
+    "name": "dhf1k",
+    "variant": "mit",
+    "frames": "every annotated frame, at the annotation's resolution",
+    "sauc_negatives": "union of the fixations of M frames of other videos of the split, each a "
+    "video drawn uniformly then one of its frames, seeded by (seed, video, frame)",
+    "M": m,
+    "seed": seed,
+    "splits": SAUC_SPLITS,
+    "step": metrics.SAUC_STEP,
+    "sauc": "mit: AUC_shuffled.m on the 8-bit maps with every negative (its expected value but "
+    "for the thresholds following each draw's max); ntire2026: the exact ROC AUC against them",
+    "sauc_splits": "mit: AUC_shuffled.m's own random draws, seeded by (seed, video, frame, map)",
+  }
+
+
+def fixation_pool(entries, source_fps, protocol: dict):
+  """`layouts.ShuffledNegatives` over every video of the split (read once, up front)."""
+  from tqdm import tqdm
+
+  from visage_jax.data import layouts
+
+  points = {}
+  for entry in tqdm(entries, desc="fixations", unit="video"):
+    video, _, per_frame = layouts.open_entry(entry, source_fps=source_fps)
+    points[entry.name] = (per_frame, (video.height, video.width))
+  return layouts.ShuffledNegatives(points, m=protocol["M"], seed=protocol["seed"])
+
+
 def evaluate_dataset(
   checkpoint: str,
   data: str,
-  split: str,
+  split: str | None,
   output: str,
   *,
+  layout: str = "ntire2026",
+  source_fps: float | None = None,
+  sauc_frames: int = 10,
+  sauc_seed: int = 0,
   save_maps: bool = False,
   batch_size: int = 2,
   stride: int = 0,
@@ -272,58 +387,68 @@ def evaluate_dataset(
   quantize_uint8: bool = True,
   max_videos: int = 0,
 ) -> dict:
-  """Every frame of every video of `split`, scored; `batch_size` windows per local device. With
+  """Every frame of every video of `split` (None: the layout's evaluation split), scored;
+  `batch_size` windows per local device. The dhf1k, hollywood2 and ucf_sports layouts add the
+  DHF1K protocol's s-AUC (`sauc_frames` other frames' fixations as negatives, `sauc_seed`). With
   several processes each takes its share of the videos and process 0 writes the report (the
   others return it too). Writes OUTPUT/metrics.json (and the maps with `save_maps`)."""
   from tqdm import tqdm
 
   from visage_jax import checkpoint as ckpt
   from visage_jax import parallel, stream
-  from visage_jax.data import challenge
+  from visage_jax.data import layouts
 
-  layout = challenge.ChallengeLayout(data)
-  entries = layout.entries(split)[: max_videos or None]
+  split = split or layouts.EVAL_SPLIT.get(layout)
+  dataset = layouts.open_layout(layout, data)
+  entries = dataset.entries(split)[: max_videos or None]
   if not entries:
-    raise challenge.DataError(f"{layout.split_file}: split {split!r} lists no videos")
+    raise layouts.DataError(f"{dataset.root}: split {split!r} lists no videos")
+  protocol = None if layout == "ntire2026" else dhf1k_protocol(sauc_frames, sauc_seed)
+  if protocol and not quantize_uint8:
+    raise layouts.DataError(
+      f"--layout={layout} scores 8-bit maps (the DHF1K protocol, as its MATLAB code reads PNGs): "
+      "drop --noquantize_uint8"
+    )
+  layouts.check_frame_rate(layout, source_fps)
+  if protocol and len(entries) < 2:
+    print(f"visage-eval: s-AUC is undefined: split {split!r} has one video", file=sys.stderr)
+  negatives = fixation_pool(entries, source_fps, protocol) if protocol else None
   cfg, model = ckpt.load_model(checkpoint, model_overrides={"dtype": dtype} if dtype else {})
   mesh = stream.local_mesh()
   graphdef, state = nnx.split(model)
-  state = jax.device_put(state, parallel.replicated(mesh))
-  step = make_eval_step(graphdef, quantize_uint8=quantize_uint8, mesh=mesh)
-  pred_root = os.path.join(output, "predictions")
-  os.makedirs(pred_root if save_maps else output, exist_ok=True)
-  agg = Aggregator()
   mine = entries[jax.process_index() :: jax.process_count()]
   bar = tqdm(total=None, desc=f"{split} ({len(mine)} videos)", unit="frame")
+  run = EvalRun(
+    step=make_eval_step(graphdef, quantize_uint8=quantize_uint8, mesh=mesh),
+    state=jax.device_put(state, parallel.replicated(mesh)),
+    mesh=mesh,
+    window=cfg.model.backbone.num_frames,
+    size=cfg.model.backbone.img_size,
+    batch_size=batch_size * mesh.size,
+    stride=stride,
+    agg=Aggregator(),
+    source_fps=source_fps,
+    protocol=protocol,
+    negatives=negatives,
+    progress=bar.update,
+  )
+  pred_root = os.path.join(output, "predictions")
+  os.makedirs(pred_root if save_maps else output, exist_ok=True)
   for entry in mine:
-    run = functools.partial(
-      evaluate_video,
-      step,
-      state,
-      entry,
-      mesh=mesh,
-      agg=agg,
-      progress=bar.update,
-      window=cfg.model.backbone.num_frames,
-      size=cfg.model.backbone.img_size,
-      batch_size=batch_size * mesh.size,
-      stride=stride,
-    )
     if save_maps:
-      _save_maps_of(entry, pred_root, run)
+      _save_maps_of(entry, pred_root, functools.partial(evaluate_video, run, entry), source_fps)
     else:
-      run()
+      evaluate_video(run, entry)
   bar.close()
-  report = merge_processes(agg, output).report()
+  report = merge_processes(run.agg, output).report()
   result = {
     "checkpoint": os.path.abspath(checkpoint),
     "data": os.path.abspath(data),
+    "layout": layout,
     "split": split,
     "quantize_uint8": quantize_uint8,
-    "aggregation": {
-      "challenge": "mean over each video's frames, then the unweighted mean over videos",
-      "pooled": "mean over all frames of all videos",
-    },
+    "aggregation": AGGREGATIONS,
+    **({"protocol": protocol} if protocol else {}),
     **report,
   }
   if jax.process_index() == 0:

@@ -332,23 +332,23 @@ SAUC_STEP = 0.1  # AUC_shuffled.m's default stepSize
 SAUC_THRESHOLDS = 11  # 0:0.1:max has at most eleven values on a min-max normalised map
 
 
-def _colon_thresholds(top, step: float = SAUC_STEP):
+def _colon_thresholds(top, xp=jnp, step: float = SAUC_STEP):
   """MATLAB's `0:step:top` for each frame, as its colon operator builds it (to the last bit,
   which decides where a value of an 8-bit map such as 153/255 = 0.6 falls): n intervals, the end
   c = n·step (or `top` itself when within 2·eps·top of it), the first half k·step, the second
   half c − (n − k)·step, the middle of an even count c/2. Padded to `SAUC_THRESHOLDS` with +inf,
-  ascending: (..., 11)."""
-  top = jnp.asarray(top)
+  ascending: (..., 11). `xp`: jax.numpy or numpy (float64 on the host)."""
+  top = xp.asarray(top)
   tol = 2.0 * 2.0**-52 * top
-  n = jnp.floor(top / step + 0.5)  # MATLAB's round (half away from zero; top ≥ 0)
-  n = jnp.where(n * step - top > tol, n - 1, n)
+  n = xp.floor(top / step + 0.5)  # MATLAB's round (half away from zero; top ≥ 0)
+  n = xp.where(n * step - top > tol, n - 1, n)
   c = n * step
-  c = jnp.where(c - top > -tol, top, c)
+  c = xp.where(c - top > -tol, top, c)
   n, c = n[..., None], c[..., None]
-  k = jnp.arange(SAUC_THRESHOLDS, dtype=top.dtype)
-  t = jnp.where(k <= jnp.floor(n / 2), k * step, c - (n - k) * step)
-  t = jnp.where((jnp.mod(n, 2) == 0) & (k == n / 2), c / 2, t)
-  return jnp.where(k <= n, t, jnp.inf)
+  k = xp.arange(SAUC_THRESHOLDS, dtype=top.dtype)
+  t = xp.where(k <= xp.floor(n / 2), k * step, c - (n - k) * step)
+  t = xp.where((xp.mod(n, 2) == 0) & (k == n / 2), c / 2, t)
+  return xp.where(k <= n, t, xp.inf)
 
 
 def _roc_area(tp, fp, xp):
@@ -359,65 +359,127 @@ def _roc_area(tp, fp, xp):
   return xp.sum((fp[..., 1:] - fp[..., :-1]) * (tp[..., 1:] + tp[..., :-1]) / 2, axis=-1)
 
 
-def sauc_counts(pred, fixations, negatives):
-  """What `AUC_shuffled.m`'s result depends on: (..., 2, 11), the fixated pixels (row 0) and the
-  negative pixels (row 1) whose min-max normalised value is at or above each threshold of
-  MATLAB's `0:0.1:max` (`_colon_thresholds`, max over the fixated and negative pixels), from the
-  highest down, thresholds past max counting 0 (so the last column holds the totals). NaN for a
-  constant map (the code's all-NaN map)."""
+def _shuffled_auc(values, positives, negatives, xp):
+  """`AUC_shuffled.m`'s curve for one or more draws: `values` (..., P) the min-max normalised
+  map values, `positives`/`negatives` (..., P) how many fixated/negative pixels hold each value;
+  thresholds `0:0.1:max` over the values either holds, trapezoids over (0,0) … (1,1)."""
+  held = (positives > 0) | (negatives > 0)
+  top = xp.max(xp.where(held, values, 0), axis=-1)
+  steps = _colon_thresholds(top, xp)[..., ::-1]  # descending
+  above = values[..., None, :] >= steps[..., :, None]  # (..., 11, P)
+  tp = xp.sum(above * positives[..., None, :], axis=-1) / xp.sum(positives, -1, keepdims=True)
+  fp = xp.sum(above * negatives[..., None, :], axis=-1) / xp.sum(negatives, -1, keepdims=True)
+  return _roc_area(tp, fp, xp)
+
+
+def _log_comb(n, r):
+  """log C(n, r) elementwise (−inf where n < r), in float64."""
+  from scipy.special import gammaln
+
+  n = np.asarray(n, np.float64)
+  safe = np.maximum(n, r)
+  return np.where(n >= r, gammaln(safe + 1) - gammaln(r + 1) - gammaln(safe - r + 1), -np.inf)
+
+
+def _expected_draws(values, positives, negatives):
+  """E[AUC] over `AUC_shuffled.m`'s draw of k = min(P, N) of the N negatives, exactly. The AUC
+  is linear in the drawn counts once the thresholds are fixed, and they are fixed by the top
+  level of the positives and the drawn negatives. So: one case where every drawn negative lies at
+  or below the positives' top level, and one for each higher level L holding negatives, that L
+  being the drawn maximum; each with its probability and, per level, the expected number drawn
+  (hypergeometric: a pixel below L is drawn with probability (C(n−1, k−1) − C(a−1, k−1)) / D, one
+  at L with C(n−1, k−1) / D, for a pixels below L, n = a + (those at L), D = C(n, k) − C(a, k))."""
+  levels = np.arange(len(values))
+  k = min(int(positives.sum()), int(negatives.sum()))
+  below = np.cumsum(negatives)  # negatives at or below each level
+  total = _log_comb(below[-1], k)
+  top_pos = levels[positives > 0].max()
+  weights, drawn = [], []
+  if below[top_pos] >= k:
+    weights.append(np.exp(_log_comb(below[top_pos], k) - total))
+    drawn.append(np.where(levels <= top_pos, negatives * k / below[top_pos], 0.0))
+  for top in levels[(levels > top_pos) & (negatives > 0)]:
+    a, n = below[top] - negatives[top], below[top]
+    log_n, log_a = _log_comb(n, k), _log_comb(a, k)
+    weight = np.exp(log_n - total) - np.exp(log_a - total)
+    if weight <= 0:
+      continue
+    log_d = log_n + np.log1p(-np.exp(log_a - log_n))
+    p_top = np.exp(_log_comb(n - 1, k - 1) - log_d)
+    p_below = p_top - np.exp(_log_comb(a - 1, k - 1) - log_d)
+    weights.append(weight)
+    drawn.append(negatives * np.select([levels < top, levels == top], [p_below, p_top], 0.0))
+  drawn = np.stack(drawn)
+  aucs = _shuffled_auc(values, np.broadcast_to(positives, drawn.shape), drawn, np)
+  return float(np.dot(weights, aucs) / np.sum(weights))
+
+
+def sauc_levels(hist, lo: int, hi: int, *, splits: int = 0, rng=None) -> float:
+  """`AUC_shuffled.m` on an 8-bit map, exactly (float64, host): `hist` (2, 256) the fixated and
+  the negative pixels at each grey level, `lo`/`hi` the map's lowest and highest level. The map is
+  min-max normalised as the code does, (level − lo)/(hi − lo). `splits=0`: the expected value of
+  the code's result over its random draws, computed exactly (`_expected_draws`); `splits=N`: N
+  draws made as the code makes them, seeded by `rng` (a numpy Generator), their mean. A draw
+  matters only through how many drawn pixels lie at each level: a multivariate hypergeometric
+  draw over the levels, sampled as such."""
+  hist = np.asarray(hist, np.int64)
+  npos, nneg = int(hist[0].sum()), int(hist[1].sum())
+  if hi <= lo or npos == 0 or nneg == 0:
+    return float("nan")
+  values = (np.arange(hist.shape[-1], dtype=np.float64) - lo) / (hi - lo)
+  if not splits:
+    return _expected_draws(values, hist[0], hist[1])
+  drawn = rng.multivariate_hypergeometric(hist[1], min(npos, nneg), size=splits)
+  positives = np.broadcast_to(hist[0], drawn.shape)
+  return float(np.mean(_shuffled_auc(values, positives, drawn, np)))
+
+
+def level_histograms(levels, fixations, negatives):
+  """What `sauc_levels` needs of 8-bit maps, jittable: `levels` (..., H, W) grey levels 0…255
+  (as float or int), fixations and negatives (..., H, W) counts. Returns int32 (..., 2, 256),
+  the fixated and negative pixels at each level, and int32 (..., 2), each map's lowest and
+  highest level."""
+  lead = levels.shape[:-2]
+  q = jnp.asarray(levels).astype(jnp.int32).reshape(-1, levels.shape[-2] * levels.shape[-1])
+  frames = jnp.arange(q.shape[0])[:, None] * 256
+  out = []
+  for mask in (fixations, negatives):
+    m = (jnp.asarray(mask) > 0).reshape(q.shape).astype(jnp.int32)
+    counts = jax.ops.segment_sum(m.ravel(), (q + frames).ravel(), q.shape[0] * 256)
+    out.append(counts.reshape(q.shape[0], 256))
+  hist = jnp.stack(out, axis=1).reshape(*lead, 2, 256)
+  span = jnp.stack([jnp.min(q, -1), jnp.max(q, -1)], axis=-1).reshape(*lead, 2)
+  return hist, span
+
+
+def _sauc_mit(pred, fixations, negatives):
+  """`AUC_shuffled.m` with every negative, jittable: each pixel its own value."""
   ok = _validate(pred, counts={"fixations": fixations, "negatives": negatives})
   s = _f(pred)
+  lead, hw = s.shape[:-2], s.shape[-2] * s.shape[-1]
   spread = jnp.max(s, axis=(-2, -1)) > jnp.min(s, axis=(-2, -1))
-  s = _minmax(s)
-  pos = jnp.asarray(fixations) > 0
-  neg = jnp.asarray(negatives) > 0
-  top = jnp.max(jnp.where(pos | neg, s, 0), axis=(-2, -1))
-  steps = _colon_thresholds(jnp.where(spread, top, 0))[..., ::-1]  # descending
-  above = s[..., None, :, :] >= steps[..., None, None]  # (..., 11, H, W)
-
-  def count(mask):
-    return jnp.sum(above & mask[..., None, :, :], axis=(-2, -1))
-
-  out = jnp.stack([count(pos), count(neg)], axis=-2).astype(s.dtype)
-  valid = spread if ok is None else spread & ok
-  return jnp.where(valid[..., None, None], out, jnp.nan)
-
-
-def sauc_shuffled(counts, *, splits: int = 100, rng: np.random.Generator) -> float:
-  """`AUC_shuffled.m` as it runs, for one frame's `sauc_counts`: `splits` random draws of
-  min(fixated, negative) pixels among the negatives, an AUC per draw, their mean. Host numpy,
-  seeded by `rng`. A draw matters only through how many drawn pixels lie at or above each
-  threshold: a multivariate hypergeometric draw over the threshold bins, sampled as such."""
-  c = np.asarray(counts, np.float64)
-  if np.isnan(c).any() or c[0, -1] == 0 or c[1, -1] == 0:
-    return float("nan")
-  pos, neg = c[0], c[1].astype(np.int64)
-  k = int(min(pos[-1], neg[-1]))
-  drawn = rng.multivariate_hypergeometric(np.diff(neg, prepend=0), k, size=splits)
-  fp = np.cumsum(drawn, axis=-1) / k
-  tp = np.broadcast_to(pos / pos[-1], fp.shape)
-  return float(np.mean(_roc_area(tp, fp, np)))
+  values = jnp.where(_expand(spread), _minmax(s), 0).reshape(*lead, hw)
+  pos = (jnp.asarray(fixations) > 0).reshape(*lead, hw).astype(s.dtype)
+  neg = (jnp.asarray(negatives) > 0).reshape(*lead, hw).astype(s.dtype)
+  auc = _shuffled_auc(values, pos, neg, jnp)
+  defined = spread & (jnp.sum(pos, -1) > 0) & (jnp.sum(neg, -1) > 0)
+  return _guard(jnp.where(defined, auc, jnp.nan), ok)
 
 
 def sauc(pred, fixations, negatives, variant: str = "ntire2026"):
   """Shuffled AUC: the fixated values against `negatives` (other frames' fixations).
 
-  mit: `AUC_shuffled.m` with every negative pixel rather than its random draws of as many as
-  there are fixated pixels: the map min-max normalised, binary positives and negatives,
-  thresholds MATLAB's 0:0.1:max, trapezoids over (0,0) … (1,1). The area is linear in the
-  false-positive rates, so this is the expected value of the code's random result
-  (`sauc_shuffled` draws as the code does), up to the code's thresholds following each draw's own
-  max in the last bit (which moves a value lying exactly on one).
+  mit: `AUC_shuffled.m` with every negative pixel at once: the map min-max normalised, binary
+  positives and negatives, thresholds MATLAB's 0:0.1:max, trapezoids over (0,0) … (1,1). That is
+  what the code returns when there are no more negatives than fixated pixels; with more, it
+  draws as many as there are fixated pixels, 100 times: `sauc_levels` gives the exact expected
+  value of those draws (or the draws themselves) on 8-bit maps, as `visage-eval` scores them.
   ntire2026 (not reported by the challenge): the exact ROC AUC of the fixation events against the
   negative events, weighted by their counts, ties counting one half.
   """
   _check(variant)
   if variant == "mit":
-    c = sauc_counts(pred, fixations, negatives)
-    pos, neg = c[..., 0, :], c[..., 1, :]
-    npos, nneg = pos[..., -1:], neg[..., -1:]
-    auc = _roc_area(pos / jnp.maximum(npos, 1), neg / jnp.maximum(nneg, 1), jnp)
-    return jnp.where((npos[..., 0] > 0) & (nneg[..., 0] > 0), auc, jnp.nan)
+    return _sauc_mit(pred, fixations, negatives)
   ok = _validate(pred, counts={"fixations": fixations, "negatives": negatives})
   s = _f(pred)
   pos = _f(fixations)

@@ -91,6 +91,7 @@ class VideoSource:
   stride: int
   saliency: object | None = None  # a VideoReader of the ground-truth maps
   fixations: list | None = None  # per frame, int (N, 2) [y, x] at source resolution
+  negatives: object | None = None  # callable(frame index) -> int (N, 2) [y, x]: s-AUC negatives
 
 
 @dataclasses.dataclass
@@ -102,12 +103,15 @@ class WindowBatch:
   frames: dict  # {source index: uint8 (H, W, 3)} of groups first seen in this batch, if kept
   gt: np.ndarray | None = None  # uint8 (B, T, H, W)
   fixations: np.ndarray | None = None  # int32 (B, T, H, W) event counts
+  negatives: np.ndarray | None = None  # int32 (B, T, H, W): other frames' fixations (s-AUC)
 
   def model_input(self) -> dict:
     """What the evaluation step takes."""
     out = {"clip": self.clip, "mask": self.mask}
     if self.gt is not None:
       out.update(gt=self.gt, fixations=self.fixations)
+    if self.negatives is not None:
+      out["negatives"] = self.negatives
     return out
 
 
@@ -124,9 +128,12 @@ def _decode_group(source: VideoSource, readers, group, size: int, keep_frames: b
     item = {"clip": clip[idx - lo], "mask": mask, "indices": idx}
     if gt is not None:
       item["gt"] = gt[idx - lo]
+    v = source.video
     if source.fixations is not None:
-      v = source.video
       item["fixations"] = fixation_counts(source.fixations, idx, v.height, v.width)
+    if source.negatives is not None:
+      negatives = [source.negatives(int(i)) for i in idx]
+      item["negatives"] = fixation_counts(negatives, range(len(idx)), v.height, v.width)
     items.append(item)
   frames = {lo + i: rgb[i] for i in range(hi - lo)} if keep_frames else {}
   return items, frames

@@ -1,10 +1,14 @@
-"""`visage-eval`: score a converted (or trained) checkpoint on a challenge-layout dataset.
+"""`visage-eval`: score a converted (or trained) checkpoint on a dataset as distributed.
 
-    visage-eval --checkpoint=DIR --data=ROOT --split=public_test --output=OUT [--save_maps]
+    visage-eval --checkpoint=DIR --data=ROOT --output=OUT [--layout=ntire2026] [--split=...]
+        [--save_maps] [--source_fps=25]
 
 Every frame of every video is predicted once (the original's interleaved windows) and scored at
 the ground truth's resolution with the challenge's pipeline, for Expert 1, Expert 2 and the fused
-map, in both metric variants. Writes OUT/metrics.json and prints the headline table; with
+map, in both metric variants. The dhf1k, hollywood2 and ucf_sports layouts follow the DHF1K
+protocol: the mit variant's AUC-J, SIM, s-AUC, CC, NSS over every annotated frame, pooled (and
+per video), s-AUC's negatives the fixations of --sauc_frames frames of other videos drawn with
+--sauc_seed (recorded in metrics.json). Writes OUT/metrics.json and prints the headline table; with
 --save_maps also OUT/predictions/<video>/eyeMap_%05d.png (8-bit fused maps at the video's
 resolution) and OUT/predictions/<video>.mp4, as a submission expects them, written while the
 model runs. Batches are split over every local device; with JAX_COORDINATOR_ADDRESS,
@@ -21,8 +25,16 @@ from absl import flags
 from visage_jax.cli import check_output, fail, run_app
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
-flags.DEFINE_string("data", None, "Dataset root in the challenge layout")
-flags.DEFINE_string("split", "public_test", "train, public_test or private_test")
+flags.DEFINE_string("data", None, "Dataset root, as distributed")
+flags.DEFINE_enum(
+  "layout", "ntire2026", ["ntire2026", "dhf1k", "hollywood2", "ucf_sports"], "Dataset layout"
+)
+flags.DEFINE_string(
+  "split", None, "Split (default: public_test; dhf1k: validation; hollywood2, ucf_sports: test)"
+)
+flags.DEFINE_float("source_fps", None, "Frame rate of videos given as folders of frames")
+flags.DEFINE_integer("sauc_frames", 10, "s-AUC negatives: frames of other videos (Borji's M)")
+flags.DEFINE_integer("sauc_seed", 0, "s-AUC negatives and splits: the seed")
 flags.DEFINE_string("output", None, "Output directory")
 flags.DEFINE_bool("save_maps", False, "Also write the fused maps as a submission")
 flags.DEFINE_integer("batch_size", 2, "Windows per step on each device")
@@ -46,8 +58,8 @@ def main(_):
   for name in ("checkpoint", "data", "output"):
     if not getattr(FLAGS, name):
       fail("visage-eval", f"--{name} is required")
-  if FLAGS.batch_size < 1 or FLAGS.stride < 0:
-    fail("visage-eval", "--batch_size must be ≥ 1 and --stride ≥ 0")
+  if FLAGS.batch_size < 1 or FLAGS.stride < 0 or FLAGS.sauc_frames < 1:
+    fail("visage-eval", "--batch_size and --sauc_frames must be ≥ 1 and --stride ≥ 0")
   check_output("visage-eval", FLAGS.output)
   try:
     parallel.initialize_distributed()
@@ -59,6 +71,10 @@ def main(_):
       FLAGS.data,
       FLAGS.split,
       FLAGS.output,
+      layout=FLAGS.layout,
+      source_fps=FLAGS.source_fps,
+      sauc_frames=FLAGS.sauc_frames,
+      sauc_seed=FLAGS.sauc_seed,
       save_maps=FLAGS.save_maps,
       batch_size=FLAGS.batch_size,
       stride=FLAGS.stride,
@@ -72,9 +88,8 @@ def main(_):
 
   if jax.process_index():
     return
-  print(evaluate.format_table(result, "ntire2026"))
-  print()
-  print(evaluate.format_table(result, "mit"))
+  tables = evaluate.TABLES["ntire2026" if FLAGS.layout == "ntire2026" else "dhf1k"]
+  print("\n\n".join(evaluate.format_table(result, *table) for table in tables))
   print(f"\nwrote {os.path.join(FLAGS.output, 'metrics.json')}")
 
 
