@@ -17,7 +17,7 @@ from test_metrics_mit import m_cc, m_nss, m_similarity
 from visage_jax import metrics
 from visage_jax.data import layouts
 from visage_jax.data.prepare import data_source, prepare
-from visage_jax.data.synth import make_video, write_dataset
+from visage_jax.data.synth import make_video
 from visage_jax.data.video import FrameFolderReader, VideoError, open_video
 from visage_jax.writers import write_png
 
@@ -28,23 +28,25 @@ FRAMES, SIZE, FPS = 14, (36, 64), 30.0
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-  """Each layout written by visage-synth (the dhf1k one through the command)."""
+  """Each layout, written by visage-synth."""
   root = tmp_path_factory.mktemp("layouts")
   out = {}
-  res = run_cli(
-    "visage_jax.cli.synth",
-    f"--output={root / 'dhf1k'}",
-    "--layout=dhf1k",
-    "--videos=6",
-    f"--frames={FRAMES}",
-    "--size=36x64",
-  )[0]
-  assert res.returncode == 0, res.stderr[-2000:]
-  assert "4 train, 2 validation videos" in res.stdout
-  out["dhf1k"] = str(root / "dhf1k")
-  for layout in ("hollywood2", "ucf_sports"):
+  for layout, videos, want in [
+    ("dhf1k", 6, "4 train, 2 validation videos"),
+    ("hollywood2", 3, "2 train, 1 test videos"),
+    ("ucf_sports", 3, "2 train, 1 test videos"),
+  ]:
     out[layout] = str(root / layout)
-    write_dataset(out[layout], layout=layout, videos=3, frames=FRAMES, size=SIZE, fps=FPS)
+    res = run_cli(
+      "visage_jax.cli.synth",
+      f"--output={out[layout]}",
+      f"--layout={layout}",
+      f"--videos={videos}",
+      f"--frames={FRAMES}",
+      "--size=36x64",
+      f"--fps={FPS}",
+    )[0]
+    assert res.returncode == 0 and want in res.stdout, res.stdout + res.stderr[-2000:]
   return out
 
 
@@ -68,7 +70,7 @@ def test_layouts_read_back_what_synth_wrote(datasets, layout):
       assert sorted(map(tuple, got.tolist())) == sorted(set(map(tuple, want)))
 
 
-@pytest.mark.parametrize("layout", ["dhf1k", "hollywood2"])
+@pytest.mark.parametrize("layout", ["dhf1k", "hollywood2", "ucf_sports"])
 def test_prepare_each_layout(datasets, layout, tmp_path):
   out = str(tmp_path / "prepared")
   report = prepare(layout, datasets[layout], out, size=32, source_fps=FPS)
@@ -179,17 +181,25 @@ def test_eval_dhf1k_protocol(datasets, ckpt_plain, tmp_path):
 
 @pytest.mark.parametrize("layout", ["hollywood2", "ucf_sports"])
 def test_eval_clip_layouts(datasets, ckpt_plain, tmp_path, layout):
-  from visage_jax.evaluate import evaluate_dataset
-
   out = str(tmp_path / "eval")
-  result = evaluate_dataset(
-    ckpt_plain, datasets[layout], None, out, layout=layout, source_fps=FPS, sauc_frames=2
-  )
+  res = run_cli(
+    "visage_jax.cli.evaluate",
+    f"--checkpoint={ckpt_plain}",
+    f"--data={datasets[layout]}",
+    f"--layout={layout}",
+    f"--source_fps={FPS}",
+    "--sauc_frames=2",
+    f"--output={out}",
+  )[0]
+  assert res.returncode == 0, res.stderr[-3000:]
+  # one test video: s-AUC has no other video to draw negatives from, which it says
+  assert "s-AUC is undefined: split 'test' has one video" in res.stderr
+  assert "AUC-J" in res.stdout
+  result = json.load(open(os.path.join(out, "metrics.json")))
   assert result["split"] == "test" and list(result["per_video"]) == ["synth_002"]
-  # one video: s-AUC has no other video to draw negatives from, and says so by being undefined
+  assert result["protocol"]["M"] == 2
   node = result["overall"]["fused"]["mit"]
   assert node["sauc"]["undefined_frames"] == FRAMES and node["cc"]["frames"] == FRAMES
-  assert os.path.isfile(os.path.join(out, "metrics.json"))
 
 
 def test_user_mistakes_are_one_line(datasets, ckpt_plain, tmp_path):
