@@ -252,3 +252,22 @@ def test_frame_folder_predicts_like_the_mp4(ckpt_plain, tmp_path):
   for k in ("expert1", "expert2", "fused"):
     np.testing.assert_array_equal(from_folder[k], from_mp4[k])
   assert from_folder["fps"] == 25.0 and from_folder["source_size"] == (48, 80)
+
+
+def test_predict_takes_frame_folders(datasets, ckpt_plain, tmp_path):
+  from visage_jax.predict import find_videos, video_name
+
+  images = os.path.join(datasets["hollywood2"], "testing", "synth_002", "images")
+  assert find_videos([images]) == [images] and video_name(images) == "synth_002"
+  videos = os.path.join(datasets["dhf1k"], "video")
+  assert [video_name(v) for v in find_videos([videos])] == [
+    f"{k:03d}" for k in (1, 2, 3, 4, 601, 602)
+  ]
+  res = run_cli(
+    "visage_jax.cli.predict",
+    f"--checkpoint={ckpt_plain}",
+    f"--input={images}",
+    f"--output={tmp_path / 'out'}",
+  )[0]
+  assert res.returncode == 2 and "--source_fps" in res.stderr
+  assert res.stderr.strip().count("\n") == 0 and not os.path.exists(tmp_path / "out")
