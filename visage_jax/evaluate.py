@@ -4,7 +4,10 @@ the aggregation of those numbers per video and over a set.
 Per frame, each map (expert1, expert2, fused) is scored at the ground truth's resolution the way
 the challenge scores a submission: written as 8-bit (optional, on by default, as a saved map is),
 read back (min-max), resized with OpenCV's bilinear, and compared with the ground truth read the
-same way, in both metric variants.
+same way, in both metric variants. The field's layouts (DHF1K, Hollywood-2, UCF-Sports) add the
+DHF1K protocol's s-AUC: negatives from other videos' frames (`layouts.ShuffledNegatives`), the
+exact ROC AUC on the device and `AUC_shuffled.m` in float64 on the host from the 8-bit maps' level
+histograms (`shuffled_auc`).
 """
 
 from __future__ import annotations
