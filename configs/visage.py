@@ -40,6 +40,10 @@ def _backbone(preset: str) -> ml_collections.ConfigDict:
     b.mlp_impl = "plain"
   else:
     raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+  # Stochastic depth while training, in both stages (ARCHITECTURE.md §9): InternVideo2's builders
+  # set 0.3 (6B) and 0.25 (1B), spread linearly over the blocks; each block drops either residual
+  # branch per sample. Off in evaluation and prediction. The tiny preset (tests) has none.
+  b.drop_path_rate = {"6b": 0.3, "1b": 0.25, "tiny": 0.0}[preset]
   # Layers run as one `lax.scan` over stacked block weights (False: a Python loop, same numbers).
   b.scan_layers = True
   # Rematerialisation of each block: "none", "full" (save nothing), "dots" (save matmul outputs),
@@ -118,7 +122,10 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   t.warmup_steps = 0  # linear warm-up from 1 % (Expert 2, stage 2: two epochs)
   t.cosine_steps = 0  # then cosine to min_lr over this many steps (0: constant)
   t.min_lr = 1e-6
-  t.aux_loss = True  # Expert 2's deep supervision
+  # Expert 2's deep supervision: the original's stage 1 only (trainnew.py); its stage 2
+  # (trainnew2.py) trains on the main loss alone, unless `aux_loss_stage2`.
+  t.aux_loss = True
+  t.aux_loss_stage2 = False
   # The backbone's rematerialisation in stage 2, which differentiates through it ("": the
   # model's): "full" keeps one activation per block (6B: ~1.6 GB per clip of 20 frames instead of
   # tens of GB); "auto" is "full" on GPUs and TPUs and, on a CPU, "none" when the activations fit

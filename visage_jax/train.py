@@ -162,7 +162,9 @@ def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
   name = expert_name(cfg)
   decay = ema_decay(cfg)
   stage2 = cfg.train.stage == 2
-  with_aux = name == "expert2" and cfg.train.aux_loss
+  with_aux = name == "expert2" and cfg.train.aux_loss and (not stage2 or cfg.train.aux_loss_stage2)
+  # LoRA dropout (stage 2) and stochastic depth (both stages) draw from the step's key
+  stochastic = stage2 or cfg.model.backbone.drop_path_rate > 0
 
   def step(trainable, batch_stats, frozen, opt_state, ema, batch, rng):
     if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):  # raw uint32 key data
@@ -173,7 +175,7 @@ def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
       # every state an argument, so that BatchNorm's running statistics are updated at the trace
       # level where the model is rebuilt
       model = nnx.merge(graphdef, trainable, batch_stats, frozen, copy=True)
-      out = model(clip, with_aux=with_aux, rng=rng if stage2 else None)
+      out = model(clip, with_aux=with_aux, rng=rng if stochastic else None)
       loss, parts = vsp_loss(
         out[name], batch["saliency"], batch["fixations"], cfg=cfg.loss, frame_mask=batch["mask"]
       )

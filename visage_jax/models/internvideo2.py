@@ -179,8 +179,28 @@ class Mlp(nnx.Module):
     return self.fc2(x, dropout_rate=dropout_rate, dropout_rng=rngs[1])
 
 
+DROP_PATH_STREAM = 0x44524F50  # folded into the step's key for the drop-path draws ("DROP")
+
+
+def drop_path_rates(depth: int, rate: float) -> np.ndarray:
+  """Each block's stochastic-depth rate, linear over depth as InternVideo2's builders spread
+  `drop_path_rate` (`linspace(0, rate, depth)`)."""
+  return np.linspace(0.0, rate, depth)
+
+
+def drop_path_scales(key, rates, batch_shape) -> jax.Array:
+  """timm's `DropPath` for every block and both residual branches at once: float32
+  (len(rates), 2, *batch_shape), per sample 0 (dropped, probability p) or 1/(1 − p) (kept)."""
+  keep = jnp.asarray(1.0 - np.asarray(rates), jnp.float32)  # as timm: 1 − p, then the dtype's
+  keep = keep.reshape(-1, 1, *(1,) * len(batch_shape))
+  shape = (len(rates), 2, *batch_shape)
+  kept = jax.random.bernoulli(key, jnp.broadcast_to(keep, shape))
+  return jnp.where(kept, 1.0 / keep, 0.0).astype(jnp.float32)
+
+
 class Block(nnx.Module):
-  """h = h + ls1·Attn(norm1(h)); h = h + ls2·MLP(norm2(h))."""
+  """h = h + ls1·Attn(norm1(h)); h = h + ls2·MLP(norm2(h)); in training each branch may be
+  dropped per sample (stochastic depth: `path_scales`, from `drop_path_scales`)."""
 
   def __init__(self, cfg, *, num_experts, lora_targets, with_lora, rngs):
     b = cfg.backbone
@@ -193,10 +213,17 @@ class Block(nnx.Module):
     self.mlp = Mlp(cfg, **kw)
     self.ls2 = LayerScale(b.embed_dim, param_dtype=pdt)
 
-  def __call__(self, x, *, dropout_rate=0.0, rng=None):
+  def __call__(self, x, *, dropout_rate=0.0, rng=None, path_scales=None):
+    """x: (E, B, N, D); path_scales: None, or (2, E, B) factors for the two branches."""
     keys = (None,) * 4 if rng is None else tuple(jax.random.split(rng, 4))
-    x = x + self.ls1(self.attn(self.norm1(x), dropout_rate=dropout_rate, rngs=keys[:2]))
-    x = x + self.ls2(self.mlp(self.norm2(x), dropout_rate=dropout_rate, rngs=keys[2:]))
+
+    def dropped(branch, k):
+      if path_scales is None:
+        return branch
+      return branch * path_scales[k][:, :, None, None].astype(branch.dtype)
+
+    x = x + dropped(self.ls1(self.attn(self.norm1(x), dropout_rate=dropout_rate, rngs=keys[:2])), 0)
+    x = x + dropped(self.ls2(self.mlp(self.norm2(x), dropout_rate=dropout_rate, rngs=keys[2:])), 1)
     return x
 
 
@@ -220,6 +247,9 @@ class InternVideo2(nnx.Module):
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.backbone.remat_policy must be one of {sorted(REMAT_POLICIES)}")
     self.lora_dropout = float(cfg.lora.dropout)
+    self.drop_path_rate = float(b.drop_path_rate)
+    if not 0.0 <= self.drop_path_rate < 1.0:
+      raise ValueError(f"model.backbone.drop_path_rate must lie in [0, 1), got {b.drop_path_rate}")
     self.num_experts = num_experts
     targets = active_lora_targets(cfg)
     patch = (b.tubelet_size, b.patch_size, b.patch_size)
@@ -278,11 +308,15 @@ class InternVideo2(nnx.Module):
     x = jnp.concatenate([cls, x], axis=2)
     x = x + self.pos_embed[...].astype(self.dtype)
 
-    hidden = self._run_blocks(x, rng=rng, dropout_rate=rate)
+    path_scales = None
+    if train and self.drop_path_rate > 0:  # stochastic depth: training only
+      rates = drop_path_rates(self.depth, self.drop_path_rate)[: self.taps[-1] + 1]
+      path_scales = drop_path_scales(jax.random.fold_in(rng, DROP_PATH_STREAM), rates, (e, b))
+    hidden = self._run_blocks(x, rng=rng, dropout_rate=rate, path_scales=path_scales)
     taps = [h[:, :, 1:].reshape(e, b, gt, gh, gw, d) for h in hidden]
     return taps, hidden[-1][:, :, 0]
 
-  def _run_blocks(self, x, *, rng, dropout_rate):
+  def _run_blocks(self, x, *, rng, dropout_rate, path_scales=None):
     n_run = self.taps[-1] + 1
     graphdef, state = nnx.split(self.blocks)
     if n_run < self.depth:
@@ -290,9 +324,9 @@ class InternVideo2(nnx.Module):
       state = jax.tree.map(lambda p: p[:n_run], state)
     rngs = jax.random.split(rng, n_run) if rng is not None else None
 
-    def block_fn(layer_state, h, key):
+    def block_fn(layer_state, h, key, scales):
       block = nnx.merge(graphdef, layer_state)
-      return block(h, dropout_rate=dropout_rate, rng=key)
+      return block(h, dropout_rate=dropout_rate, rng=key, path_scales=scales)
 
     policy = REMAT_POLICIES[self.remat_policy]
     if self.remat_policy != "none":
@@ -302,7 +336,8 @@ class InternVideo2(nnx.Module):
       outs = []
       for i in range(n_run):
         layer_state = jax.tree.map(lambda p, i=i: p[i], state)
-        x = block_fn(layer_state, x, None if rngs is None else rngs[i])
+        key = None if rngs is None else rngs[i]
+        x = block_fn(layer_state, x, key, None if path_scales is None else path_scales[i])
         if i in self.taps:
           outs.append(x)
       return outs
@@ -317,10 +352,11 @@ class InternVideo2(nnx.Module):
 
     def body(carry, xs):
       h, buf = carry
-      layer_state, slot, key = xs
-      h = block_fn(layer_state, h, key)
+      layer_state, slot, key, scales = xs
+      h = block_fn(layer_state, h, key, scales)
       buf = jax.lax.dynamic_update_index_in_dim(buf, h, slot, axis=0)
       return (h, buf), None
 
-    (_, buf), _ = jax.lax.scan(body, (x, buf), (state, jnp.asarray(slots), rngs))
+    xs = (state, jnp.asarray(slots), rngs, path_scales)
+    (_, buf), _ = jax.lax.scan(body, (x, buf), xs)
     return [buf[k] for k in range(num_taps)]
