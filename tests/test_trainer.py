@@ -300,3 +300,42 @@ def test_two_processes_train_like_one(prepared, tmp_path):
   a, b = _final(one), _final(two)
   for k in a:
     assert np.max(np.abs(a[k] - b[k])) <= 1e-5 * (np.max(np.abs(a[k])) + 1e-6), k
+
+
+@pytest.mark.parametrize(
+  "extra,message",
+  [
+    (["--config.train.nmu_steps=5"], "--config.train.nmu_steps: no such field; did you mean "),
+    (["--config.data.dir=/nonexistent"], "data.dir: /nonexistent: no prepared dataset"),
+    (["--config.train.batch_size=3", "2 devices"], "train.batch_size=3 does not divide over "),
+    (["--config.data.val_split=validation"], "data.val_split='validation': "),
+    (["--config.train.stage=2", "--config.train.init=/nonexistent"], "train.init=/nonexistent: "),
+    (["malformed config.json"], "config.json: not valid JSON"),
+  ],
+)
+def test_user_mistakes_fail_first_in_one_line(prepared, tmp_path, extra, message):
+  """Before any work: one line on stderr, exit 2, no workdir made (or nothing added to one that
+  exists), in under 5 s."""
+  workdir = tmp_path / "w"
+  premade = extra == ["malformed config.json"]
+  if premade:
+    workdir.mkdir()
+    (workdir / "config.json").write_text("{not json")
+    extra = []
+  env = _env()
+  if "2 devices" in extra:
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    extra = [e for e in extra if e != "2 devices"]
+  start = time.monotonic()
+  res = subprocess.run(
+    _cmd(str(workdir), prepared, *extra), capture_output=True, text=True, env=env, timeout=60
+  )
+  elapsed = time.monotonic() - start
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert res.stderr.startswith("visage-train: error: ") and message in res.stderr, res.stderr
+  assert res.stderr.strip().count("\n") == 0, res.stderr
+  assert elapsed < 5, elapsed
+  if premade:
+    assert os.listdir(workdir) == ["config.json"]
+  else:
+    assert not workdir.exists()

@@ -106,8 +106,11 @@ def read_config(directory: str) -> ml_collections.ConfigDict:
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(path):
     raise CheckpointError(f"{directory}: not a visage-jax checkpoint (no {CONFIG_FILE})")
-  with open(path) as f:
-    data = json.load(f)
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
   cfg = ml_collections.ConfigDict(data)
   # JSON has no tuples; the model treats these as sequences either way, but keep them immutable.
   cfg.model.experts = tuple(cfg.model.experts)

@@ -134,6 +134,41 @@ def _resolve_paths(cfg):
   return cfg
 
 
+def preflight(cfg) -> None:
+  """Everything about a run that can be checked before any work (no workdir made, no weights
+  read): a one-line `TrainError` for each mistake."""
+  from visage_jax.data.challenge import DataError
+  from visage_jax.data.prepare import prepared_splits
+
+  t = cfg.train
+  if t.stage == 2 and not t.init:
+    raise TrainError("stage 2 needs train.init: a stage-1 workdir or a visage-convert output")
+  for key in ("init", "partner"):
+    if t[key] and not os.path.isdir(t[key]):
+      raise TrainError(f"train.{key}={t[key]}: no such checkpoint or workdir")
+    if t[key] and not os.path.isfile(os.path.join(t[key], ckpt.CONFIG_FILE)):
+      raise TrainError(
+        f"train.{key}={t[key]}: neither a visage-convert output nor a training workdir"
+      )
+  try:
+    splits = prepared_splits(cfg.data.dir)
+  except DataError as e:
+    raise TrainError(f"data.dir: {e}") from None
+  for key in ("train_split", "val_split"):
+    if cfg.data[key] and cfg.data[key] not in splits:
+      raise TrainError(f"data.{key}={cfg.data[key]!r}: {cfg.data.dir} has splits {splits}")
+  try:
+    mesh = parallel.make_mesh(**cfg.mesh)
+  except ValueError as e:
+    raise TrainError(f"mesh: {e}") from None
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if t.batch_size % shards:
+    raise TrainError(
+      f"train.batch_size={t.batch_size} does not divide over the mesh's data × fsdp = {shards} "
+      "devices"
+    )
+
+
 def _check_workdir_config(workdir: str, cfg) -> None:
   """A workdir keeps the model and stage it was started with; the rest (more steps, another
   validation interval) may change between runs."""
@@ -189,10 +224,9 @@ def run(cfg, workdir: str, *, log=print) -> dict:
       log(msg)
 
   cfg = _resolve_paths(cfg)
+  preflight(cfg)
   t = cfg.train
   name = train.expert_name(cfg)
-  if t.stage == 2 and not t.init:
-    raise TrainError("stage 2 needs train.init: a stage-1 workdir or a visage-convert output")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   lead = jax.process_index() == 0

@@ -8,16 +8,17 @@ import tempfile
 from typing import NoReturn
 
 
-def run_app(main, argv=None) -> None:
+def run_app(main, argv=None, flags_parser=None) -> None:
   """absl's `app.run`, with `--help` listing the command's own flags. absl lists the flags of the
   module that `sys.argv[0]` names, which for an installed console script is the script file, not
-  the module that defined them: so they are registered as that file's key flags too."""
+  the module that defined them: so they are registered as that file's key flags too.
+  `flags_parser`: instead of absl's (`app.parse_flags_with_usage`)."""
   from absl import app, flags
 
   caller = sys._getframe(1).f_globals["__name__"]  # "__main__" under `python -m`: nothing to do
   for flag in flags.FLAGS.flags_by_module_dict().get(caller, []):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(main, argv=argv)
+  app.run(main, argv=argv, flags_parser=flags_parser or app.parse_flags_with_usage)
 
 
 def fail(prog: str, msg: str) -> NoReturn:

@@ -39,11 +39,12 @@ def main(_):
   except ValueError as e:
     fail("visage-train", str(e))
   from visage_jax import checkpoint as ckpt
+  from visage_jax.data.challenge import DataError
   from visage_jax.trainer import TrainError, run
 
   try:
     result = run(FLAGS.config, FLAGS.workdir, log=lambda m: print(m, flush=True))
-  except (TrainError, ckpt.CheckpointError, ValueError, FileNotFoundError) as e:
+  except (TrainError, ckpt.CheckpointError, DataError, ValueError, FileNotFoundError) as e:
     fail("visage-train", str(e))
   best = f", best validation at step {result['best_step']}" if result["best_step"] else ""
   print(f"done at step {result['step']}{best}", flush=True)
@@ -94,11 +95,37 @@ def _export_original(fmt: str) -> None:
     fail("visage-export", str(e))
 
 
+def config_mistake(argv, error: Exception) -> str:
+  """ml_collections' error about a --config.* override, as one line naming the flag."""
+  import re
+
+  text = " ".join(str(error).replace("\\n", " ").replace("\n", " ").strip("'\" ").split())
+  hint = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', text)
+  for arg in argv:
+    name = arg[2:].split("=", 1)[0]
+    if not name.startswith("config."):
+      continue
+    if hint and name.rsplit(".", 1)[-1] == hint.group(2):
+      return f"--{name}: no such field; did you mean --{name.rsplit('.', 1)[0]}.{hint.group(1)}?"
+  return f"--config: {text}"
+
+
+def _parse_flags(argv):
+  """absl's parser, with a mistaken --config.* override (an unknown field, a value of the wrong
+  type) as one line instead of ml_collections' traceback."""
+  from absl import app
+
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    fail("visage-train", config_mistake(argv, e))
+
+
 def run_cli():
   config_flags.DEFINE_config_file("config", None, "configs/visage.py:PRESET", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints and logs go (resumed if present)")
   flags.mark_flags_as_required(["config"])
-  run_app(main)
+  run_app(main, flags_parser=_parse_flags)
 
 
 def run_export():

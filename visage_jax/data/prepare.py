@@ -130,6 +130,16 @@ def dataset_dir(prepared: str) -> str:
   return os.path.dirname(infos[0])
 
 
+def prepared_splits(prepared: str) -> list[str]:
+  """The split names of a `visage-prepare` output, from its dataset_info.json (no TFDS import)."""
+  info = os.path.join(dataset_dir(prepared), "dataset_info.json")
+  try:
+    with open(info) as f:
+      return [s["name"] for s in json.load(f)["splits"]]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise challenge.DataError(f"{info}: unreadable ({e})") from None
+
+
 def data_source(prepared: str, split: str):
   """Random-access reader of one split (no TensorFlow needed)."""
   import tensorflow_datasets as tfds
