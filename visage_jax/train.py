@@ -158,7 +158,8 @@ def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
   (trainable, batch_stats, opt_state, ema, metrics). batch: frames uint8 (B, T, S, S, 3), saliency
   and fixations float32 (B, T, S, S), mask (B, T). `ema` is None without an EMA (see `ema_decay`);
   otherwise a copy of the trainable weights moved by (1 − decay) towards them after each update,
-  as the original's ModelEMA does (no bias correction)."""
+  as the original's ModelEMA does (no bias correction). metrics["finite"] is false when the loss
+  or a gradient is not finite, and then the state comes back unchanged."""
   name = expert_name(cfg)
   decay = ema_decay(cfg)
   stage2 = cfg.train.stage == 2
@@ -190,15 +191,22 @@ def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
       return loss, (parts, nnx.state(model, nnx.BatchStat))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (parts, new_stats)), grads = grad_fn(trainable, batch_stats, frozen)
-    updates, opt_state = tx.update(grads, opt_state, trainable)
-    trainable = optax.apply_updates(trainable, updates)
+    (loss, (parts, new_stats)), grads = grad_fn(trainable, batch_stats, frozen)
+    updates, new_opt = tx.update(grads, opt_state, trainable)
+    new_trainable = optax.apply_updates(trainable, updates)
+    new_ema = ema
     if ema is not None:
-      ema = jax.tree.map(lambda e, w: e + (1.0 - decay) * (w - e), ema, trainable)
+      new_ema = jax.tree.map(lambda e, w: e + (1.0 - decay) * (w - e), ema, new_trainable)
     parts["grad_norm"] = optax.tree.norm(grads)
+    # A non-finite loss or gradient changes nothing (the trainer stops or skips it)
+    parts["finite"] = jnp.isfinite(loss) & jnp.isfinite(parts["grad_norm"])
+    new = (new_trainable, new_stats, new_opt, new_ema)
+    kept = jax.tree.map(
+      lambda n, o: jnp.where(parts["finite"], n, o), new, (trainable, batch_stats, opt_state, ema)
+    )
     if return_grads:
       parts["grads"] = grads
-    return trainable, new_stats, opt_state, ema, parts
+    return (*kept, parts)
 
   return step
 
