@@ -139,6 +139,11 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   # recipe (0.99 for Expert 2 in stage 2, none otherwise); 0: none; else the decay.
   t.ema_decay = -1.0
   t.log_every = 10  # loss parts, learning rates, gradient norm: console and TensorBoard
+  # A step with a non-finite loss or gradient changes nothing; the run stops there with one line
+  # (its latest checkpoint the last good one), or with `skip_nonfinite` skips it and counts it.
+  t.skip_nonfinite = False
+  # (first, last): a jax.profiler trace of those steps in WORKDIR/profile; () none.
+  t.profile_steps = ()
   # Where the weights start: a visage-convert output (backbone-only for stage 1, or with this
   # expert for stage 2), or a stage-1 workdir (its best checkpoint, over its own init's backbone).
   t.init = ""

@@ -96,3 +96,36 @@ def test_backbone_remat_by_stage_platform_and_size(monkeypatch):
   assert policy("tiny", 2, backend="gpu") == "full"
   assert policy("tiny", 2, "dots") == "dots"
   assert policy("tiny", 2, "") == "none"  # the model's own
+
+
+def test_a_nonfinite_step_changes_nothing():
+  """NaN in the batch: the step says so (metrics["finite"]) and gives its state back unchanged."""
+  import jax
+  import numpy as np
+  from helpers.small import small_config
+
+  from visage_jax import train
+
+  cfg = small_config(2, 1)
+  model = train.init_model(cfg, seed=0)
+  graphdef, trainable, stats, frozen = train.split(model, cfg)
+  tx = train.make_optimizer(cfg)
+  opt = tx.init(trainable)
+  step = jax.jit(train.make_train_step(graphdef, cfg, tx))
+  rng = np.random.default_rng(0)
+  batch = {
+    "frames": rng.integers(0, 255, (2, 4, 56, 56, 3), dtype=np.uint8),
+    "saliency": rng.random((2, 4, 56, 56)).astype(np.float32),
+    "fixations": (rng.random((2, 4, 56, 56)) > 0.98).astype(np.float32),
+    "mask": np.ones((2, 4), bool),
+  }
+  *good, parts = step(trainable, stats, frozen, opt, None, batch, jax.random.key(0))
+  assert bool(parts["finite"])
+  assert any(
+    not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(good[0]), jax.tree.leaves(trainable))
+  )
+  batch["saliency"][0, 1, 2, 3] = np.nan
+  *same, parts = step(trainable, stats, frozen, opt, None, batch, jax.random.key(0))
+  assert not bool(parts["finite"]) and np.isnan(parts["total"])
+  for before, after in zip(jax.tree.leaves((trainable, stats, opt)), jax.tree.leaves(same[:3])):
+    np.testing.assert_array_equal(before, after)

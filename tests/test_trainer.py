@@ -4,6 +4,7 @@ visage-export's checkpoint against the workdirs' own models."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -69,9 +70,10 @@ def _final(workdir):
 
 @pytest.fixture(scope="module")
 def reference(prepared, tmp_path_factory):
-  """An uninterrupted 8-step run of Expert 1, stage 1: (workdir, stdout)."""
+  """An uninterrupted 8-step run of Expert 1, stage 1, steps 2–3 profiled: (workdir, stdout)."""
   ref = str(tmp_path_factory.mktemp("ref") / "ref")
-  res = subprocess.run(_cmd(ref, prepared), env=_env(), capture_output=True, text=True, timeout=600)
+  profiled = _cmd(ref, prepared, "--config.train.profile_steps=(2,3)")  # the numbers do not change
+  res = subprocess.run(profiled, env=_env(), capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   return ref, res.stdout
 
@@ -115,6 +117,15 @@ def test_logs_validation_best_k_and_tensorboard(reference):
   assert sorted(val) == [4, 8]
   for x in records:
     assert abs(val[x["step"]] - x["cc"]) <= 1e-6
+  # profiling and goodput: a trace of steps 2–3, the split of the wall time printed and logged
+  traces = glob.glob(os.path.join(ref, "profile", "**", "*.xplane.pb"), recursive=True)
+  assert traces and os.path.getsize(traces[0]) > 0
+  split = next(x for x in stdout.splitlines() if x.startswith("time ("))
+  for part in ("step ", "compile ", "data ", "checkpoint ", "validation ", "setup "):
+    assert part in split, split
+  shares = [float(p.split()[-1].rstrip("%")) for p in split.split(": ", 1)[1].split(", ")]
+  assert abs(sum(shares) - 100) <= 0.5, split
+  assert {"goodput/step", "goodput/data", "goodput/checkpoint"} <= set(ea.Tags()["scalars"])
 
 
 def test_kill9_then_rerun_equals_uninterrupted(prepared, reference, tmp_path):
@@ -339,3 +350,52 @@ def test_user_mistakes_fail_first_in_one_line(prepared, tmp_path, extra, message
     assert os.listdir(workdir) == ["config.json"]
   else:
     assert not workdir.exists()
+
+
+def _nan_run(prepared, workdir, monkeypatch, skip: bool):
+  """trainer.run in this process: the SMALL run, 4 steps, no validation, and the saliency of
+  step 3's batch NaN. Returns (run(), the lines it logged)."""
+  import jax
+
+  from configs.visage import get_config
+  from visage_jax import trainer
+  from visage_jax.data import pipeline
+
+  cfg = get_config("tiny")
+  b = cfg.model.backbone
+  b.img_size, b.num_frames, b.depth, b.taps = 56, 4, 4, (0, 1, 2, 3)
+  cfg.model.output_size = 56
+  t = cfg.train
+  t.batch_size, t.num_steps, t.checkpoint_every, t.log_every, t.expert = 2, 4, 2, 1, 1
+  t.skip_nonfinite = skip
+  cfg.data.dir, cfg.data.val_split = prepared, ""
+  real, calls = pipeline.global_batch, []
+
+  def poisoned(mesh, local):
+    batch = real(mesh, local)
+    calls.append(1)
+    if len(calls) == 3:
+      sal = batch["saliency"]
+      batch["saliency"] = jax.device_put(np.full(sal.shape, np.nan, np.float32), sal.sharding)
+    return batch
+
+  monkeypatch.setattr(pipeline, "global_batch", poisoned)
+  lines = []
+  return lambda: trainer.run(cfg, workdir, log=lines.append), lines
+
+
+def test_a_nonfinite_step_stops_the_run_or_is_skipped(prepared, tmp_path, monkeypatch):
+  from visage_jax.trainer import TrainError
+
+  workdir = str(tmp_path / "stop")
+  run, _ = _nan_run(prepared, workdir, monkeypatch, skip=False)
+  with pytest.raises(TrainError) as e:
+    run()
+  message = str(e.value)
+  assert message.startswith("step 3: non-finite ") and "total nan" in message
+  assert "\n" not in message
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]  # the last good one
+  assert not os.path.exists(os.path.join(workdir, "trainable_last.npz"))
+  run, lines = _nan_run(prepared, str(tmp_path / "skip"), monkeypatch, skip=True)
+  assert run()["step"] == 4
+  assert any("1 non-finite steps skipped" in x for x in lines if x.startswith("step 4:"))

@@ -36,7 +36,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from visage_jax import checkpoint as ckpt
-from visage_jax import parallel, perf, train
+from visage_jax import parallel, train
 from visage_jax.provenance import (
   BEST_DIR,
   INIT_DIR,
@@ -46,6 +46,7 @@ from visage_jax.provenance import (
   load_init,
   partner_model,
 )
+from visage_jax.reporting import Goodput, Reporter
 from visage_jax.trees import from_named, named, nested, to_host
 
 # ----------------------------------------------------------------------------- validation
@@ -161,6 +162,12 @@ def preflight(cfg) -> None:
     mesh = parallel.make_mesh(**cfg.mesh)
   except ValueError as e:
     raise TrainError(f"mesh: {e}") from None
+  if t.profile_steps and (
+    len(t.profile_steps) != 2 or not 1 <= t.profile_steps[0] <= t.profile_steps[1]
+  ):
+    raise TrainError(
+      f"train.profile_steps={t.profile_steps}: give (first, last) with 1 ≤ first ≤ last"
+    )
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if t.batch_size % shards:
     raise TrainError(
@@ -201,6 +208,44 @@ def _write_init_backbone(path: str, cfg, model, log) -> None:
     log(f"no train.init: the random backbone is saved in {path}")
 
 
+class Profile:
+  """`train.profile_steps` = (first, last): a `jax.profiler` trace of those steps in
+  WORKDIR/profile (TensorBoard's profile plugin and Perfetto read it); () traces nothing."""
+
+  def __init__(self, steps, directory: str):
+    self.first, self.last = tuple(steps) if steps else (0, 0)
+    self.directory, self.active = directory, False
+
+  def before(self, step: int) -> None:
+    if step == self.first:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int) -> None:
+    if self.active and step == self.last:
+      self.close()
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+def skip_or_stop(step: int, parts: dict, t, report) -> None:
+  """A step whose loss or gradient was not finite changed nothing (`train.make_train_step`):
+  with `train.skip_nonfinite` it is counted and the run goes on; otherwise the run stops with one
+  line naming the step and the parts, its latest checkpoint the last good one."""
+  if t.skip_nonfinite:
+    report.skipped += 1
+    return
+  values = {k: float(to_host(v)) for k, v in parts.items() if k != "finite"}
+  bad = ", ".join(f"{k} {v}" for k, v in values.items() if not np.isfinite(v))
+  raise TrainError(
+    f"step {step}: non-finite {bad}; stopped, the latest checkpoint is the last good one "
+    "(train.skip_nonfinite=True skips such steps)"
+  )
+
+
 def _eval_due(t, step: int, steps_per_epoch: int) -> bool:
   if step == t.num_steps:
     return True
@@ -223,6 +268,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
     with tqdm.external_write_mode(file=sys.stdout):
       log(msg)
 
+  goodput = Goodput()
   cfg = _resolve_paths(cfg)
   preflight(cfg)
   t = cfg.train
@@ -321,11 +367,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
     with open(val_path, "w") as f:
       f.writelines(kept)
 
-  writer = None
-  if lead:
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1 if start else None)
+  report = Reporter(cfg, workdir=workdir, start=start, lead=lead, say=say, goodput=goodput)
 
   def run_validation(step):
     scores = validate(scored_weights(), stats, frozen)
@@ -333,13 +375,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
     if lead:
       with open(val_path, "a") as f:
         f.write(json.dumps(record) + "\n")
-      for k in ("cc", "sim", "nss", "auc_judd", "kld"):
-        writer.add_scalar(f"val/{scores['map']}/{k}", scores[k], step)
-    say(
-      f"validation at step {step} ({scores['map']} map, {scores['videos']} videos): "
-      f"cc {scores['cc']:.4f}, sim {scores['sim']:.4f}, nss {scores['nss']:.4f}, "
-      f"auc_judd {scores['auc_judd']:.4f}"
-    )
+    report.validation(step, scores)
     if step not in best.all_steps():
       best.save(
         step,
@@ -365,85 +401,42 @@ def run(cfg, workdir: str, *, log=print) -> dict:
   rng = jax.random.key(t.seed)
   repl = parallel.replicated(mesh)
   keys = ("frames", "saliency", "fixations", "mask")
-  flops = perf.train_step_flops(cfg, t.batch_size)
-  peak, peak_src = perf.peak_flops(t.peak_flops)
-  lrs = train.schedules(cfg)
-  bar = tqdm(
-    total=t.num_steps,
-    initial=start,
-    desc=f"{name} stage {t.stage}",
-    unit="step",
-    disable=not lead,
-    file=sys.stderr,
-    mininterval=1.0,
-    dynamic_ncols=True,
-  )
+  profile = Profile(t.profile_steps, os.path.join(workdir, "profile"))
   parts = {}
   step = start
-  mark, mark_step = None, start  # the interval timed for step time (after the first compile)
+  goodput.seconds["setup"] = time.perf_counter() - goodput.start
   try:
     for step in range(start + 1, t.num_steps + 1):
-      local = next(it)
-      batch = global_batch(mesh, {k: local[k] for k in keys})
+      with goodput.timing("data"):
+        batch = global_batch(mesh, {k: v for k, v in next(it).items() if k in keys})
       key = parallel.put(jax.random.key_data(jax.random.fold_in(rng, step)), repl)
-      trainable, stats, opt_state, ema, parts = step_fn(
-        trainable, stats, frozen, opt_state, ema, batch, key
-      )
-      bar.update(1)
-      if mark is None:  # the first step includes compilation: time from its end
-        jax.block_until_ready(parts["total"])
-        mark, mark_step = time.perf_counter(), step
-      if step % t.log_every == 0 or step == t.num_steps:
-        values = {k: float(to_host(v)) for k, v in parts.items()}
-        now = time.perf_counter()
-        rate = {}
-        if step > mark_step:
-          dt = (now - mark) / (step - mark_step)
-          rate = {
-            "step_time_s": dt,
-            "examples_per_s": t.batch_size / dt,
-            "mfu": flops / dt / (peak * jax.device_count()),
-          }
-          mark, mark_step = now, step
-        lr = {f"lr_{k}": float(s(step - 1)) for k, s in lrs.items()}
-        if t.stage == 1:
-          lr.pop("lr_lora")
-        if rate:
-          bar.set_postfix(
-            loss=f"{values['total']:.4f}",
-            step_s=f"{rate['step_time_s']:.3g}",
-            ex_s=f"{rate['examples_per_s']:.3g}",
-            mfu=f"{rate['mfu']:.1%}",
-            refresh=False,
-          )
-        loss_txt = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "total")
-        msg = f"step {step}: loss {values['total']:.4f} ({loss_txt})"
-        msg += "".join(f", {k} {v:.3g}" for k, v in lr.items())
-        if rate:
-          msg += (
-            f", {rate['step_time_s']:.3g} s/step, {rate['examples_per_s']:.3g} examples/s, "
-            f"MFU {rate['mfu']:.1%} (vs {peak_src})"
-          )
-        say(msg)
-        if writer:
-          for k, v in {**values, **lr, **rate}.items():
-            writer.add_scalar(f"train/{k}", v, step)
+      profile.before(step)
+      with goodput.timing("compile" if step == start + 1 else "step"):
+        new = step_fn(trainable, stats, frozen, opt_state, ema, batch, key)
+        finite = bool(to_host(new[-1]["finite"]))
+      profile.after(step)
+      trainable, stats, opt_state, ema, parts = new
+      if not finite:
+        skip_or_stop(step, parts, t, report)
+      report.step(step, parts)
       if stop["now"]:
-        save(step)
+        with goodput.timing("checkpoint"):
+          save(step)
         say(f"SIGTERM: saved step {step}")
         break
       if validate and _eval_due(t, step, steps_per_epoch):
-        run_validation(step)
+        with goodput.timing("validation"):
+          run_validation(step)
       if step % t.checkpoint_every == 0 or step == t.num_steps:
-        save(step)
+        with goodput.timing("checkpoint"):
+          save(step)
   finally:
-    bar.close()
+    profile.close()
     mngr.wait_until_finished()
     mngr.close()
     best.wait_until_finished()
     best.close()
-    if writer:
-      writer.close()
+    report.close()
     signal.signal(signal.SIGTERM, previous)
   if lead and not stop["now"]:
     final = {"/".join(k): to_host(v) for k, v in named(trainable).items()}
