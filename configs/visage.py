@@ -164,5 +164,17 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
 
   # The device mesh: data × fsdp × tensor; -1 takes the remaining devices.
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # Parameter layout (visage_jax.parallel.ShardingRules): "PATH=AXES" rules separated by ";",
+  # PATH a "/"-joined subsequence of a weight's path, AXES a mesh axis (or _) per trailing
+  # dimension; the first match wins, unmatched weights are replicated. Megatron's split within a
+  # block (column-parallel qkv/fc1, row-parallel proj/fc2), the other dimension over fsdp.
+  config.mesh.rules = (
+    "blocks/attn/qkv/kernel=fsdp,tensor; blocks/mlp/fc1/kernel=fsdp,tensor; "
+    "blocks/attn/proj/kernel=tensor,fsdp; blocks/mlp/fc2/kernel=tensor,fsdp; "
+    "backbone/pos_embed=_,_,fsdp"
+  )
+  # Weights (","-separated PATH patterns) that may stay whole where their rule's axis does not
+  # divide a dimension; any other such weight is an error naming it.
+  config.mesh.allow_replicated = ""
 
   return config

@@ -319,6 +319,10 @@ def test_two_processes_train_like_one(prepared, tmp_path):
     (["--config.train.nmu_steps=5"], "--config.train.nmu_steps: no such field; did you mean "),
     (["--config.data.dir=/nonexistent"], "data.dir: /nonexistent: no prepared dataset"),
     (["--config.train.batch_size=3", "2 devices"], "train.batch_size=3 does not divide over "),
+    (
+      ["--config.mesh.tensor=3", "3 devices"],
+      "mesh: backbone/blocks/attn/proj/kernel: dimension 1 (size 64)",
+    ),
     (["--config.data.val_split=validation"], "data.val_split='validation': "),
     (["--config.train.stage=2", "--config.train.init=/nonexistent"], "train.init=/nonexistent: "),
     (["malformed config.json"], "config.json: not valid JSON"),
@@ -334,9 +338,10 @@ def test_user_mistakes_fail_first_in_one_line(prepared, tmp_path, extra, message
     (workdir / "config.json").write_text("{not json")
     extra = []
   env = _env()
-  if "2 devices" in extra:
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    extra = [e for e in extra if e != "2 devices"]
+  for n in (2, 3):
+    if f"{n} devices" in extra:
+      env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+      extra = [e for e in extra if e != f"{n} devices"]
   start = time.monotonic()
   res = subprocess.run(
     _cmd(str(workdir), prepared, *extra), capture_output=True, text=True, env=env, timeout=60

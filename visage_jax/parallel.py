@@ -7,6 +7,7 @@ and `tensor` (within-layer model parallelism). Evaluation and prediction shard t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -101,18 +102,49 @@ def batch_size_multiple(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-# Parameter layout: one table, matched against each parameter's path (last matching rule wins is
-# avoided: the first match is used). Entries give the mesh axis for each dimension *after* the
-# stacked block axis; a dimension whose size the axis does not divide stays whole.
-PARAM_RULES = (
-  # Megatron split within a block: column-parallel qkv/fc1, row-parallel proj/fc2; the other
-  # dimension sharded over fsdp.
-  (("blocks", "attn", "qkv", "kernel"), ("fsdp", "tensor")),
-  (("blocks", "mlp", "fc1", "kernel"), ("fsdp", "tensor")),
-  (("blocks", "attn", "proj", "kernel"), ("tensor", "fsdp")),
-  (("blocks", "mlp", "fc2", "kernel"), ("tensor", "fsdp")),
-  (("backbone", "pos_embed"), (None, None, "fsdp")),
-)
+class ShardingError(ValueError):
+  """A weight cannot be sharded as its rule asks. The message names the weight, the dimension and
+  the mesh axis."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRules:
+  """How parameters are laid out over the mesh (config `mesh.rules`, `mesh.allow_replicated`).
+
+  `rules`: ((path pattern, axes), ...); the first rule whose pattern (a subsequence of the
+  weight's path) matches gives one mesh axis (or None) per trailing dimension; a weight no rule
+  matches is replicated. A dimension its axis does not divide is an error, unless a pattern of
+  `allow_replicated` matches the weight: then it stays whole."""
+
+  rules: tuple
+  allow_replicated: tuple = ()
+
+  @classmethod
+  def from_config(cls, mesh_cfg) -> ShardingRules:
+    return cls(parse_rules(mesh_cfg.rules), parse_patterns(mesh_cfg.allow_replicated))
+
+
+def parse_patterns(text: str) -> tuple:
+  """ "a/b, c/d" → (("a", "b"), ("c", "d"))."""
+  return tuple(tuple(p.strip().split("/")) for p in text.split(",") if p.strip())
+
+
+def parse_rules(text: str) -> tuple:
+  """ "PATH=AXES; ..." (AXES: one mesh axis or _ per trailing dimension) → ((pattern, axes), ...);
+  a malformed rule or an unknown axis is a ValueError naming it."""
+  out = []
+  for rule in (r.strip() for r in text.split(";")):
+    if not rule:
+      continue
+    path, sep, axes = rule.partition("=")
+    if not sep or not path.strip() or not axes.strip():
+      raise ValueError(f"mesh.rules: {rule!r} is not PATH=AXES (e.g. blocks/mlp/fc1/kernel=fsdp,_)")
+    names = tuple(None if a.strip() == "_" else a.strip() for a in axes.split(","))
+    unknown = [a for a in names if a is not None and a not in AXES]
+    if unknown:
+      raise ValueError(f"mesh.rules: {rule!r}: {unknown[0]!r} is not a mesh axis {AXES} (or _)")
+    out.append((tuple(path.strip().split("/")), names))
+  return tuple(out)
 
 
 def _matches(path, pattern) -> bool:
@@ -121,31 +153,44 @@ def _matches(path, pattern) -> bool:
   return all(any(p == q for p in it) for q in pattern)
 
 
-def param_spec(path, shape, mesh: Mesh) -> P:
-  """PartitionSpec of one parameter (see PARAM_RULES); everything else is replicated."""
-  for pattern, axes in PARAM_RULES:
-    if _matches(path, pattern):
-      lead = len(shape) - len(axes)
-      spec = [None] * lead
-      for dim, axis in zip(shape[lead:], axes):
-        ok = axis is not None and dim % mesh.shape[axis] == 0
-        spec.append(axis if ok else None)
-      return P(*spec)
+def param_spec(path, shape, mesh: Mesh, rules: ShardingRules) -> P:
+  """PartitionSpec of one parameter under `rules` (see ShardingRules)."""
+  name = "/".join(str(p) for p in path)
+  for pattern, axes in rules.rules:
+    if not _matches(path, pattern):
+      continue
+    if len(axes) > len(shape):
+      raise ShardingError(f"{name}: {len(shape)} dimensions, its rule {pattern} gives {len(axes)}")
+    lead = len(shape) - len(axes)
+    spec = [None] * lead
+    for i, (dim, axis) in enumerate(zip(shape[lead:], axes)):
+      if axis is None or dim % mesh.shape[axis] == 0:
+        spec.append(axis)
+      elif any(_matches(path, p) for p in rules.allow_replicated):
+        spec.append(None)
+      else:
+        raise ShardingError(
+          f"{name}: dimension {lead + i} (size {dim}) does not divide over mesh axis {axis!r} "
+          f"({mesh.shape[axis]} devices) as mesh.rules asks; change the mesh or list the weight "
+          "in mesh.allow_replicated"
+        )
+    return P(*spec)
   return P()
 
 
-def state_shardings(state, mesh: Mesh):
+def state_shardings(state, mesh: Mesh, rules: ShardingRules):
   """NamedShardings for every leaf of an nnx.State (or any pytree with paths)."""
   return jax.tree_util.tree_map_with_path(
-    lambda path, x: NamedSharding(mesh, param_spec(_keys(path), x.shape, mesh)), state
+    lambda path, x: NamedSharding(mesh, param_spec(_keys(path), x.shape, mesh, rules)), state
   )
 
 
 def _keys(path):
+  """A pytree path as its keys, without the trailing "value" of an nnx variable."""
   out = []
   for k in path:
     for attr in ("key", "name", "idx"):
       if hasattr(k, attr):
         out.append(getattr(k, attr))
         break
-  return out
+  return out[:-1] if out and out[-1] == "value" else out

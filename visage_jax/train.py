@@ -231,9 +231,10 @@ def jitted_step(
 ):
   """(the step as one `jax.jit` with explicit in/out shardings on `mesh`, the shardings of
   (trainable, batch_stats, frozen, opt_state, ema)). The arguments may be abstract (shapes only):
-  parameters follow `parallel.PARAM_RULES`, the EMA is sharded as the weights it follows, the
-  batch over (data, fsdp)."""
-  shard = lambda tree: parallel.state_shardings(tree, mesh)  # noqa: E731
+  parameters follow `cfg.mesh.rules` (`parallel.ShardingRules`), the EMA is sharded as the
+  weights it follows, the batch over (data, fsdp)."""
+  rules = parallel.ShardingRules.from_config(cfg.mesh)
+  shard = lambda tree: parallel.state_shardings(tree, mesh, rules)  # noqa: E731
   s_tr, s_bs, s_fr, s_opt = shard(trainable), shard(batch_stats), shard(frozen), shard(opt_state)
   s_ema = None if ema is None else shard(ema)
   data = parallel.batch_sharding(mesh)

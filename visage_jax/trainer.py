@@ -135,6 +135,11 @@ def _resolve_paths(cfg):
   return cfg
 
 
+def train_mesh(cfg):
+  m = cfg.mesh
+  return parallel.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+
+
 def preflight(cfg) -> None:
   """Everything about a run that can be checked before any work (no workdir made, no weights
   read): a one-line `TrainError` for each mistake."""
@@ -159,8 +164,11 @@ def preflight(cfg) -> None:
     if cfg.data[key] and cfg.data[key] not in splits:
       raise TrainError(f"data.{key}={cfg.data[key]!r}: {cfg.data.dir} has splits {splits}")
   try:
-    mesh = parallel.make_mesh(**cfg.mesh)
-  except ValueError as e:
+    mesh = train_mesh(cfg)
+    rules = parallel.ShardingRules.from_config(cfg.mesh)
+    abstract = nnx.eval_shape(lambda: train.init_model(cfg, seed=0))
+    parallel.state_shardings(nnx.state(abstract), mesh, rules)
+  except ValueError as e:  # parallel.ShardingError too
     raise TrainError(f"mesh: {e}") from None
   if t.profile_steps and (
     len(t.profile_steps) != 2 or not 1 <= t.profile_steps[0] <= t.profile_steps[1]
@@ -282,7 +290,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
       raise TrainError("a multi-process run needs train.init (a visage-convert output or workdir)")
     cfg.train.init = os.path.join(workdir, INIT_DIR)
   _check_workdir_config(workdir, cfg)  # before any weights are read
-  mesh = parallel.make_mesh(**cfg.mesh)
+  mesh = train_mesh(cfg)
   model = train.init_model(cfg, seed=t.seed)
   if random_backbone:
     _write_init_backbone(cfg.train.init, cfg, model, say)
