@@ -113,6 +113,9 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   t.stage = 1
   t.expert = 2
   t.batch_size = 4  # global
+  # Micro-batches per step (lax.scan inside the step): the update is the whole batch's, in memory
+  # for batch_size / grad_accum_steps clips (see train.accumulated_grads for BatchNorm).
+  t.grad_accum_steps = 1
   t.seed = 0
   t.lr_decoder_stage1 = 1e-4
   t.lr_decoder_stage2 = 1e-5

@@ -153,45 +153,99 @@ def normalize_on_device(frames_u8):
   return (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
 
 
-def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
-  """step(trainable, batch_stats, frozen, opt_state, ema, batch, rng) →
-  (trainable, batch_stats, opt_state, ema, metrics). batch: frames uint8 (B, T, S, S, 3), saliency
-  and fixations float32 (B, T, S, S), mask (B, T). `ema` is None without an EMA (see `ema_decay`);
-  otherwise a copy of the trainable weights moved by (1 − decay) towards them after each update,
-  as the original's ModelEMA does (no bias correction). metrics["finite"] is false when the loss
-  or a gradient is not finite, and then the state comes back unchanged."""
+def make_loss_fn(graphdef, cfg):
+  """loss_fn(trainable, batch_stats, frozen, batch, rng) → (loss, (parts, new batch_stats)) for
+  `cfg.train`'s expert and stage; batch holds "clip" (normalised frames), saliency, fixations and
+  mask."""
   name = expert_name(cfg)
-  decay = ema_decay(cfg)
   stage2 = cfg.train.stage == 2
   with_aux = name == "expert2" and cfg.train.aux_loss and (not stage2 or cfg.train.aux_loss_stage2)
   # LoRA dropout (stage 2) and stochastic depth (both stages) draw from the step's key
   stochastic = stage2 or cfg.model.backbone.drop_path_rate > 0
 
+  def loss_fn(trainable, batch_stats, frozen, batch, rng):
+    # every state an argument, so that BatchNorm's running statistics are updated at the trace
+    # level where the model is rebuilt
+    model = nnx.merge(graphdef, trainable, batch_stats, frozen, copy=True)
+    out = model(batch["clip"], with_aux=with_aux, rng=rng if stochastic else None)
+    loss, parts = vsp_loss(
+      out[name], batch["saliency"], batch["fixations"], cfg=cfg.loss, frame_mask=batch["mask"]
+    )
+    if with_aux:
+      aux = {k: out[f"expert2_aux_{k}"] for k in ("p23", "p17", "p11")}
+      aux_loss, aux_parts = expert2_aux_loss(
+        aux, batch["saliency"], cfg=cfg.loss, frame_mask=batch["mask"]
+      )
+      loss = loss + aux_loss
+      parts.update(aux_parts)
+    parts["total"] = loss
+    return loss, (parts, nnx.state(model, nnx.BatchStat))
+
+  return loss_fn
+
+
+def micro_batches(batch: dict, accum: int, shards: int) -> dict:
+  """(B, ...) → (accum, B / accum, ...): micro-batch i takes the i-th part of every shard's rows
+  (the batch is split over `shards` devices in blocks), so each stays split over all of them."""
+
+  def split(x):
+    per_shard = x.shape[0] // shards
+    x = jnp.swapaxes(x.reshape(shards, accum, per_shard // accum, *x.shape[1:]), 0, 1)
+    return x.reshape(accum, x.shape[1] * x.shape[2], *x.shape[3:])
+
+  return jax.tree.map(split, batch)
+
+
+def accumulated_grads(grad_fn, trainable, batch_stats, frozen, batch, rng, accum, shards):
+  """The gradient and loss parts of the whole batch from `accum` micro-batches in a `lax.scan`.
+  The loss is a mean over the batch's valid frames, so each micro-batch counts by its share of
+  them: the sum equals the whole batch's loss and gradient. BatchNorm in training mode (stage 1
+  of Expert 1) normalises each micro-batch by its own statistics and updates its running
+  statistics once per micro-batch; random draws (LoRA dropout, drop path) are the micro-batch's
+  own (key folded with its index)."""
+  frames = jnp.maximum(jnp.sum(batch["mask"]), 1).astype(jnp.float32)
+
+  def body(carry, xs):
+    grads, parts, stats = carry
+    index, micro = xs
+    share = jnp.sum(micro["mask"]) / frames
+    (_, (p, stats)), g = grad_fn(trainable, stats, frozen, micro, jax.random.fold_in(rng, index))
+    grads = jax.tree.map(lambda a, b: a + share * b, grads, g)
+    parts = jax.tree.map(lambda a, b: a + share * b, parts, p)
+    return (grads, parts, stats), None
+
+  micro = micro_batches(batch, accum, shards)
+  first = jax.tree.map(lambda x: x[0], micro)
+  shapes = jax.eval_shape(grad_fn, trainable, batch_stats, frozen, first, rng)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (shapes[1], shapes[0][1][0]))
+  init = (*zeros, batch_stats)
+  (grads, parts, stats), _ = jax.lax.scan(body, init, (jnp.arange(accum), micro))
+  return grads, parts, stats
+
+
+def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False, batch_shards: int = 1):
+  """step(trainable, batch_stats, frozen, opt_state, ema, batch, rng) →
+  (trainable, batch_stats, opt_state, ema, metrics). batch: frames uint8 (B, T, S, S, 3), saliency
+  and fixations float32 (B, T, S, S), mask (B, T). `ema` is None without an EMA (see `ema_decay`);
+  otherwise a copy of the trainable weights moved by (1 − decay) towards them after each update,
+  as the original's ModelEMA does (no bias correction). metrics["finite"] is false when the loss
+  or a gradient is not finite, and then the state comes back unchanged. With
+  `train.grad_accum_steps` > 1 the gradient comes from that many micro-batches
+  (`accumulated_grads`; `batch_shards`: the devices the batch is split over)."""
+  decay = ema_decay(cfg)
+  accum = int(cfg.train.grad_accum_steps)
+  grad_fn = jax.value_and_grad(make_loss_fn(graphdef, cfg), has_aux=True)
+
   def step(trainable, batch_stats, frozen, opt_state, ema, batch, rng):
     if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):  # raw uint32 key data
       rng = jax.random.wrap_key_data(rng)
-    clip = normalize_on_device(batch["frames"])
-
-    def loss_fn(trainable, batch_stats, frozen):
-      # every state an argument, so that BatchNorm's running statistics are updated at the trace
-      # level where the model is rebuilt
-      model = nnx.merge(graphdef, trainable, batch_stats, frozen, copy=True)
-      out = model(clip, with_aux=with_aux, rng=rng if stochastic else None)
-      loss, parts = vsp_loss(
-        out[name], batch["saliency"], batch["fixations"], cfg=cfg.loss, frame_mask=batch["mask"]
-      )
-      if with_aux:
-        aux = {k: out[f"expert2_aux_{k}"] for k in ("p23", "p17", "p11")}
-        aux_loss, aux_parts = expert2_aux_loss(
-          aux, batch["saliency"], cfg=cfg.loss, frame_mask=batch["mask"]
-        )
-        loss = loss + aux_loss
-        parts.update(aux_parts)
-      parts["total"] = loss
-      return loss, (parts, nnx.state(model, nnx.BatchStat))
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (parts, new_stats)), grads = grad_fn(trainable, batch_stats, frozen)
+    batch = {**batch, "clip": normalize_on_device(batch["frames"])}
+    del batch["frames"]
+    if accum > 1:
+      args = (trainable, batch_stats, frozen, batch, rng, accum, batch_shards)
+      grads, parts, new_stats = accumulated_grads(grad_fn, *args)
+    else:
+      (_, (parts, new_stats)), grads = grad_fn(trainable, batch_stats, frozen, batch, rng)
     updates, new_opt = tx.update(grads, opt_state, trainable)
     new_trainable = optax.apply_updates(trainable, updates)
     new_ema = ema
@@ -199,7 +253,7 @@ def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False):
       new_ema = jax.tree.map(lambda e, w: e + (1.0 - decay) * (w - e), ema, new_trainable)
     parts["grad_norm"] = optax.tree.norm(grads)
     # A non-finite loss or gradient changes nothing (the trainer stops or skips it)
-    parts["finite"] = jnp.isfinite(loss) & jnp.isfinite(parts["grad_norm"])
+    parts["finite"] = jnp.isfinite(parts["total"]) & jnp.isfinite(parts["grad_norm"])
     new = (new_trainable, new_stats, new_opt, new_ema)
     kept = jax.tree.map(
       lambda n, o: jnp.where(parts["finite"], n, o), new, (trainable, batch_stats, opt_state, ema)
@@ -239,8 +293,9 @@ def jitted_step(
   s_ema = None if ema is None else shard(ema)
   data = parallel.batch_sharding(mesh)
   repl = parallel.replicated(mesh)
+  shards = parallel.batch_size_multiple(mesh)
   fn = jax.jit(
-    make_train_step(graphdef, cfg, tx, return_grads=return_grads),
+    make_train_step(graphdef, cfg, tx, return_grads=return_grads, batch_shards=shards),
     in_shardings=(s_tr, s_bs, s_fr, s_opt, s_ema, data, repl),
     out_shardings=(s_tr, s_bs, s_opt, s_ema, repl),
     donate_argnums=(0, 1, 3, 4),

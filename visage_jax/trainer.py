@@ -177,10 +177,17 @@ def preflight(cfg) -> None:
       f"train.profile_steps={t.profile_steps}: give (first, last) with 1 ≤ first ≤ last"
     )
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if t.batch_size % shards:
+  if t.grad_accum_steps < 1:
+    raise TrainError(f"train.grad_accum_steps={t.grad_accum_steps} must be at least 1")
+  if t.grad_accum_steps > 1 and cfg.loss.nss_weight:
+    raise TrainError(
+      "train.grad_accum_steps > 1 with loss.nss_weight: the NSS term averages over the frames "
+      "with fixations, which micro-batches cannot weight as the whole batch does"
+    )
+  if t.batch_size % (shards * t.grad_accum_steps):
     raise TrainError(
       f"train.batch_size={t.batch_size} does not divide over the mesh's data × fsdp = {shards} "
-      "devices"
+      f"devices × train.grad_accum_steps = {t.grad_accum_steps}"
     )
 
 
