@@ -24,6 +24,7 @@ under its name. The weights validated (and kept as best) are the EMA's when ther
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -271,26 +272,100 @@ def _eval_due(t, step: int, steps_per_epoch: int) -> bool:
   return False
 
 
-def run(cfg, workdir: str, *, log=print) -> dict:
-  """Train `cfg.train.num_steps` steps into `workdir`, resuming from its latest checkpoint."""
-  import grain.python as grain
-  from tqdm import tqdm
+@dataclasses.dataclass
+class TrainState:
+  """What a step changes: the trainable weights, BatchNorm statistics, optimiser state and EMA
+  (None without one), placed on their shardings."""
 
-  from visage_jax.data.pipeline import global_batch, make_loader
-  from visage_jax.data.prepare import data_source
+  trainable: object
+  batch_stats: object
+  opt: object
+  ema: object | None
 
-  def say(msg):  # above the progress bar, not through it
-    with tqdm.external_write_mode(file=sys.stdout):
-      log(msg)
+  def step_args(self, frozen) -> tuple:
+    """The state as `train.make_train_step`'s step takes it, before the batch and the key."""
+    return self.trainable, self.batch_stats, frozen, self.opt, self.ema
 
-  goodput = Goodput()
-  cfg = _resolve_paths(cfg)
-  preflight(cfg)
+  def scored(self):
+    """What validation scores and `best/` keeps: the EMA if there is one."""
+    return self.ema if self.ema is not None else self.trainable
+
+  def params_tree(self) -> dict:
+    return ckpt.nested_from_flat({**named(self.scored()), **named(self.batch_stats)})
+
+  def tree(self) -> dict:
+    """The state as Orbax saves it: nested by parameter name."""
+    parts = {"trainable": self.trainable, "batch_stats": self.batch_stats, "opt": self.opt}
+    parts["ema"] = self.ema
+    return {k: nested(v) for k, v in parts.items() if v is not None and jax.tree.leaves(v)}
+
+  def restored(self, tree: dict) -> TrainState:
+    """This state with the values of a restored `tree()`."""
+
+    def load(current, key):
+      return from_named(current, ckpt.flat_from_nested(tree[key])) if key in tree else current
+
+    return TrainState(
+      load(self.trainable, "trainable"),
+      load(self.batch_stats, "batch_stats"),
+      load(self.opt, "opt"),
+      None if self.ema is None else load(self.ema, "ema"),
+    )
+
+
+class RunCheckpoints:
+  """WORKDIR/checkpoints (the latest `train.keep` states with the input iterator, saved
+  asynchronously) and WORKDIR/best (the best `train.best_k` weights by validation CC)."""
+
+  def __init__(self, workdir: str, t):
+    import grain.python as grain
+
+    self.grain = grain
+    options = ocp.CheckpointManagerOptions(max_to_keep=t.keep, enable_async_checkpointing=True)
+    self.latest = ocp.CheckpointManager(
+      os.path.join(workdir, STATE_DIR), item_names=("state", "params", "data"), options=options
+    )
+    self.best = ocp.CheckpointManager(
+      os.path.join(workdir, BEST_DIR), item_names=("params",), options=best_options(t.best_k)
+    )
+
+  def resume(self, state: TrainState, it) -> tuple[TrainState, int]:
+    """(the latest saved state, its step), the iterator moved to where it was; or (state, 0)."""
+    step = self.latest.latest_step()
+    if step is None:
+      return state, 0
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.tree())
+    args = ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), data=self.grain.PyGrainCheckpointRestore(it)
+    )
+    return state.restored(self.latest.restore(step, args=args).state), step
+
+  def save(self, step: int, state: TrainState, it) -> None:
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state.tree()),
+      params=ocp.args.StandardSave(state.params_tree()),
+      data=self.grain.PyGrainCheckpointSave(it),
+    )
+    self.latest.save(step, args=args, force=True)
+
+  def save_best(self, step: int, state: TrainState, cc: float) -> None:
+    if step in self.best.all_steps():
+      return
+    args = ocp.args.Composite(params=ocp.args.StandardSave(state.params_tree()))
+    self.best.save(step, args=args, metrics={"cc": cc})
+    self.best.wait_until_finished()  # before the state at this step can be saved
+
+  def close(self) -> None:
+    for manager in (self.latest, self.best):
+      manager.wait_until_finished()
+      manager.close()
+
+
+def _set_up(cfg, workdir: str, say):
+  """The model from its init (or a random backbone, saved), the config recorded, the jitted
+  step: (mesh, graphdef, frozen, step_fn, TrainState)."""
   t = cfg.train
-  name = train.expert_name(cfg)
-  workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  lead = jax.process_index() == 0
   random_backbone = not t.init  # recorded as WORKDIR/init_backbone (written below)
   if random_backbone:
     if jax.process_count() > 1:
@@ -302,18 +377,24 @@ def run(cfg, workdir: str, *, log=print) -> dict:
   if random_backbone:
     _write_init_backbone(cfg.train.init, cfg, model, say)
   else:
-    say(f"init from {t.init}: {load_init(model, t.init, name)}")
-  if lead and not os.path.isfile(os.path.join(workdir, ckpt.CONFIG_FILE)):
+    say(f"init from {t.init}: {load_init(model, t.init, train.expert_name(cfg))}")
+  if jax.process_index() == 0 and not os.path.isfile(os.path.join(workdir, ckpt.CONFIG_FILE)):
     ckpt.write_config(workdir, cfg)
-
   graphdef, trainable, stats, frozen = train.split(model, cfg)
   tx = train.make_optimizer(cfg)
-  opt_state = tx.init(trainable)
-  ema = train.init_ema(cfg, trainable)
+  opt_state, ema = tx.init(trainable), train.init_ema(cfg, trainable)
   step_fn, (trainable, stats, frozen, opt_state, ema) = train.jit_train_step(
     graphdef, cfg, tx, mesh, trainable, stats, frozen, opt_state, ema
   )
-  del model
+  return mesh, graphdef, frozen, step_fn, TrainState(trainable, stats, opt_state, ema)
+
+
+def _input(cfg):
+  """(the training batches' iterator, steps per epoch)."""
+  from visage_jax.data.pipeline import make_loader
+  from visage_jax.data.prepare import data_source
+
+  t = cfg.train
   source, _ = data_source(cfg.data.dir, cfg.data.train_split)
   loader = make_loader(
     source,
@@ -324,140 +405,131 @@ def run(cfg, workdir: str, *, log=print) -> dict:
     seed=t.seed,
     worker_count=cfg.data.workers,
   )
-  steps_per_epoch = max(len(source) // t.batch_size, 1)
-  it = iter(loader)
+  return iter(loader), max(len(source) // t.batch_size, 1)
 
-  validate = None
-  if cfg.data.val_split:
-    partner = partner_model(cfg, t.partner) if t.partner else None
-    graphdef_eval = train.eval_graphdef(graphdef, cfg, trainable, stats, frozen)
-    validate = make_validator(
-      graphdef_eval, cfg, cfg.data.dir, cfg.data.val_split, partner=partner, log=say
-    )
-    del partner
-  elif t.partner:
-    raise TrainError("train.partner is only used by validation; set data.val_split too")
 
-  def scored_weights():
-    """What validation scores and `best/` keeps: the EMA if there is one."""
-    return ema if ema is not None else trainable
-
-  def params_tree():
-    return ckpt.nested_from_flat({**named(scored_weights()), **named(stats)})
-
-  def state_tree():
-    tree = {"trainable": trainable, "batch_stats": stats, "opt": opt_state, "ema": ema}
-    return {k: nested(v) for k, v in tree.items() if v is not None and jax.tree.leaves(v)}
-
-  mngr = ocp.CheckpointManager(
-    os.path.join(workdir, STATE_DIR),
-    item_names=("state", "params", "data"),
-    options=ocp.CheckpointManagerOptions(max_to_keep=t.keep, enable_async_checkpointing=True),
+def _validator(cfg, graphdef, state: TrainState, frozen, say):
+  """`make_validator` for `data.val_split`, or None without one."""
+  if not cfg.data.val_split:
+    if cfg.train.partner:
+      raise TrainError("train.partner is only used by validation; set data.val_split too")
+    return None
+  t = cfg.train
+  partner = partner_model(cfg, t.partner) if t.partner else None
+  graphdef_eval = train.eval_graphdef(graphdef, cfg, state.trainable, state.batch_stats, frozen)
+  return make_validator(
+    graphdef_eval, cfg, cfg.data.dir, cfg.data.val_split, partner=partner, log=say
   )
-  best = ocp.CheckpointManager(
-    os.path.join(workdir, BEST_DIR), item_names=("params",), options=best_options(t.best_k)
-  )
-  start = 0
-  latest = mngr.latest_step()
-  if latest is not None:
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_tree())
-    restored = mngr.restore(
-      latest,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=grain.PyGrainCheckpointRestore(it)
-      ),
-    ).state
-    trainable = from_named(trainable, ckpt.flat_from_nested(restored["trainable"]))
-    if "batch_stats" in restored:
-      stats = from_named(stats, ckpt.flat_from_nested(restored["batch_stats"]))
-    opt_state = from_named(opt_state, ckpt.flat_from_nested(restored["opt"]))
-    if ema is not None:
-      ema = from_named(ema, ckpt.flat_from_nested(restored["ema"]))
-    start = latest
-    say(f"resumed from step {latest}")
-  val_path = os.path.join(workdir, "validation.jsonl")
-  if lead and os.path.isfile(val_path):  # drop records of steps the resumed run will redo
-    with open(val_path) as f:
-      kept = [x for x in f if x.strip() and json.loads(x)["step"] <= start]
-    with open(val_path, "w") as f:
-      f.writelines(kept)
 
-  report = Reporter(cfg, workdir=workdir, start=start, lead=lead, say=say, goodput=goodput)
 
-  def run_validation(step):
-    scores = validate(scored_weights(), stats, frozen)
-    record = {"step": int(step), **scores}
-    if lead:
-      with open(val_path, "a") as f:
+class ValidationLog:
+  """WORKDIR/validation.jsonl, one JSON object per validation; a resumed run first drops the
+  records of the steps it will redo. Written by process 0 only."""
+
+  def __init__(self, workdir: str, start: int, lead: bool):
+    self.path, self.lead = os.path.join(workdir, "validation.jsonl"), lead
+    if lead and os.path.isfile(self.path):
+      with open(self.path) as f:
+        kept = [x for x in f if x.strip() and json.loads(x)["step"] <= start]
+      with open(self.path, "w") as f:
+        f.writelines(kept)
+
+  def add(self, record: dict) -> None:
+    if self.lead:
+      with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
-    report.validation(step, scores)
-    if step not in best.all_steps():
-      best.save(
-        step,
-        args=ocp.args.Composite(params=ocp.args.StandardSave(params_tree())),
-        metrics={"cc": float(scores["cc"])},
-      )
-      best.wait_until_finished()  # before the state at this step can be saved
-    return record
 
-  def save(step):
-    mngr.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state_tree()),
-        params=ocp.args.StandardSave(params_tree()),
-        data=grain.PyGrainCheckpointSave(it),
-      ),
-      force=True,
-    )
 
+def _above_the_bar(log):
+  """`log`, written above the progress bar rather than through it."""
+  from tqdm import tqdm
+
+  def say(msg):
+    with tqdm.external_write_mode(file=sys.stdout):
+      log(msg)
+
+  return say
+
+
+def _train_step(step_fn, state: TrainState, frozen, batch, key):
+  """(new state, metrics, whether the loss and gradient were finite), waiting for the step."""
+  *new, parts = step_fn(*state.step_args(frozen), batch, key)
+  return TrainState(*new), parts, bool(to_host(parts["finite"]))
+
+
+def _next_batch(it, mesh) -> dict:
+  from visage_jax.data.pipeline import global_batch
+
+  keys = ("frames", "saliency", "fixations", "mask")
+  return global_batch(mesh, {k: v for k, v in next(it).items() if k in keys})
+
+
+def _validate(step, validate, state: TrainState, frozen, val_log, report, checkpoints) -> None:
+  """Score the weights, record the scores, keep them in best/ if they rank."""
+  scores = validate(state.scored(), state.batch_stats, frozen)
+  val_log.add({"step": int(step), **scores})
+  report.validation(step, scores)
+  checkpoints.save_best(step, state, float(scores["cc"]))
+
+
+def _final_weights(workdir: str, state: TrainState) -> None:
+  final = {"/".join(k): to_host(v) for k, v in named(state.trainable).items()}
+  np.savez(os.path.join(workdir, "trainable_last.npz"), **final)
+
+
+def run(cfg, workdir: str, *, log=print) -> dict:
+  """Train `cfg.train.num_steps` steps into `workdir`, resuming from its latest checkpoint."""
+  say, goodput = _above_the_bar(log), Goodput()
+  cfg, workdir = _resolve_paths(cfg), os.path.abspath(workdir)
+  preflight(cfg)
+  t, lead = cfg.train, jax.process_index() == 0
+  mesh, graphdef, frozen, step_fn, state = _set_up(cfg, workdir, say)
+  it, steps_per_epoch = _input(cfg)
+  validate = _validator(cfg, graphdef, state, frozen, say)
+  checkpoints = RunCheckpoints(workdir, t)
+  state, start = checkpoints.resume(state, it)
+  if start:
+    say(f"resumed from step {start}")
+  val_log = ValidationLog(workdir, start, lead)
+  report = Reporter(cfg, workdir=workdir, start=start, lead=lead, say=say, goodput=goodput)
+  profile = Profile(t.profile_steps, os.path.join(workdir, "profile"))
   stop = {"now": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-  rng = jax.random.key(t.seed)
-  repl = parallel.replicated(mesh)
-  keys = ("frames", "saliency", "fixations", "mask")
-  profile = Profile(t.profile_steps, os.path.join(workdir, "profile"))
-  parts = {}
-  step = start
+  rng, repl = jax.random.key(t.seed), parallel.replicated(mesh)
+  parts, step = {}, start
   goodput.seconds["setup"] = time.perf_counter() - goodput.start
   try:
     for step in range(start + 1, t.num_steps + 1):
       with goodput.timing("data"):
-        batch = global_batch(mesh, {k: v for k, v in next(it).items() if k in keys})
+        batch = _next_batch(it, mesh)
       key = parallel.put(jax.random.key_data(jax.random.fold_in(rng, step)), repl)
       profile.before(step)
       with goodput.timing("compile" if step == start + 1 else "step"):
-        new = step_fn(trainable, stats, frozen, opt_state, ema, batch, key)
-        finite = bool(to_host(new[-1]["finite"]))
+        state, parts, finite = _train_step(step_fn, state, frozen, batch, key)
       profile.after(step)
-      trainable, stats, opt_state, ema, parts = new
       if not finite:
         skip_or_stop(step, parts, t, report)
       report.step(step, parts)
       if stop["now"]:
         with goodput.timing("checkpoint"):
-          save(step)
+          checkpoints.save(step, state, it)
         say(f"SIGTERM: saved step {step}")
         break
       if validate and _eval_due(t, step, steps_per_epoch):
         with goodput.timing("validation"):
-          run_validation(step)
+          _validate(step, validate, state, frozen, val_log, report, checkpoints)
       if step % t.checkpoint_every == 0 or step == t.num_steps:
         with goodput.timing("checkpoint"):
-          save(step)
+          checkpoints.save(step, state, it)
   finally:
     profile.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    best.wait_until_finished()
-    best.close()
+    checkpoints.close()
     report.close()
     signal.signal(signal.SIGTERM, previous)
   if lead and not stop["now"]:
-    final = {"/".join(k): to_host(v) for k, v in named(trainable).items()}
-    np.savez(os.path.join(workdir, "trainable_last.npz"), **final)
+    _final_weights(workdir, state)
   return {
     "step": step,
     "loss": float(to_host(parts["total"])) if parts else None,
-    "best_step": best.best_step() if validate else None,
+    "best_step": checkpoints.best.best_step() if validate else None,
   }
