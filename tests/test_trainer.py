@@ -319,8 +319,9 @@ def test_two_processes_train_like_one(prepared, tmp_path):
     (["--config.train.nmu_steps=5"], "--config.train.nmu_steps: no such field; did you mean "),
     (["--config.data.dir=/nonexistent"], "data.dir: /nonexistent: no prepared dataset"),
     (["--config.train.batch_size=3", "2 devices"], "train.batch_size=3 does not divide over "),
+    # issue 13's item 5 (not one of the listed mistakes, so not timed: it traces the model)
     (
-      ["--config.mesh.tensor=3", "3 devices"],
+      ["--config.mesh.tensor=3", "3 devices", "untimed"],
       "mesh: backbone/blocks/attn/proj/kernel: dimension 1 (size 64)",
     ),
     (["--config.data.val_split=validation"], "data.val_split='validation': "),
@@ -338,6 +339,8 @@ def test_user_mistakes_fail_first_in_one_line(prepared, tmp_path, extra, message
     (workdir / "config.json").write_text("{not json")
     extra = []
   env = _env()
+  timed = "untimed" not in extra
+  extra = [e for e in extra if e != "untimed"]
   for n in (2, 3):
     if f"{n} devices" in extra:
       env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
@@ -350,7 +353,7 @@ def test_user_mistakes_fail_first_in_one_line(prepared, tmp_path, extra, message
   assert res.returncode == 2, res.stderr[-2000:]
   assert res.stderr.startswith("visage-train: error: ") and message in res.stderr, res.stderr
   assert res.stderr.strip().count("\n") == 0, res.stderr
-  assert elapsed < 5, elapsed
+  assert elapsed < 5 or not timed, elapsed
   if premade:
     assert os.listdir(workdir) == ["config.json"]
   else:
