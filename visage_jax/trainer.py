@@ -8,7 +8,8 @@ A workdir holds:
                          input iterator, and `params` (the weights validation uses)
     best/<step>/         the best `train.best_k` `params` by validation CC
     validation.jsonl     one JSON object per validation
-    tb/                  TensorBoard event files
+    tb/                  TensorBoard event files (loss parts, rates, MFU, goodput)
+    profile/             with `train.profile_steps`: a jax.profiler trace of those steps
     init_backbone/       only when `train.init` is empty: the random backbone the run started
                          from, so that later stages and exports start from the same weights
     trainable_last.npz   the trainable weights at the end
