@@ -8,8 +8,11 @@ forward, plus the backward through it in stage 2; remat recomputation not counte
 the card's nominal bf16 peak and against a bf16 matmul measured in the same run, and the device's
 peak memory.
 
-    python benchmarks/gpu_train.py --config=6b [--stage=2] [--expert=2] [--batch=1] [--iters=10]
-        [--remat=full] [--mesh=-1,1,1] [--out=result.json]
+    python benchmarks/gpu_train.py --config=6b [--stage=2] [--expert=2] [--batch=1] [--accum=1]
+        [--iters=10] [--remat=full] [--mesh=-1,1,1] [--out=result.json]
+
+With `--accum=K` each step accumulates K micro-batches of `--batch` clips per device
+(`train.grad_accum_steps`): the global batch is batch × data × fsdp × K.
 
 Each result is printed as one JSON line.
 """
@@ -30,7 +33,8 @@ def main():
   ap.add_argument("--config", default="6b")
   ap.add_argument("--stage", type=int, default=2)
   ap.add_argument("--expert", type=int, default=2)
-  ap.add_argument("--batch", type=int, default=1, help="clips per device")
+  ap.add_argument("--batch", type=int, default=1, help="clips per device (per micro-batch)")
+  ap.add_argument("--accum", type=int, default=1, help="micro-batches per step")
   ap.add_argument("--frames", type=int, default=0, help="0: the config's")
   ap.add_argument("--iters", type=int, default=10)
   ap.add_argument("--remat", default="full")
@@ -61,7 +65,8 @@ def main():
     cfg.model.backbone.num_frames = args.frames
   data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
   mesh = parallel.make_mesh(data=data, fsdp=fsdp, tensor=tensor)
-  t.batch_size = args.batch * mesh.shape["data"] * mesh.shape["fsdp"]
+  t.grad_accum_steps = args.accum
+  t.batch_size = args.batch * mesh.shape["data"] * mesh.shape["fsdp"] * args.accum
 
   t0 = time.perf_counter()
   model = nnx.jit(lambda: train.init_model(cfg))()
@@ -123,6 +128,7 @@ def main():
     "stage": t.stage,
     "expert": t.expert,
     "global_batch": n,
+    "grad_accum_steps": args.accum,
     "frames": f,
     "remat_policy": args.remat,
     "mesh": dict(mesh.shape),
