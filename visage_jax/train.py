@@ -203,7 +203,9 @@ def accumulated_grads(grad_fn, trainable, batch_stats, frozen, batch, rng, accum
   of Expert 1) normalises each micro-batch by its own statistics and updates its running
   statistics once per micro-batch; random draws (LoRA dropout, drop path) are the micro-batch's
   own (key folded with its index)."""
-  frames = jnp.maximum(jnp.sum(batch["mask"]), 1).astype(jnp.float32)
+  # An integer count: each share comes out in the default float (float64 under x64), not
+  # rounded to float32, which would put a ~1e-8 error on every micro-batch's weight.
+  frames = jnp.maximum(jnp.sum(batch["mask"]), 1)
 
   def body(carry, xs):
     grads, parts, stats = carry

@@ -4,11 +4,11 @@ the batch divides over data × accumulation), for Expert 2 in stage 1 (auxiliary
 and Expert 1 in stage 2 (LoRA through the backbone, BatchNorm frozen), some frames masked out.
 Prints the largest relative differences as JSON (used by test_train.py).
 
-LoRA dropout is off: a micro-batch's random draws are its own, not the big batch's. The loss
-agrees to ~1e-10; the gradients to ~1e-8 of each tensor's largest entry (the decoder's
-convolution gradients are sums with heavy cancellation, and the two programs sum in another
-order); Adam's first update divides each entry by its own magnitude, so entries near zero carry
-that into the updated weights (~5e-6 of the largest weight), as in the sharded test.
+LoRA dropout is off: a micro-batch's random draws are its own, not the big batch's. Gradient
+tensors that are numerically zero (a bias before a normalisation) are left out of "grads_rel"
+(relative to themselves it means nothing) but not of "weights_rel_all". Measured: loss ~2e-16,
+gradients ~2e-14, weights ~1e-12; a micro-batch share once rounded to float32 showed up here as
+1e-8 in the gradients and 5e-6 in Adam's first update.
 """
 
 import json
