@@ -102,6 +102,11 @@ def write_config(directory: str, config: ml_collections.ConfigDict) -> None:
   os.replace(tmp, path)
 
 
+# Model fields added after checkpoints were first written, each with the value that means what
+# the code did before it: a config.json written without one reads as the model it was made with.
+ADDED_FIELDS = {"model.backbone.drop_path_rate": 0.0}
+
+
 def read_config(directory: str) -> ml_collections.ConfigDict:
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(path):
@@ -112,6 +117,13 @@ def read_config(directory: str) -> ml_collections.ConfigDict:
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
   cfg = ml_collections.ConfigDict(data)
+  for dotted, value in ADDED_FIELDS.items():
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      node[leaf] = value
   # JSON has no tuples; the model treats these as sequences either way, but keep them immutable.
   cfg.model.experts = tuple(cfg.model.experts)
   cfg.model.backbone.taps = tuple(cfg.model.backbone.taps)
