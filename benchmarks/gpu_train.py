@@ -1,7 +1,7 @@
 """Training step time and MFU on whatever accelerator JAX sees.
 
 Builds the training model of `--expert` and `--stage` with random weights directly on the devices
-(speed does not depend on the values), jits `visage_jax.train`'s step over a mesh of all local
+(speed does not depend on the values), jits `visage_jax.train_step`'s step over a mesh of all local
 devices (data parallel by default), and times `--iters` steps on random clips. Reports the step
 time, examples/s, the model FLOPs of a step (`visage_jax.perf.train_step_flops`: the backbone
 forward, plus the backward through it in stage 2; remat recomputation not counted), MFU against
@@ -49,7 +49,7 @@ def main():
   from flax import nnx
 
   from configs.visage import get_config
-  from visage_jax import parallel, perf, train
+  from visage_jax import parallel, perf, train_step
 
   dev = jax.devices()[0]
   kind = getattr(dev, "device_kind", str(dev))
@@ -69,23 +69,14 @@ def main():
   t.batch_size = args.batch * mesh.shape["data"] * mesh.shape["fsdp"] * args.accum
 
   t0 = time.perf_counter()
-  model = nnx.jit(lambda: train.init_model(cfg))()
-  graphdef, trainable, stats, frozen = train.split(model, cfg)
-  tx = train.make_optimizer(cfg)
-  step, state = train.jit_train_step(
-    graphdef,
-    cfg,
-    tx,
-    mesh,
-    trainable,
-    stats,
-    frozen,
-    tx.init(trainable),
-    train.init_ema(cfg, trainable),
-  )
-  del model, trainable, stats, frozen
-  trainable, stats, frozen, opt_state, ema = state
-  jax.block_until_ready(trainable)
+  model = nnx.jit(lambda: train_step.init_model(cfg))()
+  graphdef, trainable, stats, frozen = train_step.split(model, cfg)
+  tx = train_step.make_optimizer(cfg)
+  state = train_step.new_state(cfg, tx, trainable, stats)
+  step, shardings = train_step.jit_step(graphdef, cfg, tx, mesh, state, frozen)
+  state, frozen = parallel.put((state, frozen), shardings)
+  del model, trainable, stats
+  jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
 
   b = cfg.model.backbone
@@ -102,16 +93,12 @@ def main():
   )
   key = jax.random.key(0)
   t0 = time.perf_counter()
-  trainable, stats, opt_state, ema, parts = step(
-    trainable, stats, frozen, opt_state, ema, batch, key
-  )
+  state, parts = step(state, frozen, batch, key)
   jax.block_until_ready(parts["total"])
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   for i in range(args.iters):
-    trainable, stats, opt_state, ema, parts = step(
-      trainable, stats, frozen, opt_state, ema, batch, jax.random.fold_in(key, i)
-    )
+    state, parts = step(state, frozen, batch, jax.random.fold_in(key, i))
   jax.block_until_ready(parts["total"])
   dt = (time.perf_counter() - t0) / args.iters
   flops = perf.train_step_flops(cfg, n)

@@ -42,7 +42,7 @@ def main():
 
   from configs.visage import get_config
   from conversion.convert import convert
-  from visage_jax import provenance, train, trainer
+  from visage_jax import provenance, train_step, trainer
   from visage_jax.data.prepare import prepare
   from visage_jax.data.synth import write_dataset
 
@@ -70,13 +70,13 @@ def main():
   t0 = time.time()
   # the starting point: both experts untrained, fused
   c1 = config(1, 1, 1)
-  m1 = train.init_model(c1)
+  m1 = train_step.init_model(c1)
   provenance.load_init(m1, bb, "expert1")
-  m2 = train.init_model(config(2, 1, 1))
+  m2 = train_step.init_model(config(2, 1, 1))
   provenance.load_init(m2, bb, "expert2")
-  g, tr, st, fr = train.split(m1, c1)
+  g, tr, st, fr = train_step.split(m1, c1)
   validate = trainer.make_validator(
-    train.eval_graphdef(g, c1, tr, st, fr), c1, prep, "public_test", partner=("expert2", m2)
+    train_step.eval_graphdef(g, c1, tr, st, fr), c1, prep, "public_test", partner=("expert2", m2)
   )
   start = validate(tr, st, fr)
   curve = [{"run": "untrained", "step": 0, "fused_cc": round(start["cc"], 4), "minutes": 0.0}]

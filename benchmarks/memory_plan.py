@@ -7,9 +7,9 @@
 job=predict: the dual-expert inference program (both experts and the fusion in one jit) at
 batch × num_frames on one device, in the config's dtype (bf16 at 6B).
 
-job=train: the sharded training step of `visage_jax.train` (`--stage`, default 2, for the config's
-expert, default Expert 2: auxiliary heads and EMA) on `--devices` emulated CPU devices (default 8)
-with `--batch` clips per device (global batch = batch × data × fsdp), mesh from `--mesh`
+job=train: the sharded training step of `visage_jax.train_step` (`--stage`, default 2, for the
+config's expert, default Expert 2: auxiliary heads and EMA) on `--devices` emulated CPU devices
+(default 8) with `--batch` clips per device (global batch = batch × data × fsdp), mesh from `--mesh`
 (data,fsdp,tensor; default 1,8,1: the frozen bf16 backbone, LoRA, optimiser state and EMA sharded
 over all 8), the config's `train.remat_policy` ("auto": full at 6B). The CPU compile uses the CPU's
 attention, one head's N×N scores at a time (`model.backbone.attention_impl`; "chunked" or "xla"
@@ -53,18 +53,17 @@ def plan_train(cfg):
   import jax.numpy as jnp
   from flax import nnx
 
-  from visage_jax import parallel, train
+  from visage_jax import parallel, train_step
 
   data, fsdp, tensor = (int(x) for x in FLAGS.mesh.split(","))
   mesh = parallel.make_mesh(data=data, fsdp=fsdp, tensor=tensor)
   cfg.train.stage = FLAGS.stage
   cfg.train.batch_size = FLAGS.batch * data * fsdp
-  model = nnx.eval_shape(lambda: train.init_model(cfg))
-  graphdef, trainable, stats, frozen = train.split(model, cfg)
-  tx = train.make_optimizer(cfg)
-  opt_state = jax.eval_shape(tx.init, trainable)
-  ema = jax.eval_shape(lambda t: train.init_ema(cfg, t), trainable)
-  step, _ = train.jitted_step(graphdef, cfg, tx, mesh, trainable, stats, frozen, opt_state, ema)
+  model = nnx.eval_shape(lambda: train_step.init_model(cfg))
+  graphdef, trainable, stats, frozen = train_step.split(model, cfg)
+  tx = train_step.make_optimizer(cfg)
+  state = jax.eval_shape(lambda t, s: train_step.new_state(cfg, tx, t, s), trainable, stats)
+  step, _ = train_step.jit_step(graphdef, cfg, tx, mesh, state, frozen)
   b = cfg.model.backbone
   n, t, s = cfg.train.batch_size, b.num_frames, b.img_size
   batch = {
@@ -74,7 +73,7 @@ def plan_train(cfg):
     "mask": jax.ShapeDtypeStruct((n, t), jnp.bool_),
   }
   rng = jax.eval_shape(lambda: jax.random.key(0))
-  compiled = step.lower(trainable, stats, frozen, opt_state, ema, batch, rng).compile()
+  compiled = step.lower(state, frozen, batch, rng).compile()
   mem = compiled.memory_analysis()
   count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))  # noqa: E731
   return {
@@ -87,8 +86,8 @@ def plan_train(cfg):
     "global_batch": n,
     "frames": t,
     "dtype": cfg.model.dtype,
-    "remat_policy": train.training_model_config(cfg).backbone.remat_policy,
-    "ema": train.ema_decay(cfg) > 0,
+    "remat_policy": train_step.training_model_config(cfg).backbone.remat_policy,
+    "ema": train_step.ema_decay(cfg) > 0,
     "trainable_params": count(trainable),
     "frozen_params": count(frozen),
     "backend": jax.default_backend(),

@@ -70,7 +70,7 @@ def jax_jobs(tree: str):
   import numpy as np
   from flax import nnx
 
-  from visage_jax import train
+  from visage_jax import train_step
   from visage_jax.models.visage import ViSAGE
 
   cfg = _mid_config(tree)
@@ -83,7 +83,7 @@ def jax_jobs(tree: str):
   decoders_forward = jax.jit(lambda s, taps, cls: fused_decoders(nnx.merge(graphdef, s), taps, cls))
 
   train_model = ViSAGE(cfg.model, rngs=nnx.Rngs(0))
-  train.set_batchnorm_mode(train_model, train=True)
+  train_step.set_batchnorm_mode(train_model, train=True)
   in_decoders = nnx.Any(nnx.PathContains("expert1"), nnx.PathContains("expert2"))
   tgraph, tparams, trest = nnx.split(train_model, nnx.All(nnx.Param, in_decoders), ...)
 
@@ -92,7 +92,7 @@ def jax_jobs(tree: str):
     return sum(jnp.mean(v * v) for o in outs for v in o.values() if v.ndim == 4)
 
   decoders_train = jax.jit(jax.grad(decoders_loss))
-  step, step_args = _train_step(cfg, jax, np, train)
+  step, step_args = _train_step(cfg, jax, np, train_step)
   calls = {
     "forward": lambda: forward(state, clip),
     "train_step": lambda: step(*step_args),
@@ -117,13 +117,13 @@ def fused_decoders(model, taps, cls):
   return logit_fusion([o["map"] for o in run_decoders(model, taps, cls)], 0.5)
 
 
-def _train_step(cfg, jax, np, train):
+def _train_step(cfg, jax, np, train_step):
   cfg = cfg.copy_and_resolve_references()
   cfg.train.stage, cfg.train.expert, cfg.train.batch_size = 2, 2, 1
-  model = train.init_model(cfg)
-  graphdef, trainable, stats, frozen = train.split(model, cfg)
-  tx = train.make_optimizer(cfg)
-  step = jax.jit(train.make_train_step(graphdef, cfg, tx))
+  model = train_step.init_model(cfg)
+  graphdef, trainable, stats, frozen = train_step.split(model, cfg)
+  tx = train_step.make_optimizer(cfg)
+  step = jax.jit(train_step.make_step(graphdef, cfg, tx))
   t, s = cfg.model.backbone.num_frames, cfg.model.output_size
   rng = np.random.default_rng(0)
   batch = {
@@ -132,8 +132,8 @@ def _train_step(cfg, jax, np, train):
     "fixations": (rng.random((1, t, s, s)) > 0.999).astype(np.float32),
     "mask": np.ones((1, t), np.float32),
   }
-  args = (trainable, stats, frozen, tx.init(trainable), train.init_ema(cfg, trainable))
-  return step, (*args, batch, jax.random.key(0))
+  state = train_step.new_state(cfg, tx, trainable, stats)
+  return step, (state, frozen, batch, jax.random.key(0))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   t.expert = 2
   t.batch_size = 4  # global
   # Micro-batches per step (lax.scan inside the step): the update is the whole batch's, in memory
-  # for batch_size / grad_accum_steps clips (see train.accumulated_grads for BatchNorm).
+  # for batch_size / grad_accum_steps clips (see train_step.accumulated_grads for BatchNorm).
   t.grad_accum_steps = 1
   t.seed = 0
   t.lr_decoder_stage1 = 1e-4
@@ -132,7 +132,7 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   # The backbone's rematerialisation in stage 2, which differentiates through it ("": the
   # model's): "full" keeps one activation per block (6B: ~1.6 GB per clip of 20 frames instead of
   # tens of GB); "auto" is "full" on GPUs and TPUs and, on a CPU, "none" when the activations fit
-  # in a quarter of the host's memory (`train.backbone_remat`). Stage 1 never rematerialises.
+  # in a quarter of the host's memory (`train_step.backbone_remat`). Stage 1 never rematerialises.
   t.remat_policy = "auto"
   t.num_steps = 1000
   t.checkpoint_every = 100

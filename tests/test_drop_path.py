@@ -12,7 +12,7 @@ import numpy as np
 from helpers.small import small_config
 
 from configs.visage import get_config
-from visage_jax import train
+from visage_jax import train_step
 from visage_jax.models.internvideo2 import Block, drop_path_rates, drop_path_scales
 
 
@@ -60,7 +60,7 @@ def test_a_dropped_branch_adds_nothing_and_a_kept_one_is_scaled():
 
 def _model(cfg):
   """A fresh model whose residual branches matter (LayerScale starts at 1e-5, as timm's)."""
-  model = train.init_model(cfg, seed=0)
+  model = train_step.init_model(cfg, seed=0)
   for ls in (model.backbone.blocks.ls1, model.backbone.blocks.ls2):
     ls.gamma[...] = jnp.full(ls.gamma.shape, 0.5, ls.gamma.dtype)
   return model
@@ -71,9 +71,10 @@ def _step_outputs(cfg, *seeds):
   import optax
 
   model = _model(cfg)
-  graphdef, trainable, stats, frozen = train.split(model, cfg)
+  graphdef, trainable, stats, frozen = train_step.split(model, cfg)
   tx = optax.sgd(0.0)
-  step = jax.jit(train.make_train_step(graphdef, cfg, tx))
+  state = train_step.new_state(cfg, tx, trainable, stats)
+  step = jax.jit(train_step.make_step(graphdef, cfg, tx))
   rng = np.random.default_rng(0)
   batch = {
     "frames": rng.integers(0, 255, (2, 4, 56, 56, 3), dtype=np.uint8),
@@ -83,9 +84,7 @@ def _step_outputs(cfg, *seeds):
   }
   out = []
   for seed in seeds:
-    *_, parts = step(
-      trainable, stats, frozen, tx.init(trainable), None, batch, jax.random.key(seed)
-    )
+    _, parts = step(state, frozen, batch, jax.random.key(seed))
     out.append(jax.device_get(parts))
   return out
 

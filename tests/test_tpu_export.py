@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 from helpers.small import small_config
 
-from visage_jax import evaluate, train
+from visage_jax import evaluate, train_step
 from visage_jax.models.visage import ViSAGE
 
 
@@ -36,11 +36,10 @@ def _config():
 
 def test_train_step_exports_for_tpu():
   cfg = _config()
-  model = train.init_model(cfg, seed=0)
-  graphdef, trainable, stats, frozen = train.split(model, cfg)
-  tx = train.make_optimizer(cfg)
-  opt = tx.init(trainable)
-  ema = train.init_ema(cfg, trainable)
+  model = train_step.init_model(cfg, seed=0)
+  graphdef, trainable, stats, frozen = train_step.split(model, cfg)
+  tx = train_step.make_optimizer(cfg)
+  state = train_step.new_state(cfg, tx, trainable, stats)
   batch = {
     "frames": np.zeros((2, 4, 56, 56, 3), np.uint8),
     "saliency": np.zeros((2, 4, 56, 56), np.float32),
@@ -48,8 +47,8 @@ def test_train_step_exports_for_tpu():
     "mask": np.ones((2, 4), bool),
   }
   key = jax.random.key_data(jax.random.key(0))  # the step takes raw key data too
-  step = jax.jit(train.make_train_step(graphdef, cfg, tx))
-  text = _lowers_for_tpu(step, trainable, stats, frozen, opt, ema, batch, key)
+  step = jax.jit(train_step.make_step(graphdef, cfg, tx))
+  text = _lowers_for_tpu(step, state, frozen, batch, key)
   assert "stablehlo.dot_general" in text
 
 

@@ -33,29 +33,22 @@ def test_ema_follows_the_weights_and_the_recipe():
   import numpy as np
   from helpers.small import small_config
 
-  from visage_jax import parallel, train
+  from visage_jax import parallel, train_step
 
   for expert, stage, want in ((1, 1, 0.0), (1, 2, 0.0), (2, 1, 0.0), (2, 2, 0.99)):
-    assert train.ema_decay(small_config(expert, stage)) == want
+    assert train_step.ema_decay(small_config(expert, stage)) == want
   cfg = small_config(1, 2)
   cfg.train.ema_decay = 0.9
-  model = train.init_model(cfg, seed=1)
-  graphdef, trainable, stats, frozen = train.split(model, cfg)
+  model = train_step.init_model(cfg, seed=1)
+  graphdef, trainable, stats, frozen = train_step.split(model, cfg)
   trainable = jax.tree.map(lambda x: x + 0.01, trainable)
-  tx = train.make_optimizer(cfg)
-  step, (trainable, stats, frozen, opt, ema) = train.jit_train_step(
-    graphdef,
-    cfg,
-    tx,
-    parallel.make_mesh(devices=jax.devices()[:1]),
-    trainable,
-    stats,
-    frozen,
-    tx.init(trainable),
-    train.init_ema(cfg, trainable),
-  )
+  tx = train_step.make_optimizer(cfg)
+  state = train_step.new_state(cfg, tx, trainable, stats)
+  mesh = parallel.make_mesh(devices=jax.devices()[:1])
+  step, shardings = train_step.jit_step(graphdef, cfg, tx, mesh, state, frozen)
+  state, frozen = parallel.put((state, frozen), shardings)
   rng = np.random.default_rng(0)
-  expected = jax.device_get(trainable)
+  expected = jax.device_get(state.trainable)
   for i in range(2):
     batch = {
       "frames": rng.integers(0, 255, (2, 4, 56, 56, 3), dtype=np.uint8),
@@ -63,16 +56,15 @@ def test_ema_follows_the_weights_and_the_recipe():
       "fixations": (rng.random((2, 4, 56, 56)) > 0.98).astype(np.float32),
       "mask": np.ones((2, 4), bool),
     }
-    trainable, stats, opt, ema, _ = step(
-      trainable, stats, frozen, opt, ema, batch, jax.random.key(i)
-    )
-    w = jax.device_get(trainable)
+    state, _ = step(state, frozen, batch, jax.random.key(i))
+    w = jax.device_get(state.trainable)
     expected = jax.tree.map(lambda e, w: e + 0.1 * (w - e), expected, w)
     moved = max(
       float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(w), jax.tree.leaves(expected))
     )
     assert moved > 1e-6  # the EMA lags the weights
-  for a, b in zip(jax.tree.leaves(jax.device_get(ema)), jax.tree.leaves(expected)):
+  assert int(state.step) == 2
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.ema)), jax.tree.leaves(expected)):
     assert np.max(np.abs(a - b)) <= 1e-7
 
 
@@ -82,13 +74,13 @@ def test_backbone_remat_by_stage_platform_and_size(monkeypatch):
   import jax
 
   from configs.visage import get_config
-  from visage_jax import train
+  from visage_jax import train_step
 
   def policy(preset, stage, remat="auto", backend="cpu"):
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     cfg = get_config(preset)
     cfg.train.stage, cfg.train.remat_policy = stage, remat
-    return train.training_model_config(cfg).backbone.remat_policy
+    return train_step.training_model_config(cfg).backbone.remat_policy
 
   assert policy("6b", 1, "full") == "none"
   assert policy("tiny", 2) == "none"
@@ -104,14 +96,14 @@ def test_a_nonfinite_step_changes_nothing():
   import numpy as np
   from helpers.small import small_config
 
-  from visage_jax import train
+  from visage_jax import train_step
 
   cfg = small_config(2, 1)
-  model = train.init_model(cfg, seed=0)
-  graphdef, trainable, stats, frozen = train.split(model, cfg)
-  tx = train.make_optimizer(cfg)
-  opt = tx.init(trainable)
-  step = jax.jit(train.make_train_step(graphdef, cfg, tx))
+  model = train_step.init_model(cfg, seed=0)
+  graphdef, trainable, stats, frozen = train_step.split(model, cfg)
+  tx = train_step.make_optimizer(cfg)
+  state = train_step.new_state(cfg, tx, trainable, stats)
+  step = jax.jit(train_step.make_step(graphdef, cfg, tx))
   rng = np.random.default_rng(0)
   batch = {
     "frames": rng.integers(0, 255, (2, 4, 56, 56, 3), dtype=np.uint8),
@@ -119,15 +111,18 @@ def test_a_nonfinite_step_changes_nothing():
     "fixations": (rng.random((2, 4, 56, 56)) > 0.98).astype(np.float32),
     "mask": np.ones((2, 4), bool),
   }
-  *good, parts = step(trainable, stats, frozen, opt, None, batch, jax.random.key(0))
-  assert bool(parts["finite"])
+  good, parts = step(state, frozen, batch, jax.random.key(0))
+  assert bool(parts["finite"]) and int(good.step) == 1
   assert any(
-    not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(good[0]), jax.tree.leaves(trainable))
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(good.trainable), jax.tree.leaves(state.trainable))
   )
   batch["saliency"][0, 1, 2, 3] = np.nan
-  *same, parts = step(trainable, stats, frozen, opt, None, batch, jax.random.key(0))
+  same, parts = step(state, frozen, batch, jax.random.key(0))
   assert not bool(parts["finite"]) and np.isnan(parts["total"])
-  for before, after in zip(jax.tree.leaves((trainable, stats, opt)), jax.tree.leaves(same[:3])):
+  assert int(same.step) == 1  # the step is counted, its update dropped
+  kept = (same.trainable, same.batch_stats, same.opt)
+  for before, after in zip(jax.tree.leaves((trainable, stats, state.opt)), jax.tree.leaves(kept)):
     np.testing.assert_array_equal(before, after)
 
 

@@ -180,7 +180,7 @@ def test_stage2_from_workdir_fused_validation_and_export(prepared, reference, tm
   """Expert 2 (stage 1) validated fused with the reference's Expert 1 as partner; Expert 1's
   stage 2 from the reference workdir; both exported into one checkpoint whose maps equal the
   workdirs' models'."""
-  from visage_jax import train
+  from visage_jax import train_step
   from visage_jax.inference import Predictor
   from visage_jax.models.visage import logit_fusion
 
@@ -207,14 +207,14 @@ def test_stage2_from_workdir_fused_validation_and_export(prepared, reference, tm
   provenance.export([e1, e2], out, log=lambda m: None)
   predictor = Predictor.load(out)
   clip = np.random.default_rng(0).integers(0, 255, (1, 4, 56, 56, 3)).astype(np.float32)
-  clip = np.asarray(train.normalize_on_device(clip))
+  clip = np.asarray(train_step.normalize_on_device(clip))
   maps = predictor.predict_clip(clip)
   own = {}
   for name, w in (("expert1", e1), ("expert2", e2)):
     wcfg = ckpt.read_config(w)
-    model = train.init_model(wcfg)
+    model = train_step.init_model(wcfg)
     provenance.load_init(model, w, name)
-    train.set_batchnorm_mode(model, train=False)
+    train_step.set_batchnorm_mode(model, train=False)
     own[name] = np.asarray(model(clip)[name])
     assert np.max(np.abs(maps[name] - own[name])) <= 1e-5, name
   fused = np.asarray(logit_fusion([own["expert1"], own["expert2"]], 0.5))
@@ -407,3 +407,20 @@ def test_a_nonfinite_step_stops_the_run_or_is_skipped(prepared, tmp_path, monkey
   run, lines = _nan_run(prepared, str(tmp_path / "skip"), monkeypatch, skip=True)
   assert run()["step"] == 4
   assert any("1 non-finite steps skipped" in x for x in lines if x.startswith("step 4:"))
+
+
+def test_a_checkpoint_of_the_older_state_layout_is_refused_in_one_line(tmp_path):
+  """Workdirs written before the one-tree TrainState (no `step` in the saved state) are refused
+  naming the checkpoint, before Orbax is asked to restore them."""
+  import orbax.checkpoint as ocp
+
+  from configs.visage import get_config
+  from visage_jax import trainer
+
+  checkpoints = trainer.RunCheckpoints(str(tmp_path), get_config("tiny").train)
+  older = {"trainable": {"w": np.ones(3, np.float32)}, "opt": {"count": np.zeros((), np.int32)}}
+  checkpoints.latest.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(older)))
+  checkpoints.latest.wait_until_finished()
+  with pytest.raises(provenance.TrainError, match=r"checkpoints/4: written by an older visage-jax"):
+    checkpoints.resume(None, None)
+  checkpoints.close()

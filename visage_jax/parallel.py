@@ -15,6 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from visage_jax import trees
+
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
 
@@ -181,16 +183,6 @@ def param_spec(path, shape, mesh: Mesh, rules: ShardingRules) -> P:
 def state_shardings(state, mesh: Mesh, rules: ShardingRules):
   """NamedShardings for every leaf of an nnx.State (or any pytree with paths)."""
   return jax.tree_util.tree_map_with_path(
-    lambda path, x: NamedSharding(mesh, param_spec(_keys(path), x.shape, mesh, rules)), state
+    lambda path, x: NamedSharding(mesh, param_spec(trees.path_keys(path), x.shape, mesh, rules)),
+    state,
   )
-
-
-def _keys(path):
-  """A pytree path as its keys, without the trailing "value" of an nnx variable."""
-  out = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        out.append(getattr(k, attr))
-        break
-  return out[:-1] if out and out[-1] == "value" else out

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from visage_jax import checkpoint as ckpt
-from visage_jax import train
+from visage_jax import train_step
 from visage_jax.trees import named, to_host
 
 STATE_DIR, BEST_DIR, INIT_DIR = "checkpoints", "best", "init_backbone"
@@ -40,8 +40,8 @@ def best_options(k: int, async_save: bool = True):
 
 def _abstract_params(cfg) -> dict:
   """{model path: ShapeDtypeStruct on one device} of a run's `params` (trainable + statistics)."""
-  model = nnx.eval_shape(lambda: train.init_model(cfg))
-  _, trainable, stats, _ = train.split(model, cfg)
+  model = nnx.eval_shape(lambda: train_step.init_model(cfg))
+  _, trainable, stats, _ = train_step.split(model, cfg)
   dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   flat = {**named(trainable), **named(stats)}
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=dev) for k, v in flat.items()}
@@ -88,8 +88,8 @@ def load_init(model, source: str, expert: str) -> list[str]:
   then its best (or latest) weights on top. Returns what was loaded."""
   if is_workdir(source):
     wcfg, flat, desc = workdir_weights(source)
-    if train.expert_name(wcfg) != expert:
-      raise TrainError(f"{source}: trained {train.expert_name(wcfg)}, not {expert}")
+    if train_step.expert_name(wcfg) != expert:
+      raise TrainError(f"{source}: trained {train_step.expert_name(wcfg)}, not {expert}")
     loaded = load_init(model, wcfg.train.init, expert) if wcfg.train.init else []
     state = nnx.state(model)
     n = 0
@@ -136,12 +136,12 @@ def partner_model(cfg, source: str):
   first pass computes its maps)."""
   from visage_jax.models.visage import ViSAGE
 
-  name = "expert2" if train.expert_name(cfg) == "expert1" else "expert1"
+  name = "expert2" if train_step.expert_name(cfg) == "expert1" else "expert1"
   if is_workdir(source):
     pcfg = ckpt.read_config(source)
-    if train.expert_name(pcfg) != name:
+    if train_step.expert_name(pcfg) != name:
       raise TrainError(f"{source}: train.partner must hold {name}; it trained the same expert")
-    model = train.init_model(pcfg)
+    model = train_step.init_model(pcfg)
   else:
     try:
       ccfg = ckpt.read_config(source)
@@ -183,7 +183,7 @@ def merged_weights(workdirs: list[str], *, log=print):
     if not is_workdir(w):
       raise TrainError(f"{w}: not a training workdir (no config.json and checkpoints/)")
     wcfg, flat, desc = workdir_weights(w)
-    name = train.expert_name(wcfg)
+    name = train_step.expert_name(wcfg)
     if name in parts:
       raise TrainError(f"{w}: a second workdir for {name}")
     parts[name] = (wcfg, flat)

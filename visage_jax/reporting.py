@@ -10,7 +10,7 @@ import time
 
 import jax
 
-from visage_jax import perf, train
+from visage_jax import perf, train_step
 from visage_jax.trees import to_host
 
 # What `Goodput` tells apart; "step" is the training step itself (dispatch and device work: the
@@ -57,7 +57,7 @@ class Reporter:
     self.cfg, self.say, self.goodput = cfg, say, goodput
     self.flops = perf.train_step_flops(cfg, t.batch_size)
     self.peak, self.peak_src = perf.peak_flops(t.peak_flops)
-    self.lrs = train.schedules(cfg)
+    self.lrs = train_step.schedules(cfg)
     self.writer = None
     if lead:
       from tensorboardX import SummaryWriter
@@ -67,7 +67,7 @@ class Reporter:
     self.bar = tqdm(
       total=t.num_steps,
       initial=start,
-      desc=f"{train.expert_name(cfg)} stage {t.stage}",
+      desc=f"{train_step.expert_name(cfg)} stage {t.stage}",
       unit="step",
       disable=not lead,
       file=sys.stderr,

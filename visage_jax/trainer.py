@@ -1,11 +1,12 @@
-"""The training loop around `visage_jax.train`'s step: data, checkpoints, validation, logging.
+"""The training loop around `visage_jax.train_step`: data, checkpoints, validation, logging.
 
 A workdir holds:
 
     config.json          the resolved config of the run (paths made absolute)
     checkpoints/<step>/  the latest `train.keep` states for resuming (Orbax, asynchronous):
-                         trainable weights, BatchNorm statistics, optimiser state, EMA, the
-                         input iterator, and `params` (the weights validation uses)
+                         `state`, the `train_step.TrainState` tree as it is (trainable weights,
+                         BatchNorm statistics, optimiser state, EMA, step count); `data`, the
+                         input iterator; `params`, the weights validation scores, by name
     best/<step>/         the best `train.best_k` `params` by validation CC
     validation.jsonl     one JSON object per validation
     tb/                  TensorBoard event files (loss parts, rates, MFU, goodput)
@@ -25,7 +26,6 @@ under its name. The weights validated (and kept as best) are the EMA's when ther
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from visage_jax import checkpoint as ckpt
-from visage_jax import parallel, train
+from visage_jax import parallel, train_step
 from visage_jax.provenance import (
   BEST_DIR,
   INIT_DIR,
@@ -49,7 +49,8 @@ from visage_jax.provenance import (
   partner_model,
 )
 from visage_jax.reporting import Goodput, Reporter
-from visage_jax.trees import from_named, named, nested, to_host
+from visage_jax.train_step import TrainState
+from visage_jax.trees import named, to_host
 
 # ----------------------------------------------------------------------------- validation
 
@@ -68,7 +69,7 @@ def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, 
 
   source, _ = data_source(prepared, split)
   t_frames = cfg.model.backbone.num_frames
-  name = train.expert_name(cfg)
+  name = train_step.expert_name(cfg)
   clips = []
   for i in range(len(source)):
     ex = source[i]
@@ -84,7 +85,7 @@ def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, 
     pname, pmodel = partner
     pgraph, pstate = nnx.split(pmodel)
     pfwd = jax.jit(
-      lambda s, f: model_maps(nnx.merge(pgraph, s), train.normalize_on_device(f))[pname]
+      lambda s, f: model_maps(nnx.merge(pgraph, s), train_step.normalize_on_device(f))[pname]
     )
     partner_maps = [to_host(pfwd(pstate, c[1][None]))[0] for c in clips]
     log(f"validation: {pname}'s maps for {len(clips)} windows computed (fused validation)")
@@ -94,7 +95,7 @@ def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, 
   @jax.jit
   def frame_scores(trainable, stats, frozen, frames, sal, counts, mask, other):
     model = nnx.merge(graphdef_eval, trainable, stats, frozen, copy=True)
-    own = model_maps(model, train.normalize_on_device(frames))[name]
+    own = model_maps(model, train_step.normalize_on_device(frames))[name]
     maps = {name: own}
     if other is not None:
       pair = (own, other) if name == "expert1" else (other, own)
@@ -168,7 +169,7 @@ def preflight(cfg) -> None:
   try:
     mesh = train_mesh(cfg)
     rules = parallel.ShardingRules.from_config(cfg.mesh)
-    abstract = nnx.eval_shape(lambda: train.init_model(cfg, seed=0))
+    abstract = nnx.eval_shape(lambda: train_step.init_model(cfg, seed=0))
     parallel.state_shardings(nnx.state(abstract), mesh, rules)
   except ValueError as e:  # parallel.ShardingError too
     raise TrainError(f"mesh: {e}") from None
@@ -249,7 +250,7 @@ class Profile:
 
 
 def skip_or_stop(step: int, parts: dict, t, report) -> None:
-  """A step whose loss or gradient was not finite changed nothing (`train.make_train_step`):
+  """A step whose loss or gradient was not finite changed nothing (`train_step.make_step`):
   with `train.skip_nonfinite` it is counted and the run goes on; otherwise the run stops with one
   line naming the step and the parts, its latest checkpoint the last good one."""
   if t.skip_nonfinite:
@@ -273,45 +274,10 @@ def _eval_due(t, step: int, steps_per_epoch: int) -> bool:
   return False
 
 
-@dataclasses.dataclass
-class TrainState:
-  """What a step changes: the trainable weights, BatchNorm statistics, optimiser state and EMA
-  (None without one), placed on their shardings."""
-
-  trainable: object
-  batch_stats: object
-  opt: object
-  ema: object | None
-
-  def step_args(self, frozen) -> tuple:
-    """The state as `train.make_train_step`'s step takes it, before the batch and the key."""
-    return self.trainable, self.batch_stats, frozen, self.opt, self.ema
-
-  def scored(self):
-    """What validation scores and `best/` keeps: the EMA if there is one."""
-    return self.ema if self.ema is not None else self.trainable
-
-  def params_tree(self) -> dict:
-    return ckpt.nested_from_flat({**named(self.scored()), **named(self.batch_stats)})
-
-  def tree(self) -> dict:
-    """The state as Orbax saves it: nested by parameter name."""
-    parts = {"trainable": self.trainable, "batch_stats": self.batch_stats, "opt": self.opt}
-    parts["ema"] = self.ema
-    return {k: nested(v) for k, v in parts.items() if v is not None and jax.tree.leaves(v)}
-
-  def restored(self, tree: dict) -> TrainState:
-    """This state with the values of a restored `tree()`."""
-
-    def load(current, key):
-      return from_named(current, ckpt.flat_from_nested(tree[key])) if key in tree else current
-
-    return TrainState(
-      load(self.trainable, "trainable"),
-      load(self.batch_stats, "batch_stats"),
-      load(self.opt, "opt"),
-      None if self.ema is None else load(self.ema, "ema"),
-    )
+def _scored_params(state: TrainState) -> dict:
+  """The weights validation scored, with the BatchNorm statistics, nested by parameter name: the
+  `params` item of a checkpoint, what exports and partners read."""
+  return ckpt.nested_from_flat({**named(state.scored()), **named(state.batch_stats)})
 
 
 class RunCheckpoints:
@@ -323,28 +289,44 @@ class RunCheckpoints:
 
     self.grain = grain
     options = ocp.CheckpointManagerOptions(max_to_keep=t.keep, enable_async_checkpointing=True)
+    handlers = {
+      "state": ocp.StandardCheckpointHandler(),
+      "params": ocp.StandardCheckpointHandler(),
+      "data": grain.PyGrainCheckpointHandler(),
+    }  # named up front, so that a saved state's metadata can be read before restoring it
     self.latest = ocp.CheckpointManager(
-      os.path.join(workdir, STATE_DIR), item_names=("state", "params", "data"), options=options
+      os.path.join(workdir, STATE_DIR), item_handlers=handlers, options=options
     )
     self.best = ocp.CheckpointManager(
       os.path.join(workdir, BEST_DIR), item_names=("params",), options=best_options(t.best_k)
     )
 
-  def resume(self, state: TrainState, it) -> tuple[TrainState, int]:
-    """(the latest saved state, its step), the iterator moved to where it was; or (state, 0)."""
+  def resume(self, state: TrainState, it) -> TrainState:
+    """The latest saved state (`state` if none), the iterator moved to where it was."""
     step = self.latest.latest_step()
     if step is None:
-      return state, 0
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.tree())
+      return state
+    self._check_layout(step)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     args = ocp.args.Composite(
       state=ocp.args.StandardRestore(target), data=self.grain.PyGrainCheckpointRestore(it)
     )
-    return state.restored(self.latest.restore(step, args=args).state), step
+    return self.latest.restore(step, args=args).state
+
+  def _check_layout(self, step: int) -> None:
+    """Checkpoints of versions before the one-tree `TrainState` (no `step` in the state) are
+    refused in one line rather than by Orbax's traceback."""
+    saved = self.latest.item_metadata(step).state
+    if saved is None or "step" not in saved:
+      raise TrainError(
+        f"{self.latest.directory}/{step}: written by an older visage-jax with another state "
+        "layout; resume it with that version, or start a new --workdir from it with train.init"
+      )
 
   def save(self, step: int, state: TrainState, it) -> None:
     args = ocp.args.Composite(
-      state=ocp.args.StandardSave(state.tree()),
-      params=ocp.args.StandardSave(state.params_tree()),
+      state=ocp.args.StandardSave(state),
+      params=ocp.args.StandardSave(_scored_params(state)),
       data=self.grain.PyGrainCheckpointSave(it),
     )
     self.latest.save(step, args=args, force=True)
@@ -352,7 +334,7 @@ class RunCheckpoints:
   def save_best(self, step: int, state: TrainState, cc: float) -> None:
     if step in self.best.all_steps():
       return
-    args = ocp.args.Composite(params=ocp.args.StandardSave(state.params_tree()))
+    args = ocp.args.Composite(params=ocp.args.StandardSave(_scored_params(state)))
     self.best.save(step, args=args, metrics={"cc": cc})
     self.best.wait_until_finished()  # before the state at this step can be saved
 
@@ -364,7 +346,7 @@ class RunCheckpoints:
 
 def _set_up(cfg, workdir: str, say):
   """The model from its init (or a random backbone, saved), the config recorded, the jitted
-  step: (mesh, graphdef, frozen, step_fn, TrainState)."""
+  step: (mesh, graphdef, frozen, step_fn, the initial TrainState)."""
   t = cfg.train
   os.makedirs(workdir, exist_ok=True)
   random_backbone = not t.init  # recorded as WORKDIR/init_backbone (written below)
@@ -374,20 +356,19 @@ def _set_up(cfg, workdir: str, say):
     cfg.train.init = os.path.join(workdir, INIT_DIR)
   _check_workdir_config(workdir, cfg)  # before any weights are read
   mesh = train_mesh(cfg)
-  model = train.init_model(cfg, seed=t.seed)
+  model = train_step.init_model(cfg, seed=t.seed)
   if random_backbone:
     _write_init_backbone(cfg.train.init, cfg, model, say)
   else:
-    say(f"init from {t.init}: {load_init(model, t.init, train.expert_name(cfg))}")
+    say(f"init from {t.init}: {load_init(model, t.init, train_step.expert_name(cfg))}")
   if jax.process_index() == 0 and not os.path.isfile(os.path.join(workdir, ckpt.CONFIG_FILE)):
     ckpt.write_config(workdir, cfg)
-  graphdef, trainable, stats, frozen = train.split(model, cfg)
-  tx = train.make_optimizer(cfg)
-  opt_state, ema = tx.init(trainable), train.init_ema(cfg, trainable)
-  step_fn, (trainable, stats, frozen, opt_state, ema) = train.jit_train_step(
-    graphdef, cfg, tx, mesh, trainable, stats, frozen, opt_state, ema
-  )
-  return mesh, graphdef, frozen, step_fn, TrainState(trainable, stats, opt_state, ema)
+  graphdef, trainable, stats, frozen = train_step.split(model, cfg)
+  tx = train_step.make_optimizer(cfg)
+  state = train_step.new_state(cfg, tx, trainable, stats)
+  step_fn, shardings = train_step.jit_step(graphdef, cfg, tx, mesh, state, frozen)
+  state, frozen = parallel.put((state, frozen), shardings)
+  return mesh, graphdef, frozen, step_fn, state
 
 
 def _input(cfg):
@@ -417,7 +398,9 @@ def _validator(cfg, graphdef, state: TrainState, frozen, say):
     return None
   t = cfg.train
   partner = partner_model(cfg, t.partner) if t.partner else None
-  graphdef_eval = train.eval_graphdef(graphdef, cfg, state.trainable, state.batch_stats, frozen)
+  graphdef_eval = train_step.eval_graphdef(
+    graphdef, cfg, state.trainable, state.batch_stats, frozen
+  )
   return make_validator(
     graphdef_eval, cfg, cfg.data.dir, cfg.data.val_split, partner=partner, log=say
   )
@@ -452,12 +435,6 @@ def _above_the_bar(log):
   return say
 
 
-def _train_step(step_fn, state: TrainState, frozen, batch, key):
-  """(new state, metrics, whether the loss and gradient were finite), waiting for the step."""
-  *new, parts = step_fn(*state.step_args(frozen), batch, key)
-  return TrainState(*new), parts, bool(to_host(parts["finite"]))
-
-
 def _next_batch(it, mesh) -> dict:
   from visage_jax.data.pipeline import global_batch
 
@@ -488,7 +465,8 @@ def run(cfg, workdir: str, *, log=print) -> dict:
   it, steps_per_epoch = _input(cfg)
   validate = _validator(cfg, graphdef, state, frozen, say)
   checkpoints = RunCheckpoints(workdir, t)
-  state, start = checkpoints.resume(state, it)
+  state = checkpoints.resume(state, it)
+  start = int(to_host(state.step))
   if start:
     say(f"resumed from step {start}")
   val_log = ValidationLog(workdir, start, lead)
@@ -506,7 +484,8 @@ def run(cfg, workdir: str, *, log=print) -> dict:
       key = parallel.put(jax.random.key_data(jax.random.fold_in(rng, step)), repl)
       profile.before(step)
       with goodput.timing("compile" if step == start + 1 else "step"):
-        state, parts, finite = _train_step(step_fn, state, frozen, batch, key)
+        state, parts = step_fn(state, frozen, batch, key)
+        finite = bool(to_host(parts["finite"]))  # waits for the step
       profile.after(step)
       if not finite:
         skip_or_stop(step, parts, t, report)

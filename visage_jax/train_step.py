@@ -8,7 +8,9 @@ checkpoints, validation, logging) is `visage_jax.trainer`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -138,13 +140,13 @@ def make_optimizer(cfg):
 
 
 def ema_decay(cfg) -> float:
-  """`train.ema_decay`, where -1 means the original's recipe: 0.99 for Expert 2 in stage 2 (the
+  """`train_step.ema_decay`, where -1 means the original's recipe: 0.99 for Expert 2 in stage 2 (the
   only run that kept an EMA), none otherwise. 0 turns it off."""
   d = float(cfg.train.ema_decay)
   if d < 0:
     return 0.99 if (cfg.train.expert == 2 and cfg.train.stage == 2) else 0.0
   if d >= 1:
-    raise ValueError(f"train.ema_decay must be below 1, got {d}")
+    raise ValueError(f"train_step.ema_decay must be below 1, got {d}")
   return d
 
 
@@ -225,93 +227,93 @@ def accumulated_grads(grad_fn, trainable, batch_stats, frozen, batch, rng, accum
   return grads, parts, stats
 
 
-def make_train_step(graphdef, cfg, tx, *, return_grads: bool = False, batch_shards: int = 1):
-  """step(trainable, batch_stats, frozen, opt_state, ema, batch, rng) →
-  (trainable, batch_stats, opt_state, ema, metrics). batch: frames uint8 (B, T, S, S, 3), saliency
-  and fixations float32 (B, T, S, S), mask (B, T). `ema` is None without an EMA (see `ema_decay`);
-  otherwise a copy of the trainable weights moved by (1 − decay) towards them after each update,
-  as the original's ModelEMA does (no bias correction). metrics["finite"] is false when the loss
-  or a gradient is not finite, and then the state comes back unchanged. With
-  `train.grad_accum_steps` > 1 the gradient comes from that many micro-batches
-  (`accumulated_grads`; `batch_shards`: the devices the batch is split over)."""
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+  """Everything a training step changes, as one pytree with one sharding tree (`jit_step`);
+  Orbax saves and restores it as it is. `ema` is None without an EMA (see `ema_decay`);
+  otherwise a copy of the trainable weights moved by (1 − decay) towards them after each
+  update, as the original's ModelEMA does (no bias correction). `step` counts the steps taken,
+  skipped non-finite ones included."""
+
+  trainable: Any
+  batch_stats: Any
+  opt: Any
+  ema: Any
+  step: Any
+
+  def scored(self):
+    """The weights validation scores and exports keep: the EMA's if there is one."""
+    return self.ema if self.ema is not None else self.trainable
+
+
+def new_state(cfg, tx, trainable, batch_stats) -> TrainState:
+  """The state before the first step: the optimiser's initial state, the EMA (a copy of the
+  trainable weights, or None without one) and step 0. Works on abstract values too."""
+  ema = jax.tree.map(jnp.copy, trainable) if ema_decay(cfg) > 0 else None
+  return TrainState(trainable, batch_stats, tx.init(trainable), ema, jnp.zeros((), jnp.int32))
+
+
+def _updated(state: TrainState, grads, new_stats, tx, decay: float) -> TrainState:
+  updates, opt = tx.update(grads, state.opt, state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+  ema = state.ema
+  if ema is not None:
+    ema = jax.tree.map(lambda e, w: e + (1.0 - decay) * (w - e), ema, trainable)
+  return TrainState(trainable, new_stats, opt, ema, state.step)
+
+
+def make_step(graphdef, cfg, tx, *, return_grads: bool = False, batch_shards: int = 1):
+  """step(state, frozen, batch, rng) → (state, metrics). batch: frames uint8 (B, T, S, S, 3),
+  saliency and fixations float32 (B, T, S, S), mask (B, T); rng: this step's key (or its raw
+  uint32 data). metrics: the loss parts, "grad_norm", and "finite", false when the loss or a
+  gradient is not finite: then only the step count moves. With `train.grad_accum_steps` > 1 the
+  gradient comes from that many micro-batches (`accumulated_grads`; `batch_shards`: the devices
+  the batch is split over)."""
   decay = ema_decay(cfg)
   accum = int(cfg.train.grad_accum_steps)
   grad_fn = jax.value_and_grad(make_loss_fn(graphdef, cfg), has_aux=True)
 
-  def step(trainable, batch_stats, frozen, opt_state, ema, batch, rng):
+  def step(state: TrainState, frozen, batch, rng):
     if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):  # raw uint32 key data
       rng = jax.random.wrap_key_data(rng)
     batch = {**batch, "clip": normalize_on_device(batch["frames"])}
     del batch["frames"]
     if accum > 1:
-      args = (trainable, batch_stats, frozen, batch, rng, accum, batch_shards)
+      args = (state.trainable, state.batch_stats, frozen, batch, rng, accum, batch_shards)
       grads, parts, new_stats = accumulated_grads(grad_fn, *args)
     else:
-      (_, (parts, new_stats)), grads = grad_fn(trainable, batch_stats, frozen, batch, rng)
-    updates, new_opt = tx.update(grads, opt_state, trainable)
-    new_trainable = optax.apply_updates(trainable, updates)
-    new_ema = ema
-    if ema is not None:
-      new_ema = jax.tree.map(lambda e, w: e + (1.0 - decay) * (w - e), ema, new_trainable)
+      (_, (parts, new_stats)), grads = grad_fn(
+        state.trainable, state.batch_stats, frozen, batch, rng
+      )
     parts["grad_norm"] = optax.tree.norm(grads)
-    # A non-finite loss or gradient changes nothing (the trainer stops or skips it)
     parts["finite"] = jnp.isfinite(parts["total"]) & jnp.isfinite(parts["grad_norm"])
-    new = (new_trainable, new_stats, new_opt, new_ema)
-    kept = jax.tree.map(
-      lambda n, o: jnp.where(parts["finite"], n, o), new, (trainable, batch_stats, opt_state, ema)
-    )
+    new = _updated(state, grads, new_stats, tx, decay)
+    # A non-finite loss or gradient changes nothing but the count (the trainer stops or skips)
+    kept = jax.tree.map(lambda n, o: jnp.where(parts["finite"], n, o), new, state)
     if return_grads:
       parts["grads"] = grads
-    return (*kept, parts)
+    return dataclasses.replace(kept, step=state.step + 1), parts
 
   return step
 
 
-def init_ema(cfg, trainable):
-  """The EMA's starting point (a copy of the trainable weights), or None without one."""
-  return jax.tree.map(jnp.copy, trainable) if ema_decay(cfg) > 0 else None
-
-
-def jitted_step(
-  graphdef,
-  cfg,
-  tx,
-  mesh,
-  trainable,
-  batch_stats,
-  frozen,
-  opt_state,
-  ema=None,
-  *,
-  return_grads=False,
-):
-  """(the step as one `jax.jit` with explicit in/out shardings on `mesh`, the shardings of
-  (trainable, batch_stats, frozen, opt_state, ema)). The arguments may be abstract (shapes only):
-  parameters follow `cfg.mesh.rules` (`parallel.ShardingRules`), the EMA is sharded as the
-  weights it follows, the batch over (data, fsdp)."""
+def jit_step(graphdef, cfg, tx, mesh, state: TrainState, frozen, *, return_grads=False):
+  """(`make_step`'s step as one `jax.jit` on `mesh`, the shardings of (state, frozen)); put the
+  state on them with `parallel.put`. The arguments may be abstract (shapes only): parameters
+  follow `cfg.mesh.rules` (`parallel.ShardingRules`), the optimiser state and the EMA as the
+  weights they follow, the batch is split over (data, fsdp). The state is donated."""
   rules = parallel.ShardingRules.from_config(cfg.mesh)
-  shard = lambda tree: parallel.state_shardings(tree, mesh, rules)  # noqa: E731
-  s_tr, s_bs, s_fr, s_opt = shard(trainable), shard(batch_stats), shard(frozen), shard(opt_state)
-  s_ema = None if ema is None else shard(ema)
-  data = parallel.batch_sharding(mesh)
+  shardings = parallel.state_shardings((state, frozen), mesh, rules)
   repl = parallel.replicated(mesh)
   shards = parallel.batch_size_multiple(mesh)
   fn = jax.jit(
-    make_train_step(graphdef, cfg, tx, return_grads=return_grads, batch_shards=shards),
-    in_shardings=(s_tr, s_bs, s_fr, s_opt, s_ema, data, repl),
-    out_shardings=(s_tr, s_bs, s_opt, s_ema, repl),
-    donate_argnums=(0, 1, 3, 4),
+    make_step(graphdef, cfg, tx, return_grads=return_grads, batch_shards=shards),
+    in_shardings=(*shardings, parallel.batch_sharding(mesh), repl),
+    out_shardings=(shardings[0], repl),
+    donate_argnums=(0,),
   )
-  return fn, (s_tr, s_bs, s_fr, s_opt, s_ema)
-
-
-def jit_train_step(graphdef, cfg, tx, mesh, *state, return_grads=False):
-  """`jitted_step`, and the state (trainable, batch_stats, frozen, opt_state[, ema]) put on its
-  shardings: returns (step, placed state) with the EMA (or None) last."""
-  state = (*state, None) if len(state) == 4 else state
-  fn, shardings = jitted_step(graphdef, cfg, tx, mesh, *state, return_grads=return_grads)
-  placed = tuple(None if x is None else parallel.put(x, s) for x, s in zip(state, shardings))
-  return fn, placed
+  return fn, shardings
 
 
 def init_model(cfg, seed: int = 0):
