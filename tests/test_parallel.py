@@ -3,6 +3,7 @@ and a loud error where a rule cannot be followed."""
 
 from __future__ import annotations
 
+import re
 import types
 
 import jax
@@ -63,3 +64,42 @@ def test_mesh_shapes():
     parallel.make_mesh(data=-1, fsdp=-1, devices=devices)
   with pytest.raises(ValueError, match="needs 2 devices, have 1"):
     parallel.make_mesh(data=2, devices=devices)
+
+
+def _step_program(mesh):
+  """The tiny training step's StableHLO: jitted on `mesh` by `jit_step`, or plainly (None)."""
+  import numpy as np
+  from helpers.small import small_config
+
+  from visage_jax import train_step
+
+  cfg = small_config(2, 2)
+  model = train_step.init_model(cfg, seed=0)
+  graphdef, trainable, stats, frozen = train_step.split(model, cfg)
+  tx = train_step.make_optimizer(cfg)
+  state = train_step.new_state(cfg, tx, trainable, stats)
+  if mesh is None:
+    step = jax.jit(train_step.make_step(graphdef, cfg, tx))
+  else:
+    step, _ = train_step.jit_step(graphdef, cfg, tx, mesh, state, frozen)
+  batch = {
+    "frames": np.zeros((2, 4, 56, 56, 3), np.uint8),
+    "saliency": np.zeros((2, 4, 56, 56), np.float32),
+    "fixations": np.zeros((2, 4, 56, 56), np.float32),
+    "mask": np.ones((2, 4), bool),
+  }
+  return step.lower(state, frozen, batch, jax.random.key(0)).as_text()
+
+
+def test_activations_are_batch_split_at_block_boundaries():
+  """Under `jit_step`'s mesh every block's output (E, B, N, D) is constrained to (_, data+fsdp,
+  _, _); a step jitted without a mesh carries no constraint (and `constrain_batch` outside one
+  returns its input). That the constraint changes no number: the float64 sharded = single test."""
+  import jax.numpy as jnp
+
+  residual = r"sdy.sharding_constraint %\S+ <@mesh, \[\{\}, \{\"data\", \"fsdp\"\}, \{\}, \{\}\]>"
+  mesh = parallel.make_mesh(devices=jax.devices()[:1])
+  assert re.search(residual, _step_program(mesh))
+  assert not re.search(residual, _step_program(None))
+  x = jnp.ones((2, 3))
+  assert parallel.constrain_batch(x) is x

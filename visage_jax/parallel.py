@@ -8,6 +8,7 @@ and `tensor` (within-layer model parallelism). Evaluation and prediction shard t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -94,6 +95,29 @@ def put(tree, shardings):
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over data and fsdp; everything else whole."""
   return NamedSharding(mesh, P(BATCH))
+
+
+def on_mesh(fn, mesh: Mesh):
+  """`fn` traced with `mesh` as its abstract mesh, so that `constrain_batch` inside it applies."""
+
+  @functools.wraps(fn)
+  def traced_on_mesh(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+
+  return traced_on_mesh
+
+
+def constrain_batch(x, axis: int = 0):
+  """`x` split over (data, fsdp) along `axis` and whole along every other dimension, when traced
+  under a mesh with those axes (`on_mesh`); as it is otherwise. Pins activations at layer
+  boundaries, so that the partitioner does not carry a weight's fsdp/tensor layout into them."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(BATCH) <= set(mesh.axis_names):
+    return x
+  spec = [None] * x.ndim
+  spec[axis] = BATCH
+  return jax.lax.with_sharding_constraint(x, P(*spec))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

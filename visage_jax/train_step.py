@@ -307,8 +307,9 @@ def jit_step(graphdef, cfg, tx, mesh, state: TrainState, frozen, *, return_grads
   shardings = parallel.state_shardings((state, frozen), mesh, rules)
   repl = parallel.replicated(mesh)
   shards = parallel.batch_size_multiple(mesh)
+  step = make_step(graphdef, cfg, tx, return_grads=return_grads, batch_shards=shards)
   fn = jax.jit(
-    make_step(graphdef, cfg, tx, return_grads=return_grads, batch_shards=shards),
+    parallel.on_mesh(step, mesh),  # activations batch-split at block boundaries
     in_shardings=(*shardings, parallel.batch_sharding(mesh), repl),
     out_shardings=(shardings[0], repl),
     donate_argnums=(0,),

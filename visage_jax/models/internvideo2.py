@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from visage_jax import parallel
 from visage_jax.models.layers import LayerScale, RMSNorm
 from visage_jax.models.lora import LoRALinear, LoRAPatchEmbed
 
@@ -326,7 +327,8 @@ class InternVideo2(nnx.Module):
 
     def block_fn(layer_state, h, key, scales):
       block = nnx.merge(graphdef, layer_state)
-      return block(h, dropout_rate=dropout_rate, rng=key, path_scales=scales)
+      h = block(h, dropout_rate=dropout_rate, rng=key, path_scales=scales)
+      return parallel.constrain_batch(h, axis=1)  # (E, B, N, D): split over B under a mesh
 
     policy = REMAT_POLICIES[self.remat_policy]
     if self.remat_policy != "none":
