@@ -49,9 +49,10 @@ def _backbone(preset: str) -> ml_collections.ConfigDict:
   # Rematerialisation of each block: "none", "full" (save nothing), "dots" (save matmul outputs),
   # "dots_no_batch" (save matmuls without batch dimensions).
   b.remat_policy = "none"
-  # "auto": cuDNN's fused attention on a GPU in bf16/fp16; elsewhere XLA's, by blocks of
-  # `attention_chunk` queries ("chunked") for sequences longer than two blocks; or "xla", "cudnn",
-  # "chunked".
+  # "auto": cuDNN's fused attention on a GPU in bf16/fp16 (but not where a stage-2 step
+  # differentiates it: JAX refuses its backward at this model's odd token counts); on a CPU one
+  # (batch, head) at a time ("per_head"); elsewhere XLA's, by blocks of `attention_chunk` queries
+  # ("chunked") for sequences longer than two blocks. Or "xla", "cudnn", "chunked", "per_head".
   b.attention_impl = "auto"
   b.attention_chunk = 1024
   return b

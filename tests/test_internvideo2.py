@@ -98,19 +98,23 @@ def test_blocked_attention_equals_xla_values_and_gradients(impl):
 
 
 @pytest.mark.parametrize(
-  "backend,dtype,tokens,expected",
+  "backend,dtype,tokens,differentiated,expected",
   [
-    ("cpu", "float32", 129, "per_head"),
-    ("cpu", "bfloat16", 5121, "per_head"),
-    ("gpu", "bfloat16", 5121, "cudnn"),
-    ("gpu", "float32", 129, "xla"),
-    ("gpu", "float32", 5121, "chunked"),  # 6B, 20 frames
-    ("tpu", "bfloat16", 5121, "chunked"),
+    ("cpu", "float32", 129, False, "per_head"),
+    ("cpu", "bfloat16", 5121, True, "per_head"),
+    ("gpu", "bfloat16", 5121, False, "cudnn"),
+    ("gpu", "bfloat16", 5121, True, "chunked"),  # JAX refuses cuDNN's backward at odd lengths
+    ("gpu", "bfloat16", 1025, True, "xla"),
+    ("gpu", "float32", 129, False, "xla"),
+    ("gpu", "float32", 5121, False, "chunked"),  # 6B, 20 frames
+    ("tpu", "bfloat16", 5121, False, "chunked"),
   ],
 )
-def test_auto_attention_by_platform(monkeypatch, backend, dtype, tokens, expected):
+def test_auto_attention_by_platform(monkeypatch, backend, dtype, tokens, differentiated, expected):
   from visage_jax.models.internvideo2 import resolve_attention_impl
 
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  assert resolve_attention_impl("auto", jnp.dtype(dtype), tokens, 1024) == expected
-  assert resolve_attention_impl("xla", jnp.dtype(dtype), tokens, 1024) == "xla"
+  dtype = jnp.dtype(dtype)
+  got = resolve_attention_impl("auto", dtype, tokens, 1024, differentiated=differentiated)
+  assert got == expected
+  assert resolve_attention_impl("xla", dtype, tokens, 1024, differentiated=differentiated) == "xla"

@@ -11,6 +11,7 @@ going wrong under a sharded batch.
 
 from __future__ import annotations
 
+import pytest
 from conftest import run_helper
 
 
@@ -140,3 +141,24 @@ def test_gradient_accumulation_equals_the_big_batch():
     assert r["grads_rel"] <= 1e-9, (name, r)
     assert r["weights_rel_all"] <= 1e-9, (name, r)
     assert r["batch_stats_rel"] <= 1e-9, (name, r)
+
+
+@pytest.mark.parametrize(
+  "backend,stage,expected",
+  [("gpu", 1, "auto"), ("gpu", 2, "chunked"), ("cpu", 2, "per_head"), ("tpu", 2, "chunked")],
+)
+def test_training_attention_by_stage_and_platform(monkeypatch, backend, stage, expected):
+  """6B in bf16 at 20 frames (5121 tokens): stage 2 differentiates the backbone, so its "auto" is
+  resolved without cuDNN's fused kernel on a GPU (which JAX refuses to differentiate there);
+  stage 1 keeps the model's "auto" (cuDNN in the forward); an explicit choice is kept."""
+  import jax
+
+  from configs.visage import get_config
+  from visage_jax import train_step
+
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  cfg = get_config("6b")
+  cfg.train.stage = stage
+  assert train_step.training_model_config(cfg).backbone.attention_impl == expected
+  cfg.model.backbone.attention_impl = "cudnn"
+  assert train_step.training_model_config(cfg).backbone.attention_impl == "cudnn"

@@ -12,6 +12,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from visage_jax.models.internvideo2 import num_tokens
+
 # Dense bf16 peak per chip, TFLOP/s, matched against `device_kind`.
 NOMINAL_BF16_TFLOPS = {
   "H100": 989.0,
@@ -32,7 +34,7 @@ def backbone_flops(cfg, batch: int, experts: int | None = None) -> float:
   the config's experts): 2·(12·D²)·N per block for the projections and 4·N²·D for attention, over
   the blocks up to the last tap."""
   b = cfg.model.backbone
-  n = 1 + (b.num_frames // b.tubelet_size) * (b.img_size // b.patch_size) ** 2
+  n = num_tokens(b)
   d, hidden = b.embed_dim, int(b.embed_dim * b.mlp_ratio)
   per_block = 2 * n * (3 * d * d + d * d + 2 * d * hidden) + 4 * n * n * d
   e = max(len(cfg.model.experts), 1) if experts is None else experts

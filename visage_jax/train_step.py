@@ -20,6 +20,7 @@ from flax import nnx
 from visage_jax import parallel
 from visage_jax.data.video import CLIP_MEAN, CLIP_STD
 from visage_jax.losses import expert2_aux_loss, vsp_loss
+from visage_jax.models.internvideo2 import num_tokens, resolve_attention_impl
 from visage_jax.models.layers import BatchNorm
 from visage_jax.models.precision import high
 from visage_jax.models.visage import ViSAGE
@@ -40,7 +41,19 @@ def training_model_config(cfg):
   m.lora.enabled = cfg.train.stage == 2
   m.lora_merged = False
   m.backbone.remat_policy = backbone_remat(cfg, m)
+  m.backbone.attention_impl = training_attention(cfg, m)
   return m
+
+
+def training_attention(cfg, model_cfg) -> str:
+  """The backbone's attention while training: the model's own, but "auto" in stage 2, which
+  differentiates the backbone, is resolved here with that in mind (no cuDNN fused kernel on a
+  GPU; see `resolve_attention_impl`). Stage 1 never differentiates the backbone."""
+  b = model_cfg.backbone
+  if b.attention_impl != "auto" or cfg.train.stage == 1:
+    return b.attention_impl
+  tokens, chunk = num_tokens(b), int(b.get("attention_chunk", 1024))
+  return resolve_attention_impl("auto", model_cfg.dtype, tokens, chunk, differentiated=True)
 
 
 def backbone_remat(cfg, model_cfg) -> str:
@@ -66,7 +79,7 @@ def stored_activation_bytes(model_cfg) -> int:
   remat: per token about ten D-wide and two MLP-wide vectors per block and expert (attention
   scores are recomputed per head on a CPU; see `per_head_attention`)."""
   b = model_cfg.backbone
-  tokens = 1 + (b.num_frames // b.tubelet_size) * (b.img_size // b.patch_size) ** 2
+  tokens = num_tokens(b)
   per_token = 10 * b.embed_dim + 2 * int(b.embed_dim * b.mlp_ratio)
   blocks = max(b.taps) + 1
   return 4 * tokens * per_token * blocks * max(len(model_cfg.experts), 1)

@@ -28,12 +28,19 @@ REMAT_POLICIES = {
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked", "per_head")
 
 
-def resolve_attention_impl(impl, dtype, tokens: int | None = None, chunk: int = 1024):
+def resolve_attention_impl(
+  impl, dtype, tokens: int | None = None, chunk: int = 1024, *, differentiated: bool = False
+):
   """ "auto": cuDNN's fused kernel on a GPU in bf16/fp16 (2.2× the 6B model's speed on an H100,
-  and no N×N scores in memory); on a CPU one (batch, head) at a time ("per_head"); elsewhere
-  XLA's, by query blocks ("chunked") once the sequence is longer than two blocks (6B at 20
-  frames: 5121 tokens, whose full score matrices would be held in float32, several at once when
-  differentiating)."""
+  and no N×N scores in memory), unless the attention is `differentiated` (see below); on a CPU
+  one (batch, head) at a time ("per_head"); elsewhere XLA's, by query blocks ("chunked") once
+  the sequence is longer than two blocks (6B at 20 frames: 5121 tokens, whose full score
+  matrices would be held in float32, several at once when differentiating).
+
+  JAX refuses cuDNN's fused backward for this model's token counts, which are always odd (one
+  CLS token and an even number of patches): "Unsupported sequence length Q 5121, KV 5121" on an
+  H200 with jax 0.11.2. So where the attention is differentiated (a stage-2 training step,
+  `train_step.training_model_config`), a GPU takes XLA's as other accelerators do."""
   if impl in (None, "xla", "cudnn", "chunked", "per_head"):
     return impl
   if impl != "auto":
@@ -41,13 +48,20 @@ def resolve_attention_impl(impl, dtype, tokens: int | None = None, chunk: int = 
       f"model.backbone.attention_impl must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}"
     )
   backend = jax.default_backend()
-  if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+  fused = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not differentiated
+  if backend == "gpu" and fused:
     return "cudnn"
   if backend == "cpu":
     return "per_head"
   if tokens is not None and tokens > 2 * chunk:
     return "chunked"
   return "xla"
+
+
+def num_tokens(backbone_cfg) -> int:
+  """The sequence length of one clip: the CLS token and the patches of every tubelet."""
+  b = backbone_cfg
+  return 1 + (b.num_frames // b.tubelet_size) * (b.img_size // b.patch_size) ** 2
 
 
 def chunked_attention(q, k, v, *, scale: float, chunk: int):
