@@ -107,6 +107,39 @@ def test_overlay_lookup_equals_overlay_on_every_pair():
   np.testing.assert_array_equal(
     writers.overlay_lookup(frame, levels), writers.overlay(frame, levels)
   )
+  rng = np.random.default_rng(0)  # rows that do not fill the last block
+  frame = rng.integers(0, 256, (100, 37, 3), dtype=np.uint8)
+  levels = rng.integers(0, 256, (100, 37), dtype=np.uint8)
+  np.testing.assert_array_equal(
+    writers.overlay_lookup(frame, levels), writers.overlay(frame, levels)
+  )
+
+
+@pytest.mark.parametrize(
+  "shape,out_hw",
+  [((224, 224), (720, 1280)), ((224, 224), (100, 1920)), ((36, 64), (36, 64)), ((7, 9), (300, 3))],
+)
+def test_resized_uint8_equals_resize_then_uint8(shape, out_hw):
+  rng = np.random.default_rng(1)
+  prob = rng.random(shape).astype(np.float32) ** 3
+  prob[0, 0], prob[-1, -1] = 1.0, 0.0
+  want = writers.map_to_uint8(writers.resize_map(prob, out_hw))
+  np.testing.assert_array_equal(writers.resized_uint8(prob, out_hw), want)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 1), (17, 30), (1, 1, 3), (33, 65, 3)])
+def test_png_pixels_are_the_arrays(tmp_path, shape):
+  """Our PNG writer against PIL's reader (which checks every chunk's CRC)."""
+  from PIL import Image
+
+  pixels = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+  writers.write_png(str(tmp_path / "a.png"), pixels)
+  with Image.open(tmp_path / "a.png") as img:
+    img.load()
+    assert img.mode == ("L" if len(shape) == 2 else "RGB")
+    np.testing.assert_array_equal(np.asarray(img), pixels)
+  with pytest.raises(ValueError, match=r"b\.png: expected \(H, W\) or \(H, W, 3\)"):
+    writers.write_png(str(tmp_path / "b.png"), np.zeros((2, 2, 4), np.uint8))
 
 
 def test_mp4_encoder_lossless_round_trip(tmp_path):

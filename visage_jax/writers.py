@@ -12,7 +12,9 @@ import concurrent.futures
 import functools
 import os
 import queue
+import struct
 import threading
+import zlib
 
 import numpy as np
 
@@ -33,14 +35,29 @@ def fuse_uint8(maps_u8, alpha: float = 0.5, eps: float = 1e-6) -> np.ndarray:
 
 
 def write_png(path: str, image_u8, *, compress_level: int = 1) -> None:
-  """An 8-bit grayscale (H, W) or RGB (H, W, 3) PNG. PNG is lossless at every level; level 1
-  (zlib's fastest) writes smooth saliency maps several times faster than PIL's default 6 at a
-  slightly larger file."""
-  from PIL import Image
-
-  Image.fromarray(np.asarray(image_u8, np.uint8)).save(
-    path, format="PNG", compress_level=compress_level
-  )
+  """An 8-bit grayscale (H, W) or RGB (H, W, 3) PNG, written here rather than through PIL: every
+  row with PNG's "Sub" filter (each byte minus the same channel of the pixel to its left), one
+  zlib stream at `compress_level` (1, zlib's fastest, by default). Smooth saliency maps come out
+  half the time PIL takes (which tries all five filters on every row) at about the same size,
+  and zlib and numpy release the GIL while they work. PNG is lossless: the pixels are the
+  array's, whatever the filter and level."""
+  img = np.asarray(image_u8, np.uint8)
+  if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or not img.size:
+    raise ValueError(f"{path}: expected (H, W) or (H, W, 3) uint8 pixels, got {img.shape}")
+  h, w = img.shape[:2]
+  channels = 1 if img.ndim == 2 else 3
+  rows = img.reshape(h, w * channels)
+  filtered = np.empty((h, 1 + w * channels), np.uint8)
+  filtered[:, 0] = 1  # filter type Sub
+  filtered[:, 1 : 1 + channels] = rows[:, :channels]
+  np.subtract(rows[:, channels:], rows[:, :-channels], out=filtered[:, 1 + channels :])
+  header = struct.pack(">IIBBBBB", w, h, 8, 0 if channels == 1 else 2, 0, 0, 0)
+  data = zlib.compress(filtered.tobytes(), compress_level)
+  with open(path, "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n")
+    for tag, body in ((b"IHDR", header), (b"IDAT", data), (b"IEND", b"")):
+      f.write(struct.pack(">I", len(body)) + tag + body)
+      f.write(struct.pack(">I", zlib.crc32(tag + body)))
 
 
 class Mp4Encoder:
@@ -128,6 +145,28 @@ def resize_map(prob, out_hw: tuple[int, int]) -> np.ndarray:
   return x
 
 
+def resized_uint8(prob, out_hw: tuple[int, int], *, rows: int = 64) -> np.ndarray:
+  """`map_to_uint8(resize_map(prob, out_hw))`, the same operations on the same values, worked
+  `rows` output rows at a time so that the float64 rows stay in the cache (2.6× at 1080p)."""
+  x = np.asarray(prob, np.float64)
+  out_h, out_w = out_hw
+  if x.shape[1] != out_w:
+    i0, i1, w0, w1 = _linear_weights(x.shape[1], out_w)
+    x = x[:, i0] * w0 + x[:, i1] * w1
+  vertical = x.shape[0] != out_h
+  if vertical:
+    i0, i1, w0, w1 = _linear_weights(x.shape[0], out_h)
+  out = np.empty((out_h, out_w), np.uint8)
+  for r0 in range(0, out_h, rows):
+    r1 = min(r0 + rows, out_h)
+    if vertical:
+      block = x[i0[r0:r1]] * w0[r0:r1, None] + x[i1[r0:r1]] * w1[r0:r1, None]
+    else:
+      block = x[r0:r1]
+    out[r0:r1] = map_to_uint8(block)
+  return out
+
+
 @functools.cache
 def _linear_weights(in_size: int, out_size: int):
   from visage_jax.metrics import _cv_linear_weights
@@ -166,14 +205,19 @@ def _overlay_table() -> np.ndarray:
   return np.stack([overlay(np.repeat(values[:, None], 3, -1), levels)[:, c] for c in range(3)])
 
 
-def overlay_lookup(frame_u8, map_u8) -> np.ndarray:
-  """`overlay` with the default strength through a table: the same pixels, a few times faster."""
+def overlay_lookup(frame_u8, map_u8, *, rows: int = 64) -> np.ndarray:
+  """`overlay` with the default strength through a table: the same pixels, a few times faster.
+  Worked `rows` rows at a time, so that the indices stay in the cache (2× at 1080p)."""
   table = _overlay_table()
-  base = np.asarray(map_u8, np.int32) << 8
-  frame = np.asarray(frame_u8)
+  frame, levels = np.asarray(frame_u8), np.asarray(map_u8)
   out = np.empty(frame.shape, np.uint8)
-  for c in range(3):
-    np.take(table[c], base + frame[..., c], out=out[..., c])
+  index = np.empty((rows, frame.shape[1]), np.uint16)  # map level · 256 + frame value
+  for r0 in range(0, frame.shape[0], rows):
+    r1 = min(r0 + rows, frame.shape[0])
+    base = levels[r0:r1].astype(np.uint16) << 8
+    for c in range(3):
+      np.bitwise_or(base, frame[r0:r1, :, c], out=index[: r1 - r0])
+      np.take(table[c], index[: r1 - r0], out=out[r0:r1, :, c])
   return out
 
 
@@ -252,7 +296,7 @@ class VideoOutputs:
 
     def source_u8(name):
       if name not in at_source:
-        at_source[name] = map_to_uint8(resize_map(maps[name], self.source_hw))
+        at_source[name] = resized_uint8(maps[name], self.source_hw)
       return at_source[name]
 
     def written(name):

@@ -1,0 +1,139 @@
+"""The host's per-frame work of `visage-predict` stage by stage, in milliseconds per frame on one
+thread, with the previous implementation of each stage beside the current one in the same run.
+
+At a given source size: the fused map (model size) to an 8-bit map at source size, its PNG, the
+overlay frame, the two x264 streams (lossless maps, overlay), and the input side (decoding is
+not included; the resize to the model's input is). "previous" is what the writers did before
+(whole-frame passes for the resize and the overlay, PIL's PNG encoder at level 1); the outputs
+are checked equal (pixels) before timing.
+
+    python benchmarks/writer_stages.py [--size=1920x1080] [--repeats=20]
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+
+def ms_per_call(fn, repeats: int) -> float:
+  fn()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    fn()
+  return round((time.perf_counter() - start) / repeats * 1000, 2)
+
+
+def pil_png(path, pixels) -> None:
+  from PIL import Image
+
+  Image.fromarray(pixels).save(path, format="PNG", compress_level=1)
+
+
+def previous_overlay_lookup(frame, levels) -> np.ndarray:
+  """The overlay lookup as it was: int32 indices over the whole frame at once."""
+  from visage_jax import writers
+
+  table = writers._overlay_table()
+  base = np.asarray(levels, np.int32) << 8
+  out = np.empty(frame.shape, np.uint8)
+  for c in range(3):
+    np.take(table[c], base + frame[..., c], out=out[..., c])
+  return out
+
+
+def inputs(h: int, w: int):
+  """A smooth fused map at model size (as the model gives) and a textured source frame."""
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[0:224, 0:224] / 224
+  fused = np.exp(-((yy - 0.5) ** 2 + (xx - 0.4) ** 2) / 0.05) + 0.02 * rng.random((224, 224))
+  frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  return np.clip(fused, 0, 1).astype(np.float32), frame
+
+
+def check_equal(fused, frame, hw, png_path) -> None:
+  from PIL import Image
+
+  from visage_jax import writers
+
+  at_source = writers.resized_uint8(fused, hw)
+  assert np.array_equal(at_source, writers.map_to_uint8(writers.resize_map(fused, hw)))
+  lookup = writers.overlay_lookup(frame, at_source)
+  assert np.array_equal(lookup, previous_overlay_lookup(frame, at_source))
+  writers.write_png(png_path, at_source)
+  with open(png_path, "rb") as f:
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(f.read()))), at_source)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--size", default="1920x1080", help="source WxH")
+  ap.add_argument("--repeats", type=int, default=20)
+  args = ap.parse_args()
+
+  from visage_jax import writers
+  from visage_jax.data.video import resize_frames
+
+  w, h = (int(x) for x in args.size.split("x"))
+  fused, frame = inputs(h, w)
+  tmp = tempfile.mkdtemp(prefix="writer_stages_")
+  png = os.path.join(tmp, "m.png")
+  check_equal(fused, frame, (h, w), png)
+  at_source = writers.resized_uint8(fused, (h, w))
+  r = args.repeats
+  stages = {
+    "map_to_source_uint8": (
+      ms_per_call(lambda: writers.map_to_uint8(writers.resize_map(fused, (h, w))), r),
+      ms_per_call(lambda: writers.resized_uint8(fused, (h, w)), r),
+    ),
+    "png": (
+      ms_per_call(lambda: pil_png(png, at_source), r),
+      ms_per_call(lambda: writers.write_png(png, at_source), r),
+    ),
+    "overlay": (
+      ms_per_call(lambda: previous_overlay_lookup(frame, at_source), r),
+      ms_per_call(lambda: writers.overlay_lookup(frame, at_source), r),
+    ),
+  }
+  sizes = {"png_bytes_previous": 0, "png_bytes": 0}
+  pil_png(png, at_source)
+  sizes["png_bytes_previous"] = os.path.getsize(png)
+  writers.write_png(png, at_source)
+  sizes["png_bytes"] = os.path.getsize(png)
+  lossless = writers.Mp4Encoder(os.path.join(tmp, "maps.mp4"), 30, h, w, lossless=True)
+  overlay = writers.Mp4Encoder(os.path.join(tmp, "o.mp4"), 30, h, w, preset="ultrafast")
+  unchanged = {
+    "encode_maps_lossless": ms_per_call(lambda: lossless.add(at_source), r),
+    "encode_overlay": ms_per_call(lambda: overlay.add(frame), r),
+    "input_resize_to_224": ms_per_call(lambda: resize_frames(frame[None], 224), r),
+  }
+  lossless.close()
+  overlay.close()
+  record = {
+    "machine": f"{len(os.sched_getaffinity(0))} CPU cores",
+    "size": args.size,
+    "ms_per_frame": {
+      k: {"previous": a, "now": b, "speedup": round(a / b, 2)} for k, (a, b) in stages.items()
+    },
+    "ms_per_frame_unchanged": unchanged,
+    **sizes,
+  }
+  before = sum(a for a, _ in stages.values()) + sum(unchanged.values())
+  after = sum(b for _, b in stages.values()) + sum(unchanged.values())
+  record["total_ms_per_frame"] = {"previous": round(before, 1), "now": round(after, 1)}
+  print(json.dumps(record))
+
+
+if __name__ == "__main__":
+  main()
