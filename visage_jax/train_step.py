@@ -153,13 +153,13 @@ def make_optimizer(cfg):
 
 
 def ema_decay(cfg) -> float:
-  """`train_step.ema_decay`, where -1 means the original's recipe: 0.99 for Expert 2 in stage 2 (the
+  """`train.ema_decay`, where -1 means the original's recipe: 0.99 for Expert 2 in stage 2 (the
   only run that kept an EMA), none otherwise. 0 turns it off."""
   d = float(cfg.train.ema_decay)
   if d < 0:
     return 0.99 if (cfg.train.expert == 2 and cfg.train.stage == 2) else 0.0
   if d >= 1:
-    raise ValueError(f"train_step.ema_decay must be below 1, got {d}")
+    raise ValueError(f"train.ema_decay must be below 1, got {d}")
   return d
 
 
