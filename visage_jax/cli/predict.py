@@ -136,15 +136,20 @@ def main(_):
       )
       done += 1
     except (VideoError, DataError) as e:
-      failed.append((path, str(e)))
-      tqdm.write(f"visage-predict: skipped {path}: {e}", file=sys.stderr)
+      failed.append(_naming(path, str(e)))
+      tqdm.write(f"visage-predict: skipped {failed[-1]}", file=sys.stderr)
     finally:
       bar.close()
   overall.close()
   print(f"{done} predicted, {skipped} already complete, {len(failed)} failed -> {FLAGS.output}")
-  for path, err in failed:
-    print(f"failed: {path}: {err}", file=sys.stderr)
+  for message in failed:
+    print(f"failed: {message}", file=sys.stderr)
   sys.exit(1 if failed else 0)
+
+
+def _naming(path: str, error: str) -> str:
+  """The error with the video's path in front, once (most errors already begin with it)."""
+  return error if error.startswith(path) else f"{path}: {error}"
 
 
 def run():

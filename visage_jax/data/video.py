@@ -67,7 +67,7 @@ class DecordReader:
     except VideoError:
       raise
     except Exception as e:
-      raise VideoError(f"{path}: cannot open video: {_first_line(e)}") from None
+      raise VideoError(f"{path}: cannot open video: {_first_line(e, path)}") from None
     self.num_frames = len(self._vr)
     if self.num_frames == 0:
       raise VideoError(f"{path}: no frames")
@@ -94,7 +94,7 @@ class DecordReader:
       raise
     except Exception as e:
       where = f"frame {idx[0]}" if len(idx) == 1 else f"frames {idx[0]}..{idx[-1]}"
-      raise VideoError(f"{self.path}: cannot decode {where}: {_first_line(e)}") from None
+      raise VideoError(f"{self.path}: cannot decode {where}: {_first_line(e, self.path)}") from None
     if out.shape[0] != len(idx) or out.ndim != 4 or out.shape[-1] != 3:
       raise VideoError(f"{self.path}: decoder returned {out.shape} for {len(idx)} frames")
     return out
@@ -122,7 +122,7 @@ class SequentialReader:
       stream.thread_type = "AUTO"
       self._decoded = self._container.decode(stream)
     except Exception as e:
-      raise VideoError(f"{path}: cannot open video: {_first_line(e)}") from None
+      raise VideoError(f"{path}: cannot open video: {_first_line(e, path)}") from None
 
   def read(self, lo: int, hi: int) -> np.ndarray:
     """uint8 (hi − lo, H, W, 3) RGB."""
@@ -138,7 +138,7 @@ class SequentialReader:
       ) from None
     except Exception as e:
       raise VideoError(
-        f"{self.path}: cannot decode frame {lo + len(out)}: {_first_line(e)}"
+        f"{self.path}: cannot decode frame {lo + len(out)}: {_first_line(e, self.path)}"
       ) from None
     self.position = hi
     return np.stack(out)
@@ -194,7 +194,9 @@ class FrameFolderReader:
       with Image.open(self.files[i]) as img:
         rgb = np.asarray(img.convert("RGB"))
     except Exception as e:
-      raise VideoError(f"{self.files[i]}: cannot read frame {i}: {_first_line(e)}") from None
+      raise VideoError(
+        f"{self.files[i]}: cannot read frame {i}: {_first_line(e, self.files[i])}"
+      ) from None
     if i and rgb.shape[:2] != (self.height, self.width):
       raise VideoError(
         f"{self.files[i]}: {rgb.shape[0]}×{rgb.shape[1]}, the first frame is "
@@ -230,9 +232,11 @@ def sequential(reader: VideoReader):
   return RangeReader(reader)
 
 
-def _first_line(e: Exception) -> str:
+def _first_line(e: Exception, path: str) -> str:
+  """A library's error, its first line, for a message that begins with `path`: where the
+  library names the path again, it is "the file" there."""
   text = str(e).strip()
-  return text.splitlines()[0][:300] if text else type(e).__name__
+  return text.splitlines()[0].replace(str(path), "the file")[:300] if text else type(e).__name__
 
 
 def open_video(path: str, *, fps: float | None = None, timeout_s: float = 60.0) -> VideoReader:
