@@ -39,8 +39,8 @@ def resolve_attention_impl(
 
   JAX refuses cuDNN's fused backward for this model's token counts, which are always odd (one
   CLS token and an even number of patches): "Unsupported sequence length Q 5121, KV 5121" on an
-  H200 with jax 0.11.2. So where the attention is differentiated (a stage-2 training step,
-  `train_step.training_model_config`), a GPU takes XLA's as other accelerators do."""
+  H200 with jax 0.11.2. So where the attention is differentiated (a stage-2 training step:
+  `train_step.training_attention`), a GPU takes XLA's as other accelerators do."""
   if impl in (None, "xla", "cudnn", "chunked", "per_head"):
     return impl
   if impl != "auto":
