@@ -22,24 +22,16 @@ import numpy as np  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-from small import small_config  # noqa: E402
+from small import one_step, small_config  # noqa: E402
 
-from visage_jax import parallel, train_step  # noqa: E402
+from visage_jax import parallel  # noqa: E402
 from visage_jax.models.precision import high_precision  # noqa: E402
 
 
 def step_once(cfg, mesh, batch):
   with high_precision("float64"):
-    model = train_step.init_model(cfg, seed=1)
-    graphdef, trainable, stats, frozen = train_step.split(model, cfg)
-    if cfg.train.stage == 2:  # LoRA B starts at zero; give it values so its gradient path is real
-      trainable = jax.tree.map(lambda x: x + 0.01, trainable)
-    tx = train_step.make_optimizer(cfg)
-    state = train_step.new_state(cfg, tx, trainable, stats)
-    step, shardings = train_step.jit_step(graphdef, cfg, tx, mesh, state, frozen, return_grads=True)
-    state, frozen = parallel.put((state, frozen), shardings)
-    state, parts = step(state, frozen, batch, jax.random.key(3))
-    return jax.device_get((state.trainable, state.batch_stats, parts))
+    state, parts = one_step(cfg, mesh, batch)
+  return state.trainable, state.batch_stats, parts
 
 
 def grads_rel(a, b):

@@ -23,9 +23,10 @@ import numpy as np  # noqa: E402
 PRECISION = sys.argv[1] if len(sys.argv) > 1 else "float64"
 jax.config.update("jax_enable_x64", PRECISION == "float64")
 
+from small import one_step  # noqa: E402
 from small import small_config as _small  # noqa: E402
 
-from visage_jax import parallel, train_step  # noqa: E402
+from visage_jax import parallel  # noqa: E402
 from visage_jax.models.precision import high_precision  # noqa: E402
 
 
@@ -41,16 +42,8 @@ def run(cfg, mesh, batch):
 
 
 def _run(cfg, mesh, batch):
-  model = train_step.init_model(cfg, seed=1)
-  graphdef, trainable, stats, frozen = train_step.split(model, cfg)
-  if cfg.train.stage == 2:  # LoRA B starts at zero; give it values so its gradient path is real
-    trainable = jax.tree.map(lambda x: x + 0.01, trainable)
-  tx = train_step.make_optimizer(cfg)
-  state = train_step.new_state(cfg, tx, trainable, stats)
-  step, shardings = train_step.jit_step(graphdef, cfg, tx, mesh, state, frozen, return_grads=True)
-  state, frozen = parallel.put((state, frozen), shardings)
-  state, parts = step(state, frozen, batch, jax.random.key(3))
-  return jax.device_get(parts), jax.device_get(state.trainable), jax.device_get(state.batch_stats)
+  state, parts = one_step(cfg, mesh, batch)
+  return parts, state.trainable, state.batch_stats
 
 
 def main():
