@@ -150,11 +150,8 @@ def resize_map(prob, out_hw: tuple[int, int]) -> np.ndarray:
 def resized_uint8(prob, out_hw: tuple[int, int], *, rows: int = 64) -> np.ndarray:
   """`map_to_uint8(resize_map(prob, out_hw))`, the same operations on the same values, worked
   `rows` output rows at a time so that the float64 rows stay in the cache (2.6× at 1080p)."""
-  x = np.asarray(prob, np.float64)
   out_h, out_w = out_hw
-  if x.shape[1] != out_w:
-    i0, i1, w0, w1 = _linear_weights(x.shape[1], out_w)
-    x = x[:, i0] * w0 + x[:, i1] * w1
+  x = resize_map(prob, (np.shape(prob)[0], out_w))  # the rows first, at the input's height
   vertical = x.shape[0] != out_h
   if vertical:
     i0, i1, w0, w1 = _linear_weights(x.shape[0], out_h)
