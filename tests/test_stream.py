@@ -154,6 +154,54 @@ def test_mp4_encoder_lossless_round_trip(tmp_path):
   assert np.abs(back[..., 0].astype(int) - maps).max() <= 1  # the reader's YUV→RGB only
 
 
+def _pyav_converting_itself(path, frames_rgb, pix_fmt, options):
+  """An mp4 whose RGB frames PyAV's encoder converts to `pix_fmt` itself."""
+  import av
+
+  container = av.open(path, mode="w", format="mp4")
+  stream = container.add_stream("libx264", rate=25)
+  stream.height, stream.width = frames_rgb.shape[1:3]
+  stream.pix_fmt, stream.options = pix_fmt, options
+  for i, f in enumerate(frames_rgb):
+    frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+    frame.pts = i
+    container.mux(stream.encode(frame))
+  container.mux(stream.encode())
+  container.close()
+
+
+def _packets(path):
+  import av
+
+  with av.open(path) as container:
+    return [bytes(p) for p in container.demux(video=0) if p.size]
+
+
+@pytest.mark.parametrize("lossless", [True, False])
+def test_encoder_frames_made_apart_give_the_same_video(tmp_path, lossless):
+  """`video_frame` (on the writer threads) makes what PyAV's encoder made of an RGB frame: every
+  gray level through the lossless table, odd sizes padded for yuv420p; the same packets."""
+  rng = np.random.default_rng(3)
+  gray = rng.permutation(np.arange(256 * 4) % 256).reshape(4, 16, 16).astype(np.uint8)
+  gray = np.concatenate([gray, rng.integers(0, 256, (4, 16, 16), dtype=np.uint8)], axis=0)
+  frames = gray[:, :15, :13] if lossless else np.repeat(gray[..., None], 3, -1)[:, :15, :13]
+  path = str(tmp_path / "ours.mp4")
+  writers.write_mp4(path, frames, 25, crf=18, lossless=lossless)
+  rgb = frames if frames.ndim == 4 else np.repeat(frames[..., None], 3, -1)
+  if not lossless:  # what Mp4Encoder pads before PyAV converts
+    rgb = np.pad(rgb, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+  pix_fmt = writers.LOSSLESS_FORMAT if lossless else writers.VIEWING_FORMAT
+  options = {"qp": "0", "preset": "ultrafast"} if lossless else {"crf": "18", "preset": "medium"}
+  _pyav_converting_itself(str(tmp_path / "theirs.mp4"), rgb, pix_fmt, options)
+  theirs = _packets(str(tmp_path / "theirs.mp4"))
+  assert _packets(path) == theirs and len(theirs) == len(frames)
+  wrong = writers.video_frame(gray[0], writers.VIEWING_FORMAT if lossless else pix_fmt)
+  encoder = writers.Mp4Encoder(str(tmp_path / "w.mp4"), 25, 15, 13, lossless=lossless)
+  with pytest.raises(ValueError, match=r"w\.mp4: a yuv420p frame of 16×16, the video is"):
+    encoder.add_frame(wrong)
+  encoder.close()
+
+
 @pytest.mark.parametrize("lossless", [False, True])  # yuv420p, and yuv444p as saliency videos are
 def test_sequential_reader_gives_decords_frames(tmp_path, lossless):
   from visage_jax.data.synth import make_video

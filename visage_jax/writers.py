@@ -62,8 +62,54 @@ def write_png(path: str, image_u8) -> None:
       f.write(struct.pack(">I", zlib.crc32(tag + body)))
 
 
+LOSSLESS_FORMAT = "yuv444p"  # x264's lossless mode keeps every sample in 4:4:4
+VIEWING_FORMAT = "yuv420p"  # what every player reads
+
+
+def video_frame(frame_u8, pix_fmt: str):
+  """uint8 (H, W) gray or (H, W, 3) RGB → an `av.VideoFrame` in `pix_fmt`: the conversion PyAV's
+  encoder would otherwise make itself (swscale), made apart from it so that it can run on any
+  thread. yuv420p needs even sizes: odd ones are padded by repeating the last row/column. A gray
+  frame goes into yuv444p through a table of swscale's own conversion of each gray level: the
+  same bytes as converting the gray frame as RGB, without building that frame (4× faster)."""
+  import av
+
+  f = np.asarray(frame_u8, np.uint8)
+  if f.ndim not in (2, 3) or (f.ndim == 3 and f.shape[2] != 3) or not f.size:
+    raise ValueError(f"expected (H, W) or (H, W, 3) uint8 pixels, got {f.shape}")
+  if f.ndim == 2 and pix_fmt == LOSSLESS_FORMAT:
+    return _gray_in_yuv444(f)
+  if f.ndim == 2:
+    f = np.repeat(f[..., None], 3, axis=-1)
+  if pix_fmt == VIEWING_FORMAT and (f.shape[0] % 2 or f.shape[1] % 2):
+    f = np.pad(f, ((0, f.shape[0] % 2), (0, f.shape[1] % 2), (0, 0)), mode="edge")
+  return av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=pix_fmt)
+
+
+@functools.cache
+def _gray_yuv444_levels() -> np.ndarray:
+  """uint8 (3, 256): the yuv444p samples swscale makes of RGB gray level g, in column g."""
+  import av
+
+  ramp = np.tile(np.arange(256, dtype=np.uint8), (2, 1))
+  rgb = av.VideoFrame.from_ndarray(np.repeat(ramp[..., None], 3, -1), format="rgb24")
+  return np.ascontiguousarray(rgb.reformat(format=LOSSLESS_FORMAT).to_ndarray()[:, 0])
+
+
+def _gray_in_yuv444(gray: np.ndarray):
+  import av
+
+  h, w = gray.shape
+  frame = av.VideoFrame(w, h, LOSSLESS_FORMAT)
+  for plane, levels in zip(frame.planes, _gray_yuv444_levels()):
+    samples = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, :w]
+    np.take(levels, gray, out=samples)
+  return frame
+
+
 class Mp4Encoder:
-  """H.264 mp4 written one frame at a time: `add(frame)` uint8 (H, W) or (H, W, 3), `close()`.
+  """H.264 mp4 written one frame at a time: `add(frame)` uint8 (H, W) or (H, W, 3), `close()`;
+  or `add_frame` with a frame `video_frame` made in `pix_fmt` beforehand (on another thread).
 
   `lossless` uses x264's lossless mode in 4:4:4, so a grayscale map decodes back exactly (up to
   the YUV↔RGB conversion of the reader); the preset then only trades file size for speed, so the
@@ -76,7 +122,8 @@ class Mp4Encoder:
 
     import av
 
-    self.path, self.height, self.width, self.lossless = path, height, width, lossless
+    self.path, self.height, self.width = path, height, width
+    self.pix_fmt = LOSSLESS_FORMAT if lossless else VIEWING_FORMAT
     self.frames = 0
     rate = fractions.Fraction(fps).limit_denominator(1001)
     container = "avi" if path.lower().endswith(".avi") else "mp4"  # AVI: as DHF1K ships
@@ -84,31 +131,32 @@ class Mp4Encoder:
     stream = self._container.add_stream("libx264", rate=rate)
     stream.width = width + (0 if lossless else width % 2)
     stream.height = height + (0 if lossless else height % 2)
+    stream.pix_fmt = self.pix_fmt
     if lossless:
-      stream.pix_fmt = "yuv444p"
       stream.options = {"qp": "0", "preset": "ultrafast"}
     else:
-      stream.pix_fmt = "yuv420p"
       stream.options = {"crf": str(crf), "preset": preset}
     stream.time_base = 1 / rate
     self._stream = stream
 
   def add(self, frame_u8) -> None:
-    import av
-
-    f = np.asarray(frame_u8, np.uint8)
-    if f.ndim == 2:
-      f = np.repeat(f[..., None], 3, axis=-1)
-    if f.shape != (self.height, self.width, 3):
+    f = np.asarray(frame_u8)
+    if f.shape[:2] != (self.height, self.width):
       raise ValueError(
         f"{self.path}: frame of shape {f.shape}, the video is {self.height}×{self.width}"
       )
-    if not self.lossless and (self.height % 2 or self.width % 2):
-      f = np.pad(f, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
-    frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+    self.add_frame(video_frame(f, self.pix_fmt))
+
+  def add_frame(self, frame) -> None:
+    s = self._stream
+    if frame.format.name != self.pix_fmt or (frame.height, frame.width) != (s.height, s.width):
+      raise ValueError(
+        f"{self.path}: a {frame.format.name} frame of {frame.height}×{frame.width}, the video is "
+        f"{self.pix_fmt} {s.height}×{s.width}"
+      )
     frame.pts = self.frames
     self.frames += 1
-    for packet in self._stream.encode(frame):
+    for packet in s.encode(frame):
       self._container.mux(packet)
 
   def close(self) -> None:
@@ -226,8 +274,9 @@ def default_workers() -> int:
 
 
 class _EncoderThread:
-  """An `Mp4Encoder` fed in order through a bounded queue by its own thread (x264 and PyAV's
-  encode release the GIL, so the two videos of a prediction encode beside the PNG writers)."""
+  """An `Mp4Encoder` fed frames made by `video_frame`, in order, through a bounded queue by its own
+  thread (x264 and PyAV's encode release the GIL, so the two videos of a prediction encode beside
+  the PNG writers)."""
 
   def __init__(self, path, fps, height, width, **options):
     self.encoder = Mp4Encoder(path, fps, height, width, **options)
@@ -240,7 +289,7 @@ class _EncoderThread:
     while (frame := self._queue.get()) is not None:
       if self._error is None:
         try:
-          self.encoder.add(frame)
+          self.encoder.add_frame(frame)
         except BaseException as e:  # raised on the next add or at close
           self._error = e
 
@@ -264,8 +313,9 @@ class VideoOutputs:
   (`png_dirs[name]/eyeMap_%05d.png`) at the source size (`map_size="source"`, the challenge's
   bilinear) or the model's; the fused map → the lossless maps mp4; the fused map at source size
   blended over the frame → the overlay mp4. The per-frame work runs on `workers` threads, at most
-  2·workers frames ahead; the two encoders take the results in order. `close()` waits for all of
-  it and finishes the files; `abort()` stops without finishing. Nothing is renamed here.
+  2·workers frames ahead, and makes the encoders' frames in their pixel formats; the two encoders
+  take them in order and only encode. `close()` waits for all of it and finishes the files;
+  `abort()` stops without finishing. Nothing is renamed here.
   """
 
   def __init__(
@@ -289,8 +339,8 @@ class VideoOutputs:
     self.frames = 0
 
   def _frame_work(self, index, maps, frame):
-    """Runs on a worker: PNGs, and the fused map and overlay frames for the encoders. Each map is
-    resized to the source size at most once."""
+    """Runs on a worker: PNGs, and the fused map and overlay as the encoders' frames (or None).
+    Each map is resized to the source size at most once."""
     at_source: dict = {}
 
     def source_u8(name):
@@ -303,12 +353,15 @@ class VideoOutputs:
 
     for name, folder in self.png_dirs.items():
       write_png(os.path.join(folder, map_filename(index)), written(name))
-    blended = overlay_lookup(frame, source_u8("fused")) if self._overlay_path else None
-    return written("fused"), blended
+    fused = video_frame(written("fused"), LOSSLESS_FORMAT) if self._maps_path else None
+    if not self._overlay_path:
+      return fused, None
+    return fused, video_frame(overlay_lookup(frame, source_u8("fused")), VIEWING_FORMAT)
 
   def _start_encoders(self, fused):
     if self._maps_path:
-      self._maps_mp4 = _EncoderThread(self._maps_path, self._fps, *fused.shape, lossless=True)
+      h, w = fused.height, fused.width
+      self._maps_mp4 = _EncoderThread(self._maps_path, self._fps, h, w, lossless=True)
     if self._overlay_path:
       # x264's fastest preset: the overlay is for looking at (crf 18 as before), not scored
       h, w = self.source_hw
