@@ -120,9 +120,9 @@ def _decode_group(source: VideoSource, readers, group, size: int, keep_frames: b
   `readers`: in-order readers (`video.sequential`) of the video and of the saliency video."""
   lo = min(int(idx[0]) for idx, _ in group)
   hi = max(int(idx[m].max()) for idx, m in group) + 1
-  rgb = readers[0].read(lo, hi)
+  rgb = readers[0].read(lo, hi)  # a list of frames
   clip = normalize(_resize_in_threads(rgb, size))
-  gt = to_gray(readers[1].read(lo, hi)) if source.saliency else None
+  gt = to_gray(np.stack(readers[1].read(lo, hi))) if source.saliency else None
   items = []
   for idx, mask in group:
     item = {"clip": clip[idx - lo], "mask": mask, "indices": idx}
@@ -143,10 +143,14 @@ _RESIZE_THREADS = min(4, len(os.sched_getaffinity(0)))
 _RESIZE_POOL = concurrent.futures.ThreadPoolExecutor(_RESIZE_THREADS, thread_name_prefix="resize")
 
 
-def _resize_in_threads(frames, size: int) -> np.ndarray:
+def _resize_in_threads(frames: list, size: int) -> np.ndarray:
   """`resize_frames` in a few threads (PIL releases the GIL while it resizes)."""
   parts = np.array_split(np.arange(len(frames)), min(_RESIZE_THREADS, len(frames)))
-  return np.concatenate(list(_RESIZE_POOL.map(lambda p: resize_frames(frames[p], size), parts)))
+
+  def resize_part(part):
+    return resize_frames([frames[i] for i in part], size)
+
+  return np.concatenate(list(_RESIZE_POOL.map(resize_part, parts)))
 
 
 def _stack(items, frames, batch_size: int) -> WindowBatch:
