@@ -7,7 +7,9 @@ depend on the values), on whatever devices JAX sees:
   beforehand, outside the timing), in source frames per second;
 - end to end: `visage_jax.predict.write_video_outputs`, the function `visage-predict` runs for a
   video (decode, forward, PNGs at source size, maps mp4, overlay mp4), after compiling;
-- host only: the same with the model replaced by a fixed map (decode + write);
+- host only: the same with the model replaced by a fixed map (decode + write), with the CPU
+  milliseconds a frame of each thread role (`ThreadCPU`): a role of one thread is a serial chain
+  that bounds the frames/s on any number of cores;
 - optionally (`--eval_data`) `visage-eval`'s `evaluate_dataset` on a challenge-layout set;
 - optionally (`--rss`) the peak resident memory of a `visage-predict` process on the video.
 
@@ -135,6 +137,67 @@ def end_to_end(predictor, video_path: str, batch_size: int, out_dir: str) -> dic
   return {"frames": n, "seconds": round(seconds, 2), "fps": n / seconds}
 
 
+class ThreadCPU:
+  """CPU seconds of this process's threads while it is open, by role: the Python thread's name
+  without its pool number ("write_3" → "write"), and "native" for threads Python did not start
+  (x264's, ffmpeg's, XLA's). Read from /proc/self/task/*/schedstat every `interval` seconds, so a
+  thread's last fraction of an interval before it ends is not counted. A role served by one
+  thread (decode, encode-maps, encode-overlay, MainThread) is a serial chain: its CPU ms a frame
+  bound the frames/s of any machine with these cores, however many."""
+
+  def __init__(self, interval: float = 0.1):
+    import threading
+
+    self.interval, self._stop = interval, threading.Event()
+    self._cpu: dict[int, tuple[str, int]] = {}  # thread id → (role, nanoseconds so far)
+    self._thread = threading.Thread(
+      target=self._sample_until_stopped, name="ThreadCPU", daemon=True
+    )
+
+  def _sample(self) -> None:
+    import re
+    import threading
+
+    roles = {t.native_id: re.sub(r"_\d+$", "", t.name) for t in threading.enumerate()}
+    for tid in os.listdir("/proc/self/task"):
+      try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+          ns = int(f.read().split()[0])
+      except OSError:  # the thread ended
+        continue
+      role = roles.get(int(tid)) or self._cpu.get(int(tid), ("native", 0))[0]
+      self._cpu[int(tid)] = (role, ns)
+
+  def _sample_until_stopped(self) -> None:
+    while not self._stop.wait(self.interval):
+      self._sample()
+
+  def __enter__(self):
+    self._sample()
+    self._start = dict(self._cpu)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self._sample()
+
+  def ms_per_frame(self, frames: int) -> dict:
+    """{role: [CPU ms a frame, threads]} for roles that used at least 0.1 ms a frame."""
+    import collections
+
+    totals, threads = collections.Counter(), collections.Counter()
+    for tid, (role, ns) in self._cpu.items():
+      used = ns - self._start.get(tid, (role, 0))[1]
+      if role == "ThreadCPU" or not used:
+        continue
+      totals[role] += used
+      threads[role] += 1
+    per_frame = {r: round(ns / 1e6 / frames, 2) for r, ns in totals.most_common()}
+    return {r: [ms, threads[r]] for r, ms in per_frame.items() if ms >= 0.1}
+
+
 def peak_rss(cmd: list[str]) -> float:
   """GiB: the peak resident memory of a child process (and what it waited for)."""
   proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -199,7 +262,9 @@ def main():
   record["end_to_end"] = end_to_end(predictor, video, args.batch_size, os.path.join(work, "e2e"))
   print(json.dumps({"end_to_end": record["end_to_end"]}), flush=True)
   fixed = FixedMapModel(predictor)
-  record["host_only"] = end_to_end(fixed, video, args.batch_size, os.path.join(work, "host"))
+  with ThreadCPU() as cpu:
+    record["host_only"] = end_to_end(fixed, video, args.batch_size, os.path.join(work, "host"))
+  record["host_only"]["cpu_ms_per_frame"] = cpu.ms_per_frame(record["host_only"]["frames"])
   record["ratio_end_to_end_vs_forward"] = (
     record["end_to_end"]["fps"] / record["forward_only"]["fps"]
   )

@@ -2,10 +2,11 @@
 thread, with the previous implementation of each stage beside the current one in the same run.
 
 At a given source size: the fused map (model size) to an 8-bit map at source size, its PNG, the
-overlay frame, the two x264 streams (lossless maps, overlay), and the input side (decoding is
-not included; the resize to the model's input is). "previous" is what the writers did before
-(whole-frame passes for the resize and the overlay, PIL's PNG encoder at level 1); the outputs
-are checked equal (pixels) before timing.
+overlay frame, each x264 stream's frame in its pixel format (made on the writer threads) and its
+encoding (on the stream's own thread), and the input side (decoding is not included; the resize
+to the model's input is). "previous" is what the writers did before (whole-frame passes for the
+resize and the overlay, PIL's PNG encoder at level 1, the gray map converted as an RGB frame);
+the outputs are checked equal (pixels, YUV samples) before timing.
 
     python benchmarks/writer_stages.py [--size=1920x1080] [--repeats=20]
 
@@ -53,6 +54,14 @@ def previous_overlay_lookup(frame, levels) -> np.ndarray:
   return out
 
 
+def previous_maps_frame(gray):
+  """The lossless stream's frame as it was made: the map as an RGB frame, converted by swscale."""
+  import av
+
+  rgb = av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=-1), format="rgb24")
+  return rgb.reformat(format="yuv444p")
+
+
 def inputs(h: int, w: int):
   """A smooth fused map at model size (as the model gives) and a textured source frame."""
   rng = np.random.default_rng(0)
@@ -74,6 +83,8 @@ def check_equal(fused, frame, hw, png_path) -> None:
   writers.write_png(png_path, at_source)
   with open(png_path, "rb") as f:
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(f.read()))), at_source)
+  maps_frame = writers.video_frame(at_source, writers.LOSSLESS_FORMAT).to_ndarray()
+  assert np.array_equal(maps_frame, previous_maps_frame(at_source).to_ndarray())
 
 
 def main():
@@ -105,6 +116,10 @@ def main():
       ms_per_call(lambda: previous_overlay_lookup(frame, at_source), r),
       ms_per_call(lambda: writers.overlay_lookup(frame, at_source), r),
     ),
+    "maps_mp4_frame": (
+      ms_per_call(lambda: previous_maps_frame(at_source), r),
+      ms_per_call(lambda: writers.video_frame(at_source, writers.LOSSLESS_FORMAT), r),
+    ),
   }
   sizes = {"png_bytes_previous": 0, "png_bytes": 0}
   pil_png(png, at_source)
@@ -113,9 +128,12 @@ def main():
   sizes["png_bytes"] = os.path.getsize(png)
   lossless = writers.Mp4Encoder(os.path.join(tmp, "maps.mp4"), 30, h, w, lossless=True)
   overlay = writers.Mp4Encoder(os.path.join(tmp, "o.mp4"), 30, h, w, preset="ultrafast")
+  maps_frame = writers.video_frame(at_source, writers.LOSSLESS_FORMAT)
+  overlay_frame = writers.video_frame(frame, writers.VIEWING_FORMAT)
   unchanged = {
-    "encode_maps_lossless": ms_per_call(lambda: lossless.add(at_source), r),
-    "encode_overlay": ms_per_call(lambda: overlay.add(frame), r),
+    "overlay_mp4_frame": ms_per_call(lambda: writers.video_frame(frame, "yuv420p"), r),
+    "encode_maps_lossless": ms_per_call(lambda: lossless.add_frame(maps_frame), r),
+    "encode_overlay": ms_per_call(lambda: overlay.add_frame(overlay_frame), r),
     "input_resize_to_224": ms_per_call(lambda: resize_frames(frame[None], 224), r),
   }
   lossless.close()

@@ -103,7 +103,10 @@ def _gray_in_yuv444(gray: np.ndarray):
   frame = av.VideoFrame(w, h, LOSSLESS_FORMAT)
   for plane, levels in zip(frame.planes, _gray_yuv444_levels()):
     samples = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, :w]
-    np.take(levels, gray, out=samples)
+    if (levels == levels[0]).all():  # chroma: one value for every gray level
+      samples.fill(levels[0])
+    else:
+      np.take(levels, gray, out=samples)
   return frame
 
 
@@ -278,11 +281,11 @@ class _EncoderThread:
   thread (x264 and PyAV's encode release the GIL, so the two videos of a prediction encode beside
   the PNG writers)."""
 
-  def __init__(self, path, fps, height, width, **options):
+  def __init__(self, name, path, fps, height, width, **options):
     self.encoder = Mp4Encoder(path, fps, height, width, **options)
     self._queue: queue.Queue = queue.Queue(maxsize=8)
     self._error: BaseException | None = None
-    self._thread = threading.Thread(target=self._work, name="encode", daemon=True)
+    self._thread = threading.Thread(target=self._work, name=name, daemon=True)
     self._thread.start()
 
   def _work(self):
@@ -361,11 +364,15 @@ class VideoOutputs:
   def _start_encoders(self, fused):
     if self._maps_path:
       h, w = fused.height, fused.width
-      self._maps_mp4 = _EncoderThread(self._maps_path, self._fps, h, w, lossless=True)
+      self._maps_mp4 = _EncoderThread(
+        "encode-maps", self._maps_path, self._fps, h, w, lossless=True
+      )
     if self._overlay_path:
       # x264's fastest preset: the overlay is for looking at (crf 18 as before), not scored
       h, w = self.source_hw
-      self._overlay_mp4 = _EncoderThread(self._overlay_path, self._fps, h, w, preset="ultrafast")
+      self._overlay_mp4 = _EncoderThread(
+        "encode-overlay", self._overlay_path, self._fps, h, w, preset="ultrafast"
+      )
 
   def _drain(self, keep: int) -> None:
     while len(self._pending) > keep:
