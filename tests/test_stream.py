@@ -142,6 +142,22 @@ def test_png_pixels_are_the_arrays(tmp_path, shape):
     writers.write_png(str(tmp_path / "b.png"), np.zeros((2, 2, 4), np.uint8))
 
 
+def test_png_deflate_is_zlibs_own_bytes(tmp_path):
+  """zlib-ng's Huffman-only deflate gives the bytes the standard zlib gives, only faster."""
+  import struct
+  import zlib
+
+  pixels = np.random.default_rng(5).integers(0, 9, (40, 70), dtype=np.uint8).cumsum(1)
+  writers.write_png(str(tmp_path / "a.png"), pixels.astype(np.uint8))
+  data = (tmp_path / "a.png").read_bytes()
+  (idat_size,) = struct.unpack(">I", data[33:37])
+  assert data[37:41] == b"IDAT"
+  rows = pixels.astype(np.uint8)
+  filtered = np.concatenate([np.ones((40, 1), np.uint8), rows[:, :1], np.diff(rows, axis=1)], 1)
+  coder = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+  assert data[41 : 41 + idat_size] == coder.compress(filtered.tobytes()) + coder.flush()
+
+
 def test_mp4_encoder_lossless_round_trip(tmp_path):
   from visage_jax.data.video import open_video
 
@@ -199,6 +215,8 @@ def test_encoder_frames_made_apart_give_the_same_video(tmp_path, lossless):
   encoder = writers.Mp4Encoder(str(tmp_path / "w.mp4"), 25, 15, 13, lossless=lossless)
   with pytest.raises(ValueError, match=r"w\.mp4: a yuv420p frame of 16×16, the video is"):
     encoder.add_frame(wrong)
+  with pytest.raises(ValueError, match=r"w\.mp4: frame of shape \(15, 13, 4\), the video is 15×13"):
+    encoder.add(np.zeros((15, 13, 4), np.uint8))
   encoder.close()
 
 

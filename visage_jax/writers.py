@@ -17,6 +17,7 @@ import threading
 import zlib
 
 import numpy as np
+from zlib_ng import zlib_ng
 
 
 def map_to_uint8(prob) -> np.ndarray:
@@ -37,11 +38,12 @@ def fuse_uint8(maps_u8, alpha: float = 0.5, eps: float = 1e-6) -> np.ndarray:
 def write_png(path: str, image_u8) -> None:
   """An 8-bit grayscale (H, W) or RGB (H, W, 3) PNG, written here rather than through PIL: every
   row with PNG's "Sub" filter (each byte minus the same channel of the pixel to its left), then
-  zlib with Huffman coding only. A filtered saliency map is mostly small differences, which
+  deflate with Huffman coding only. A filtered saliency map is mostly small differences, which
   entropy coding alone packs tighter and faster than zlib's fastest string matching (1080p map:
   338 KB in 12.8 ms against 417 KB in 16 ms at level 1; PIL's level 1, which tries five filters
-  on every row: 420 KB in 31 ms). zlib and numpy release the GIL while they work. PNG is
-  lossless: the pixels are the array's whatever the filter and coding."""
+  on every row: 420 KB in 31 ms). The deflate is zlib-ng's: the same bytes as zlib's for this
+  coding, in half the time (13.8 → 6.3-7.2 ms). zlib-ng and numpy release the GIL while they
+  work. PNG is lossless: the pixels are the array's whatever the filter and coding."""
   img = np.asarray(image_u8, np.uint8)
   if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or not img.size:
     raise ValueError(f"{path}: expected (H, W) or (H, W, 3) uint8 pixels, got {img.shape}")
@@ -53,7 +55,7 @@ def write_png(path: str, image_u8) -> None:
   filtered[:, 1 : 1 + channels] = rows[:, :channels]
   np.subtract(rows[:, channels:], rows[:, :-channels], out=filtered[:, 1 + channels :])
   header = struct.pack(">IIBBBBB", w, h, 8, 0 if channels == 1 else 2, 0, 0, 0)
-  coder = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+  coder = zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, zlib_ng.Z_HUFFMAN_ONLY)
   data = coder.compress(filtered.tobytes()) + coder.flush()
   with open(path, "wb") as f:
     f.write(b"\x89PNG\r\n\x1a\n")
@@ -71,7 +73,7 @@ def video_frame(frame_u8, pix_fmt: str):
   encoder would otherwise make itself (swscale), made apart from it so that it can run on any
   thread. yuv420p needs even sizes: odd ones are padded by repeating the last row/column. A gray
   frame goes into yuv444p through a table of swscale's own conversion of each gray level: the
-  same bytes as converting the gray frame as RGB, without building that frame (4× faster)."""
+  same bytes as converting the gray frame as RGB, without building that frame (3.6× at 1080p)."""
   import av
 
   f = np.asarray(frame_u8, np.uint8)
@@ -144,7 +146,7 @@ class Mp4Encoder:
 
   def add(self, frame_u8) -> None:
     f = np.asarray(frame_u8)
-    if f.shape[:2] != (self.height, self.width):
+    if f.shape not in ((self.height, self.width), (self.height, self.width, 3)):
       raise ValueError(
         f"{self.path}: frame of shape {f.shape}, the video is {self.height}×{self.width}"
       )
