@@ -110,6 +110,27 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, videos, ckpt_
   assert not [p for p in os.listdir(out) if ".partial" in p]
 
 
+def test_sigterm_removes_the_video_being_written(ckpt_plain, tmp_path):
+  """A scheduler's SIGTERM mid-video ends like Ctrl-C: one line, and no temporary file left."""
+  frames, _, _ = make_video(7, 150, SIZE)
+  long = str(tmp_path / "long.mp4")
+  write_mp4(long, frames, 30)
+  out = str(tmp_path / "out")
+  proc = _predict(ckpt_plain, out, long, wait=False)
+  partial, deadline = os.path.join(out, ".long.partial"), time.time() + 300
+  while not (os.path.isdir(partial) and os.listdir(partial)) and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.listdir(partial), "visage-predict never began writing"
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-2000:]
+  assert err.strip().splitlines()[-1].endswith("interrupted: unfinished outputs removed"), err
+  assert "Traceback" not in err
+  left = [os.path.join(d, f) for d, dirs, files in os.walk(out) for f in dirs + files]
+  assert not [p for p in left if ".partial" in p], left
+  assert not os.path.exists(os.path.join(out, "long"))
+
+
 def test_a_broken_video_is_reported_and_skipped(videos, ckpt_plain, tmp_path):
   broken = tmp_path / "broken.mp4"
   broken.write_bytes(os.urandom(5000))

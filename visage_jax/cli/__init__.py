@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from typing import NoReturn
@@ -12,13 +13,24 @@ def run_app(main, argv=None, flags_parser=None) -> None:
   """absl's `app.run`, with `--help` listing the command's own flags. absl lists the flags of the
   module that `sys.argv[0]` names, which for an installed console script is the script file, not
   the module that defined them: so they are registered as that file's key flags too.
-  `flags_parser`: instead of absl's (`app.parse_flags_with_usage`)."""
+  `flags_parser`: instead of absl's (`app.parse_flags_with_usage`).
+
+  SIGTERM (a scheduler's preemption, `timeout`, `kill`) stops the command as Ctrl-C does: what
+  it was writing is removed, as the commands' clean-up on KeyboardInterrupt does; a process
+  killed outright would leave its temporary files. Either ends in one line, exit code 130."""
   from absl import app, flags
 
   caller = sys._getframe(1).f_globals["__name__"]  # "__main__" under `python -m`: nothing to do
   for flag in flags.FLAGS.flags_by_module_dict().get(caller, []):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(main, argv=argv, flags_parser=flags_parser or app.parse_flags_with_usage)
+  signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
+  try:
+    app.run(main, argv=argv, flags_parser=flags_parser or app.parse_flags_with_usage)
+  except KeyboardInterrupt:
+    print(
+      f"{os.path.basename(sys.argv[0])}: interrupted: unfinished outputs removed", file=sys.stderr
+    )
+    sys.exit(130)
 
 
 def fail(prog: str, msg: str) -> NoReturn:
