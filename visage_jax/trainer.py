@@ -55,21 +55,13 @@ from visage_jax.trees import named, to_host
 # ----------------------------------------------------------------------------- validation
 
 
-def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, log=print):
-  """A function (trainable, stats, frozen) → {"map", "cc", "sim", "nss", "auc_judd", "kld",
-  "frames", "videos", <expert>: {...}}: "map" is "fused" with a `partner` (name, model), whose
-  maps are computed here once, else the trained expert's name."""
-  import jax.numpy as jnp
-
-  from visage_jax import evaluate
+def _validation_clips(prepared: str, split: str, window: int) -> list[tuple]:
+  """The original's validation windows of every prepared video: (video name, frames, saliency,
+  fixation counts, mask), each (T, …) at model size."""
   from visage_jax.data.prepare import data_source
   from visage_jax.data.windows import validation_windows
-  from visage_jax.models.visage import logit_fusion
-  from visage_jax.stream import model_maps
 
   source, _ = data_source(prepared, split)
-  t_frames = cfg.model.backbone.num_frames
-  name = train_step.expert_name(cfg)
   clips = []
   for i in range(len(source)):
     ex = source[i]
@@ -77,20 +69,33 @@ def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, 
     fix = ex["fixations_model"]
     counts = np.zeros((n, size, size), np.int32)
     np.add.at(counts, (fix[:, 0], fix[:, 1], fix[:, 2]), 1)
-    for idx, mask in validation_windows(n, t_frames):
+    for idx, mask in validation_windows(n, window):
       clips.append((ex["name"].decode(), ex["frames"][idx], ex["saliency"][idx], counts[idx], mask))
+  return clips
 
-  partner_maps = None
-  if partner is not None:
-    pname, pmodel = partner
-    pgraph, pstate = nnx.split(pmodel)
-    pfwd = jax.jit(
-      lambda s, f: model_maps(nnx.merge(pgraph, s), train_step.normalize_on_device(f))[pname]
-    )
-    partner_maps = [to_host(pfwd(pstate, c[1][None]))[0] for c in clips]
-    log(f"validation: {pname}'s maps for {len(clips)} windows computed (fused validation)")
-    del pstate, pgraph
-  alpha, eps = float(cfg.model.fusion_alpha), float(cfg.model.fusion_eps)
+
+def _partner_maps(partner, clips, log) -> list[np.ndarray]:
+  """The fixed partner expert's maps of every clip, computed once for all validations."""
+  from visage_jax.stream import model_maps
+
+  pname, pmodel = partner
+  pgraph, pstate = nnx.split(pmodel)
+  pfwd = jax.jit(
+    lambda s, f: model_maps(nnx.merge(pgraph, s), train_step.normalize_on_device(f))[pname]
+  )
+  maps = [to_host(pfwd(pstate, c[1][None]))[0] for c in clips]
+  log(f"validation: {pname}'s maps for {len(clips)} windows computed (fused validation)")
+  return maps
+
+
+def _frame_scores(graphdef_eval, name: str, alpha: float, eps: float):
+  """jit(trainable, stats, frozen, frames, saliency, counts, mask, partner maps or None) →
+  {name[, "fused"]: {"ntire2026": per-frame metrics, NaN where masked}}."""
+  import jax.numpy as jnp
+
+  from visage_jax import evaluate
+  from visage_jax.models.visage import logit_fusion
+  from visage_jax.stream import model_maps
 
   @jax.jit
   def frame_scores(trainable, stats, frozen, frames, sal, counts, mask, other):
@@ -105,6 +110,21 @@ def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, 
       s = evaluate.frame_metrics(m, sal.astype(jnp.float32), counts, quantize_uint8=False)
       out[k] = {"ntire2026": jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), s["ntire2026"])}
     return out
+
+  return frame_scores
+
+
+def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, log=print):
+  """A function (trainable, stats, frozen) → {"map", "cc", "sim", "nss", "auc_judd", "kld",
+  "frames", "videos", <expert>: {...}}: "map" is "fused" with a `partner` (name, model), whose
+  maps are computed here once, else the trained expert's name."""
+  from visage_jax import evaluate
+
+  clips = _validation_clips(prepared, split, cfg.model.backbone.num_frames)
+  partner_maps = None if partner is None else _partner_maps(partner, clips, log)
+  name = train_step.expert_name(cfg)
+  alpha, eps = float(cfg.model.fusion_alpha), float(cfg.model.fusion_eps)
+  frame_scores = _frame_scores(graphdef_eval, name, alpha, eps)
 
   def validate(trainable, stats, frozen):
     agg = evaluate.Aggregator()
