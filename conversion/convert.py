@@ -360,7 +360,7 @@ def main(argv=None) -> None:
     except ConversionError as e:
       fail("visage-convert", str(e))
 
-  run_app(run, argv=argv)
+  run_app(run, "visage-convert", argv=argv)
 
 
 if __name__ == "__main__":

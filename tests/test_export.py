@@ -210,6 +210,8 @@ def test_refused_configs_name_the_field(ckpt_plain, tmp_path):
     ("visage_jax.cli.train", "run_export", ["--format", "--checkpoint", "--workdir", "--output"]),
     ("visage_jax.cli.train", "run_cli", ["--config", "--workdir"]),
     ("conversion.convert", "main", ["--backbone", "--expert1", "--[no]merge_lora"]),
+    ("visage_jax.cli.predict", "run", ["--checkpoint", "--input", "--output", "--map_size"]),
+    ("visage_jax.cli.evaluate", "run", ["--checkpoint", "--data", "--layout"]),
   ],
 )
 def test_help_lists_the_commands_own_flags(module, entry, flags):
@@ -227,3 +229,29 @@ def test_help_lists_the_commands_own_flags(module, entry, flags):
   assert res.returncode == 1, res.stderr[-2000:]  # absl's --help exits with 1
   for flag in flags:
     assert f"  {flag}" in res.stdout, (flag, res.stdout)
+
+
+@pytest.mark.parametrize(
+  "module, entry, prog, args, says",
+  [
+    ("visage_jax.cli.predict", "run", "visage-predict", ["--bogus=1"], "flag 'bogus'"),
+    ("visage_jax.cli.evaluate", "run", "visage-eval", ["--batch_size=two"], "--batch_size=two"),
+    ("visage_jax.cli.train", "run_cli", "visage-train", ["--workdir=w"], "--config must have"),
+  ],
+)
+def test_a_flag_mistake_is_one_line(module, entry, prog, args, says, tmp_path):
+  """An unknown flag, a value of the wrong type, a required flag left out: absl's two lines and
+  exit 1 become the commands' one line and exit 2."""
+  res = subprocess.run(
+    [sys.executable, "-c", f"from {module} import {entry}; {entry}()", *args],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"),
+    cwd=tmp_path,
+    timeout=120,
+  )
+  assert res.returncode == 2, res.stderr[-2000:]
+  (line,) = res.stderr.strip().splitlines()
+  assert line.startswith(f"{prog}: error: ") and says in line, line
+  assert line.endswith("(--help lists the flags)")
+  assert not os.listdir(tmp_path)

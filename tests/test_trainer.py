@@ -424,17 +424,3 @@ def test_a_checkpoint_of_the_older_state_layout_is_refused_in_one_line(tmp_path)
   with pytest.raises(provenance.TrainError, match=r"checkpoints/4: written by an older visage-jax"):
     checkpoints.resume(None, None)
   checkpoints.close()
-
-
-def test_help_lists_the_commands_own_flags():
-  """`--help` names each command's flags (absl's default prints only "Try --helpfull")."""
-  for module, flags in (
-    ("visage_jax.cli.train", ("--config", "--workdir")),
-    ("visage_jax.cli.predict", ("--checkpoint", "--input", "--output", "--map_size")),
-    ("visage_jax.cli.evaluate", ("--checkpoint", "--data", "--layout")),
-  ):
-    res = subprocess.run(
-      [sys.executable, "-m", module, "--help"], capture_output=True, text=True, env=_env()
-    )
-    for flag in flags:
-      assert f"  {flag}:" in res.stdout + res.stderr, (module, flag)

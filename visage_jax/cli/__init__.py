@@ -9,11 +9,11 @@ import tempfile
 from typing import NoReturn
 
 
-def run_app(main, argv=None, flags_parser=None) -> None:
+def run_app(main, prog: str, argv=None, flags_parser=None) -> None:
   """absl's `app.run`, with `--help` listing the command's own flags. absl lists the flags of the
   module that `sys.argv[0]` names, which for an installed console script is the script file, not
   the module that defined them: so they are registered as that file's key flags too.
-  `flags_parser`: instead of absl's (`app.parse_flags_with_usage`).
+  `prog`: the command's name, for its messages. `flags_parser(argv)`: instead of `parse_flags`.
 
   SIGTERM (a scheduler's preemption, `timeout`, `kill`) stops the command as Ctrl-C does: what
   it was writing is removed, as the commands' clean-up on KeyboardInterrupt does; a process
@@ -25,12 +25,22 @@ def run_app(main, argv=None, flags_parser=None) -> None:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
   try:
-    app.run(main, argv=argv, flags_parser=flags_parser or app.parse_flags_with_usage)
+    app.run(main, argv=argv, flags_parser=flags_parser or (lambda a: parse_flags(a, prog)))
   except KeyboardInterrupt:
-    print(
-      f"{os.path.basename(sys.argv[0])}: interrupted: unfinished outputs removed", file=sys.stderr
-    )
+    print(f"{prog}: interrupted: unfinished outputs removed", file=sys.stderr)
     sys.exit(130)
+
+
+def parse_flags(argv, prog: str):
+  """absl's flag parsing, with a mistake (an unknown flag, a value of the wrong type, a required
+  flag left out) as one line, exit code 2, where absl writes two and exits 1."""
+  from absl import flags
+
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = " ".join(str(e).split())
+    fail(prog, f"{message} (--help lists the flags)")
 
 
 def fail(prog: str, msg: str) -> NoReturn:

@@ -127,7 +127,7 @@ def main(_):
 
 
 def run():
-  run_app(main)
+  run_app(main, "visage-check-submission")
 
 
 if __name__ == "__main__":

@@ -233,7 +233,7 @@ def main(_):
 
 
 def run():
-  run_app(main)
+  run_app(main, "visage-demo")
 
 
 if __name__ == "__main__":

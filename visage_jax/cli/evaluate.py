@@ -94,7 +94,7 @@ def main(_):
 
 
 def run():
-  run_app(main)
+  run_app(main, "visage-eval")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def main(_):
 
 
 def run():
-  run_app(main)
+  run_app(main, "golden_demo")
 
 
 if __name__ == "__main__":

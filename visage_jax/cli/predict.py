@@ -153,7 +153,7 @@ def _naming(path: str, error: str) -> str:
 
 
 def run():
-  run_app(main)
+  run_app(main, "visage-predict")
 
 
 if __name__ == "__main__":

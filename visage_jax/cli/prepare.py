@@ -64,7 +64,7 @@ def main(_):
 
 
 def run():
-  run_app(main)
+  run_app(main, "visage-prepare")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def main(_):
 
 def run():
   flags.mark_flag_as_required("output")
-  run_app(main)
+  run_app(main, "visage-synth")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from visage_jax.cli import fail, run_app
+from visage_jax.cli import fail, parse_flags, run_app
 
 FLAGS = flags.FLAGS
 
@@ -111,12 +111,10 @@ def config_mistake(argv, error: Exception) -> str:
 
 
 def _parse_flags(argv):
-  """absl's parser, with a mistaken --config.* override (an unknown field, a value of the wrong
-  type) as one line instead of ml_collections' traceback."""
-  from absl import app
-
+  """The commands' parser, with a mistaken --config.* override (an unknown field, a value of the
+  wrong type) as one line instead of ml_collections' traceback."""
   try:
-    return app.parse_flags_with_usage(argv)
+    return parse_flags(argv, "visage-train")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     fail("visage-train", config_mistake(argv, e))
 
@@ -125,7 +123,7 @@ def run_cli():
   config_flags.DEFINE_config_file("config", None, "configs/visage.py:PRESET", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints and logs go (resumed if present)")
   flags.mark_flags_as_required(["config"])
-  run_app(main, flags_parser=_parse_flags)
+  run_app(main, "visage-train", flags_parser=_parse_flags)
 
 
 def run_export():
@@ -139,7 +137,7 @@ def run_export():
   flags.DEFINE_string("checkpoint", None, "A converted or exported checkpoint")
   flags.DEFINE_bool("full_state_dict", False, "Write each expert's whole model.state_dict()")
   flags.DEFINE_string("output", None, "The directory to write (must not exist)")
-  run_app(export_main)
+  run_app(export_main, "visage-export")
 
 
 if __name__ == "__main__":
