@@ -101,7 +101,7 @@ def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
   histograms under "sauc_levels", for `shuffled_auc` on the host). With `mesh`, the batch is
   split over its (data, fsdp) axes and the parameters are replicated.
   """
-  from visage_jax.stream import model_maps
+  from visage_jax.stream import jit_on_batch, model_maps
 
   def step(state, batch):
     maps = model_maps(nnx.merge(graphdef, state), batch["clip"])
@@ -119,12 +119,7 @@ def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
       result["metrics"][k] = jax.tree.map(lambda v: jnp.where(batch["mask"], v, jnp.nan), scores)
     return result
 
-  if mesh is None:
-    return jax.jit(step)
-  from visage_jax import parallel
-
-  data = parallel.batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
+  return jit_on_batch(step, mesh)
 
 
 class Aggregator:

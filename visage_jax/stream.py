@@ -69,18 +69,24 @@ def local_mesh():
   return parallel.make_mesh(data=-1, devices=jax.local_devices())
 
 
+def jit_on_batch(fn, mesh=None):
+  """jax.jit of fn(state, batch) → outputs; with `mesh`, the batch and the outputs split over its
+  batch axes and the state replicated."""
+  if mesh is None:
+    return jax.jit(fn)
+  from visage_jax import parallel
+
+  data = parallel.batch_sharding(mesh)
+  return jax.jit(fn, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
+
+
 def make_forward(graphdef, mesh=None):
   """jit(state, clip) → maps (`model_maps`), the batch split over `mesh`'s batch axes."""
 
   def forward(state, clip):
     return model_maps(nnx.merge(graphdef, state), clip)
 
-  if mesh is None:
-    return jax.jit(forward)
-  from visage_jax import parallel
-
-  data = parallel.batch_sharding(mesh)
-  return jax.jit(forward, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
+  return jit_on_batch(forward, mesh)
 
 
 @dataclasses.dataclass
