@@ -28,7 +28,14 @@ class VideoEntry:
   fixations: str | None
 
 
-class ChallengeLayout:
+class Layout:
+  """A dataset layout: its `names(split)` and each one's `entry(name, split)`, a `VideoEntry`."""
+
+  def entries(self, split: str, *, require_gt: bool = True) -> list[VideoEntry]:
+    return [self.entry(n, split, require_gt=require_gt) for n in self.names(split)]
+
+
+class ChallengeLayout(Layout):
   def __init__(self, root: str):
     self.root = os.path.abspath(root)
     self.split_file = os.path.join(self.root, "TrainTestSplit.json")
@@ -63,9 +70,6 @@ class ChallengeLayout:
       missing = sal if not has[0] else fix
       raise DataError(f"{missing}: ground truth for {name} ({split}) is missing")
     return VideoEntry(name, split, video, sal if has[0] else None, fix if has[1] else None)
-
-  def entries(self, split: str, *, require_gt: bool = True) -> list[VideoEntry]:
-    return [self.entry(n, split, require_gt=require_gt) for n in self.names(split)]
 
 
 def load_fixations(path: str, num_frames: int, height: int, width: int) -> list[np.ndarray]:

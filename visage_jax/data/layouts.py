@@ -36,7 +36,7 @@ DHF1K_SPLITS = {"train": range(1, 601), "validation": range(601, 701)}
 CLIP_SPLITS = {"train": "training", "test": "testing"}  # split → folder (Hollywood-2, UCF-Sports)
 
 
-class Dhf1kLayout:
+class Dhf1kLayout(challenge.Layout):
   """DHF1K as distributed."""
 
   name = "dhf1k"
@@ -65,11 +65,8 @@ class Dhf1kLayout:
       name, split, self.videos[int(name)], ann, ("maps", "fixation"), require_gt=require_gt
     )
 
-  def entries(self, split: str, *, require_gt: bool = True) -> list[VideoEntry]:
-    return [self.entry(n, split, require_gt=require_gt) for n in self.names(split)]
 
-
-class ClipFoldersLayout:
+class ClipFoldersLayout(challenge.Layout):
   """Hollywood-2 or UCF-Sports as the field distributes them: a folder per clip."""
 
   def __init__(self, root: str, name: str):
@@ -94,9 +91,6 @@ class ClipFoldersLayout:
     if not os.path.isdir(images):
       raise DataError(f"{images}: missing (each clip holds images/, maps/ and fixation/)")
     return _folder_entry(name, split, images, clip, ("maps", "fixation"), require_gt=require_gt)
-
-  def entries(self, split: str, *, require_gt: bool = True) -> list[VideoEntry]:
-    return [self.entry(n, split, require_gt=require_gt) for n in self.names(split)]
 
 
 def _folder_entry(name, split, video, annotation, subdirs, *, require_gt) -> VideoEntry:
