@@ -131,7 +131,7 @@ def main():
   maps_frame = writers.video_frame(at_source, writers.LOSSLESS_FORMAT)
   overlay_frame = writers.video_frame(frame, writers.VIEWING_FORMAT)
   unchanged = {
-    "overlay_mp4_frame": ms_per_call(lambda: writers.video_frame(frame, "yuv420p"), r),
+    "overlay_mp4_frame": ms_per_call(lambda: writers.video_frame(frame, writers.VIEWING_FORMAT), r),
     "encode_maps_lossless": ms_per_call(lambda: lossless.add_frame(maps_frame), r),
     "encode_overlay": ms_per_call(lambda: overlay.add_frame(overlay_frame), r),
     "input_resize_to_224": ms_per_call(lambda: resize_frames(frame[None], 224), r),

@@ -35,6 +35,14 @@ def fuse_uint8(maps_u8, alpha: float = 0.5, eps: float = 1e-6) -> np.ndarray:
   return np.clip(fused * 255, 0, 255).astype(np.uint8)
 
 
+def uint8_image(image_u8, where: str) -> np.ndarray:
+  """The pixels of an 8-bit (H, W) gray or (H, W, 3) RGB image; else a ValueError naming `where`."""
+  img = np.asarray(image_u8, np.uint8)
+  if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or not img.size:
+    raise ValueError(f"{where}: expected (H, W) or (H, W, 3) uint8 pixels, got {img.shape}")
+  return img
+
+
 def write_png(path: str, image_u8) -> None:
   """An 8-bit grayscale (H, W) or RGB (H, W, 3) PNG, written here rather than through PIL: every
   row with PNG's "Sub" filter (each byte minus the same channel of the pixel to its left), then
@@ -44,9 +52,7 @@ def write_png(path: str, image_u8) -> None:
   on every row: 420 KB in 31 ms). The deflate is zlib-ng's: the same bytes as zlib's for this
   coding, in half the time (13.8 → 6.3-7.2 ms). zlib-ng and numpy release the GIL while they
   work. PNG is lossless: the pixels are the array's whatever the filter and coding."""
-  img = np.asarray(image_u8, np.uint8)
-  if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or not img.size:
-    raise ValueError(f"{path}: expected (H, W) or (H, W, 3) uint8 pixels, got {img.shape}")
+  img = uint8_image(image_u8, path)
   h, w = img.shape[:2]
   channels = 1 if img.ndim == 2 else 3
   rows = img.reshape(h, w * channels)
@@ -76,9 +82,7 @@ def video_frame(frame_u8, pix_fmt: str):
   same bytes as converting the gray frame as RGB, without building that frame (3.6× at 1080p)."""
   import av
 
-  f = np.asarray(frame_u8, np.uint8)
-  if f.ndim not in (2, 3) or (f.ndim == 3 and f.shape[2] != 3) or not f.size:
-    raise ValueError(f"expected (H, W) or (H, W, 3) uint8 pixels, got {f.shape}")
+  f = uint8_image(frame_u8, "video frame")
   if f.ndim == 2 and pix_fmt == LOSSLESS_FORMAT:
     return _gray_in_yuv444(f)
   if f.ndim == 2:
