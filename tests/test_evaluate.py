@@ -38,3 +38,39 @@ def test_aggregator_challenge_and_pooled():
   assert np.isclose(cc["pooled"], (0.2 + 0.4 + 0.6 + 1.0) / 4)
   assert cc["undefined_frames"] == 3 and cc["frames"] == 4 and cc["videos_without_value"] == 1
   assert "fused" in evaluate.format_table(rep, "ntire2026")
+
+
+def test_fixation_maps_count_points_as_the_host_does():
+  """The count maps made on the device from padded points equal `challenge.fixation_counts`'s
+  (numpy, on the host): repeated events add up, empty frames stay zero, -1 rows add nothing."""
+  import jax
+
+  from visage_jax.data.challenge import fixation_counts
+  from visage_jax.stream import padded_points
+
+  rng = np.random.default_rng(0)
+  h, w = 37, 53
+  windows = []
+  for _ in range(3):
+    frames = [rng.integers(0, (h, w), (rng.integers(0, 90), 2)).astype(np.int32) for _ in range(4)]
+    frames[1] = np.concatenate([frames[1], frames[1][:5], [[h - 1, w - 1], [0, 0]]]).astype(
+      np.int32
+    )
+    frames[2] = np.zeros((0, 2), np.int32)
+    windows.append(frames)
+  points = padded_points(windows)
+  assert points.shape == (3, 4, 128, 2) and points.dtype == np.int32
+  maps = np.asarray(jax.jit(evaluate.fixation_maps, static_argnums=1)(points, (h, w)))
+  want = np.stack([fixation_counts(frames, range(4), h, w) for frames in windows])
+  np.testing.assert_array_equal(maps, want)
+  assert maps.dtype == np.int32 and maps[:, 1].max() >= 2 and maps[:, 2].sum() == 0
+
+
+def test_padded_points_take_few_shapes():
+  from visage_jax.stream import POINT_SLOTS, padded_points
+
+  one = [[np.array([[3, 4]], np.int32)]]
+  assert padded_points(one).shape == (1, 1, POINT_SLOTS, 2)
+  np.testing.assert_array_equal(padded_points(one)[0, 0, :2], [[3, 4], [-1, -1]])
+  many = [[np.zeros((POINT_SLOTS + 1, 2), np.int32), np.zeros((0, 2), np.int32)]]
+  assert padded_points(many).shape == (1, 2, 2 * POINT_SLOTS, 2)

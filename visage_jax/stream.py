@@ -25,7 +25,6 @@ import jax
 import numpy as np
 from flax import nnx
 
-from visage_jax.data.challenge import fixation_counts
 from visage_jax.data.video import normalize, resize_frames, sequential, to_gray
 from visage_jax.data.windows import sequence_windows
 
@@ -108,11 +107,11 @@ class WindowBatch:
   real: int  # windows that are not padding
   frames: dict  # {source index: uint8 (H, W, 3)} of groups first seen in this batch, if kept
   gt: np.ndarray | None = None  # uint8 (B, T, H, W)
-  fixations: np.ndarray | None = None  # int32 (B, T, H, W) event counts
-  negatives: np.ndarray | None = None  # int32 (B, T, H, W): other frames' fixations (s-AUC)
+  fixations: np.ndarray | None = None  # int32 (B, T, P, 2) [y, x] events, -1 rows padding
+  negatives: np.ndarray | None = None  # int32 (B, T, Q, 2): other frames' fixations (s-AUC)
 
   def model_input(self) -> dict:
-    """What the evaluation step takes."""
+    """What the evaluation step takes (`evaluate.on_fixation_points`)."""
     out = {"clip": self.clip, "mask": self.mask}
     if self.gt is not None:
       out.update(gt=self.gt, fixations=self.fixations)
@@ -134,12 +133,10 @@ def _decode_group(source: VideoSource, readers, group, size: int, keep_frames: b
     item = {"clip": clip[idx - lo], "mask": mask, "indices": idx}
     if gt is not None:
       item["gt"] = gt[idx - lo]
-    v = source.video
     if source.fixations is not None:
-      item["fixations"] = fixation_counts(source.fixations, idx, v.height, v.width)
+      item["fixations"] = [source.fixations[int(i)] for i in idx]
     if source.negatives is not None:
-      negatives = [source.negatives(int(i)) for i in idx]
-      item["negatives"] = fixation_counts(negatives, range(len(idx)), v.height, v.width)
+      item["negatives"] = [source.negatives(int(i)) for i in idx]
     items.append(item)
   frames = {lo + i: rgb[i] for i in range(hi - lo)} if keep_frames else {}
   return items, frames
@@ -159,11 +156,31 @@ def _resize_in_threads(frames: list, size: int) -> np.ndarray:
   return np.concatenate(list(_RESIZE_POOL.map(resize_part, parts)))
 
 
+POINT_SLOTS = 64  # the fewest rows of a batch's padded points; more go up by powers of two
+
+
+def padded_points(per_window: list[list]) -> np.ndarray:
+  """int32 (B, T, P, 2) from B windows' T per-frame [y, x] arrays, padded with rows of -1 to
+  P: a power of two at least POINT_SLOTS, so that a few shapes serve a whole run."""
+  longest = max(len(p) for frames in per_window for p in frames)
+  slots = POINT_SLOTS
+  while slots < longest:
+    slots *= 2
+  out = np.full((len(per_window), len(per_window[0]), slots, 2), -1, np.int32)
+  for b, frames in enumerate(per_window):
+    for t, p in enumerate(frames):
+      out[b, t, : len(p)] = p
+  return out
+
+
 def _stack(items, frames, batch_size: int) -> WindowBatch:
   real = len(items)
   while len(items) < batch_size:  # masked copies keep the compiled shape
     items.append({**items[0], "mask": np.zeros_like(items[0]["mask"])})
-  stacked = {k: np.stack([it[k] for it in items]) for k in items[0]}
+  stacked = {}
+  for k in items[0]:
+    column = [it[k] for it in items]
+    stacked[k] = padded_points(column) if k in ("fixations", "negatives") else np.stack(column)
   return WindowBatch(real=real, frames=frames, **stacked)
 
 
