@@ -93,7 +93,8 @@ def frame_metrics(pred, gt, fixations, *, quantize_uint8: bool = True):
 
 def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
   """The jitted step: (state, batch) → {"maps": {...}, "metrics": {source: {variant: {metric}}}}:
-  the shared forward (`stream.model_maps`) with every map scored on top.
+  the shared forward (`stream.model_maps`) with every map scored on top, one map after another
+  (what scoring holds at the ground truth's size is then one map's, not three).
 
   batch: clip (B, T, S, S, 3) normalised frames; gt (B, T, H, W); fixations (B, T, H, W) int
   counts; mask (B, T) bool, false on padded frames, whose metrics come out NaN; optionally
@@ -103,20 +104,29 @@ def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
   """
   from visage_jax.stream import jit_on_batch, model_maps
 
+  def score_map(m, g, batch):
+    """One map (B, T, S, S) against the ground truth read once (`g`)."""
+    hw = batch["gt"].shape[-2:]
+    p = read_pred(m, hw, quantize_uint8=quantize_uint8)
+    scores = score(p, g, batch["fixations"])
+    out = {}
+    if "negatives" in batch:  # s-AUC: the exact one here, the mit one on the host
+      scores["ntire2026"]["sauc"] = metrics.sauc(p, batch["fixations"], batch["negatives"])
+      levels = submission_maps(m, hw)  # as read_pred's (XLA computes it once)
+      out["sauc_levels"] = metrics.level_histograms(levels, batch["fixations"], batch["negatives"])
+    out["metrics"] = jax.tree.map(lambda v: jnp.where(batch["mask"], v, jnp.nan), scores)
+    return out
+
   def step(state, batch):
     maps = model_maps(nnx.merge(graphdef, state), batch["clip"])
-    result = {"maps": maps, "metrics": {}}
-    g = read_gt(batch["gt"])  # once for all three maps
-    hw = batch["gt"].shape[-2:]
-    for k, m in maps.items():
-      p = read_pred(m, hw, quantize_uint8=quantize_uint8)
-      scores = score(p, g, batch["fixations"])
-      if "negatives" in batch:  # s-AUC: the exact one here, the mit one on the host
-        scores["ntire2026"]["sauc"] = metrics.sauc(p, batch["fixations"], batch["negatives"])
-        levels = submission_maps(m, hw)  # as read_pred's (XLA computes it once)
-        histograms = metrics.level_histograms(levels, batch["fixations"], batch["negatives"])
-        result.setdefault("sauc_levels", {})[k] = histograms
-      result["metrics"][k] = jax.tree.map(lambda v: jnp.where(batch["mask"], v, jnp.nan), scores)
+    g = read_gt(batch["gt"])
+    names = list(maps)
+    scored = jax.lax.map(lambda m: score_map(m, g, batch), jnp.stack([maps[k] for k in names]))
+    result = {"maps": maps}
+    for part in scored:
+      result[part] = {
+        k: jax.tree.map(lambda x, i=i: x[i], scored[part]) for i, k in enumerate(names)
+      }
     return result
 
   return jit_on_batch(step, mesh)
