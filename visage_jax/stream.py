@@ -14,6 +14,7 @@ holds `batch_size` windows per local device, split over a data-parallel mesh of 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import os
@@ -125,9 +126,9 @@ def _decode_group(source: VideoSource, readers, group, size: int, keep_frames: b
   `readers`: in-order readers (`video.sequential`) of the video and of the saliency video."""
   lo = min(int(idx[0]) for idx, _ in group)
   hi = max(int(idx[m].max()) for idx, m in group) + 1
-  rgb = readers[0].read(lo, hi)  # a list of frames
-  clip = normalize(_resize_in_threads(rgb, size))
-  gt = to_gray(np.stack(readers[1].read(lo, hi))) if source.saliency else None
+  small, kept = _read_resized(readers[0], lo, hi, size, keep_frames)
+  clip = normalize(small)
+  gt = _read_gray(readers[1], lo, hi) if source.saliency else None
   items = []
   for idx, mask in group:
     item = {"clip": clip[idx - lo], "mask": mask, "indices": idx}
@@ -138,22 +139,41 @@ def _decode_group(source: VideoSource, readers, group, size: int, keep_frames: b
     if source.negatives is not None:
       item["negatives"] = [source.negatives(int(i)) for i in idx]
     items.append(item)
-  frames = {lo + i: rgb[i] for i in range(hi - lo)} if keep_frames else {}
-  return items, frames
+  return items, dict(zip(range(lo, hi), kept))
 
 
+# A group spans window × stride source frames (120 at 1080p: 750 MB of RGB); they are decoded a
+# few at a time, each chunk resized on the pool while the next is decoded.
+DECODE_CHUNK = 4
 _RESIZE_THREADS = min(4, len(os.sched_getaffinity(0)))
 _RESIZE_POOL = concurrent.futures.ThreadPoolExecutor(_RESIZE_THREADS, thread_name_prefix="resize")
 
 
-def _resize_in_threads(frames: list, size: int) -> np.ndarray:
-  """`resize_frames` in a few threads (PIL releases the GIL while it resizes)."""
-  parts = np.array_split(np.arange(len(frames)), min(_RESIZE_THREADS, len(frames)))
+def _chunks(lo: int, hi: int) -> list[tuple[int, int]]:
+  return [(a, min(hi, a + DECODE_CHUNK)) for a in range(lo, hi, DECODE_CHUNK)]
 
-  def resize_part(part):
-    return resize_frames([frames[i] for i in part], size)
 
-  return np.concatenate(list(_RESIZE_POOL.map(resize_part, parts)))
+def _read_resized(reader, lo: int, hi: int, size: int, keep: bool):
+  """Frames lo … hi − 1 at the model's size, uint8 (N, S, S, 3), and the source frames if
+  `keep` (else none). PIL releases the GIL while it resizes; at most a chunk per pool thread
+  waits, so what is held is bounded by the chunks, not the group."""
+  pending: collections.deque = collections.deque()
+  resized, kept = [], []
+  for a, b in _chunks(lo, hi):
+    frames = reader.read(a, b)
+    if keep:
+      kept.extend(frames)
+    pending.append(_RESIZE_POOL.submit(resize_frames, frames, size))
+    if len(pending) > _RESIZE_THREADS:
+      resized.append(pending.popleft().result())
+  resized.extend(f.result() for f in pending)
+  return np.concatenate(resized), kept
+
+
+def _read_gray(reader, lo: int, hi: int) -> np.ndarray:
+  """Saliency frames lo … hi − 1 as uint8 (N, H, W), a chunk at a time (`to_gray` widens the
+  RGB it converts to uint32)."""
+  return np.concatenate([to_gray(np.stack(reader.read(a, b))) for a, b in _chunks(lo, hi)])
 
 
 POINT_SLOTS = 64  # the fewest rows of a batch's padded points; more go up by powers of two
