@@ -396,20 +396,23 @@ def _expected_draws(values, positives, negatives):
   top_pos = levels[positives > 0].max()
   weights, drawn = [], []
   if below[top_pos] >= k:
-    weights.append(np.exp(_log_comb(below[top_pos], k) - total))
-    drawn.append(np.where(levels <= top_pos, negatives * k / below[top_pos], 0.0))
-  for top in levels[(levels > top_pos) & (negatives > 0)]:
-    a, n = below[top] - negatives[top], below[top]
-    log_n, log_a = _log_comb(n, k), _log_comb(a, k)
-    weight = np.exp(log_n - total) - np.exp(log_a - total)
-    if weight <= 0:
-      continue
-    log_d = log_n + np.log1p(-np.exp(log_a - log_n))
-    p_top = np.exp(_log_comb(n - 1, k - 1) - log_d)
-    p_below = p_top - np.exp(_log_comb(a - 1, k - 1) - log_d)
-    weights.append(weight)
-    drawn.append(negatives * np.select([levels < top, levels == top], [p_below, p_top], 0.0))
-  drawn = np.stack(drawn)
+    weights.append([np.exp(_log_comb(below[top_pos], k) - total)])
+    drawn.append(np.where(levels <= top_pos, negatives * k / below[top_pos], 0.0)[None])
+  # every higher level holding negatives at once, one row each
+  tops = levels[(levels > top_pos) & (negatives > 0)]
+  a, n = below[tops] - negatives[tops], below[tops]
+  log_n, log_a = _log_comb(n, k), _log_comb(a, k)
+  weight = np.exp(log_n - total) - np.exp(log_a - total)
+  possible = weight > 0
+  tops, a, n, log_n, log_a = (x[possible] for x in (tops, a, n, log_n, log_a))
+  log_d = log_n + np.log1p(-np.exp(log_a - log_n))
+  p_top = np.exp(_log_comb(n - 1, k - 1) - log_d)
+  p_below = p_top - np.exp(_log_comb(a - 1, k - 1) - log_d)
+  top = tops[:, None]
+  p_drawn = np.where(levels < top, p_below[:, None], np.where(levels == top, p_top[:, None], 0.0))
+  weights.append(weight[possible])
+  drawn.append(negatives * p_drawn)
+  weights, drawn = np.concatenate(weights), np.concatenate(drawn)
   aucs = _shuffled_auc(values, np.broadcast_to(positives, drawn.shape), drawn, np)
   return float(np.dot(weights, aucs) / np.sum(weights))
 
