@@ -12,6 +12,8 @@ histograms (`shuffled_auc`).
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -70,6 +72,46 @@ def shuffled_auc(host_levels: dict, per_frame: dict, batch, b: int, video: str, 
       drawn[t] = metrics.sauc_levels(hist[b, t], lo, hi, splits=protocol["splits"], rng=rng)
     per_frame[source]["mit"]["sauc"] = every
     per_frame[source]["mit"]["sauc_splits"] = drawn
+
+
+# The mit s-AUC of a frame is float64 work on the host (3 maps × 100 hypergeometric draws, ~10 ms
+# a map); it runs on these threads (numpy's draws release the GIL), off the thread feeding the
+# devices.
+_SAUC_THREADS = max(1, len(os.sched_getaffinity(0)) - 1)
+_SAUC_POOL = concurrent.futures.ThreadPoolExecutor(_SAUC_THREADS, thread_name_prefix="sauc")
+
+
+class WindowScores:
+  """One video's windows' per-frame numbers into `agg`, in window order, each window's mit s-AUC
+  (`shuffled_auc`) computed on a pool of threads meanwhile; at most a few windows wait."""
+
+  def __init__(self, agg, video: str, protocol: dict | None):
+    self.agg, self.video, self.protocol = agg, video, protocol
+    self._waiting: collections.deque = collections.deque()
+
+  def add(self, out: dict, batch, b: int) -> None:
+    """Window `b` of `batch`, whose step outputs (on the host) are `out`."""
+    per_frame = jax.tree.map(lambda x: x[b], out["metrics"])
+    job = None
+    if "sauc_levels" in out:
+      args = (out["sauc_levels"], per_frame, batch, b, self.video, self.protocol)
+      job = _SAUC_POOL.submit(shuffled_auc, *args)
+    self._waiting.append((job, per_frame, batch.mask[b]))
+    self._settle(keep=4 * _SAUC_THREADS)
+
+  def finish(self) -> None:
+    self._settle(keep=0)
+
+  def _settle(self, keep: int) -> None:
+    """Add the waiting windows that are done, in order; wait for more while over `keep`."""
+    while self._waiting:
+      job, per_frame, mask = self._waiting[0]
+      if job is not None and len(self._waiting) <= keep and not job.done():
+        return
+      if job is not None:
+        job.result()
+      self._waiting.popleft()
+      self.agg.add(self.video, per_frame, mask)
 
 
 def read_gt(gt):
@@ -324,13 +366,12 @@ def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
   )
   results = stream.run_batches(run.step, run.state, stream.prefetch(batches, 2), run.mesh)
 
+  scores = WindowScores(run.agg, entry.name, run.protocol)
+
   def scored(results):
     for batch, out in results:
       for b in range(batch.real):
-        per_frame = jax.tree.map(lambda x, b=b: x[b], out["metrics"])
-        if "sauc_levels" in out:
-          shuffled_auc(out["sauc_levels"], per_frame, batch, b, entry.name, run.protocol)
-        run.agg.add(entry.name, per_frame, batch.mask[b])
+        scores.add(out, batch, b)
       yield batch, out
 
   fused = lambda out: {"fused": out["maps"]["fused"]}  # noqa: E731
@@ -339,6 +380,7 @@ def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
       outputs.add(frame.index, frame.maps)
     if run.progress:
       run.progress(1)
+  scores.finish()
 
 
 def _save_maps_of(entry, pred_root, run, source_fps=None):
