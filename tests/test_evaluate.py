@@ -74,3 +74,29 @@ def test_padded_points_take_few_shapes():
   np.testing.assert_array_equal(padded_points(one)[0, 0, :2], [[3, 4], [-1, -1]])
   many = [[np.zeros((POINT_SLOTS + 1, 2), np.int32), np.zeros((0, 2), np.int32)]]
   assert padded_points(many).shape == (1, 2, 2 * POINT_SLOTS, 2)
+
+
+def test_window_scores_keep_window_order_while_sauc_runs_on_threads(monkeypatch):
+  """Windows whose s-AUC finishes out of order still reach the aggregator in window order, each
+  with its s-AUC."""
+  import concurrent.futures
+  import time
+  from types import SimpleNamespace
+
+  def slow_sauc(levels, per_frame, batch, b, video, protocol):
+    time.sleep(0.05 * (b % 3 == 0))  # every third window finishes last
+    per_frame["fused"]["mit"]["sauc"] = np.full(2, float(batch.indices[b, 0]))
+
+  monkeypatch.setattr(evaluate, "shuffled_auc", slow_sauc)
+  monkeypatch.setattr(evaluate, "_SAUC_POOL", concurrent.futures.ThreadPoolExecutor(4))
+  agg = evaluate.Aggregator()
+  scores = evaluate.WindowScores(agg, "v", protocol={})
+  for start in range(0, 24, 4):  # batches of two windows of two frames
+    batch = SimpleNamespace(indices=np.arange(start, start + 4).reshape(2, 2), mask=np.ones((2, 2)))
+    out = {"metrics": {"fused": {"mit": {"cc": np.ones((2, 2))}}}, "sauc_levels": {}}
+    for b in range(2):
+      scores.add(out, batch, b)
+  scores.finish()
+  chunks = agg.state()["v"]
+  firsts = [c[("fused", "mit", "sauc")][0] for c in chunks]
+  assert firsts == list(range(0, 24, 2))
