@@ -226,7 +226,7 @@ def test_help_lists_the_commands_own_flags(module, entry, flags):
     env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"),
     timeout=120,
   )
-  assert res.returncode == 1, res.stderr[-2000:]  # absl's --help exits with 1
+  assert res.returncode == 0, res.stderr[-2000:]  # where absl's --help exits with 1
   for flag in flags:
     assert f"  {flag}" in res.stdout, (flag, res.stdout)
 

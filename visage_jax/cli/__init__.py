@@ -31,9 +31,13 @@ def run_app(main, prog: str, argv=None, flags_parser=None) -> None:
     sys.exit(130)
 
 
+HELP_FLAGS = ("--help", "--helpshort", "--helpfull", "--helpxml", "-?")
+
+
 def parse_flags(argv, prog: str):
   """absl's flag parsing, with a mistake (an unknown flag, a value of the wrong type, a required
-  flag left out) as one line, exit code 2, where absl writes two and exits 1."""
+  flag left out) as one line, exit code 2, where absl writes two and exits 1; and `--help` (or
+  its kin) exiting 0 once it has shown the flags, where absl exits 1."""
   from absl import flags
 
   try:
@@ -41,6 +45,9 @@ def parse_flags(argv, prog: str):
   except flags.Error as e:
     message = " ".join(str(e).split())
     fail(prog, f"{message} (--help lists the flags)")
+  except SystemExit as e:
+    asked_for_help = any(a.split("=")[0] in HELP_FLAGS for a in argv[1:])
+    sys.exit(0 if asked_for_help and e.code == 1 else e.code)
 
 
 def fail(prog: str, msg: str) -> NoReturn:
