@@ -224,19 +224,28 @@ def _compact(mask, values, slots: int, fills):
   return (*packed, count)
 
 
-def _count_sparse(flat, values, *, strict: bool):
-  """For each row, #{q : flat_q ≥ v} (or > v when `strict`) for every v in `values` (R, K), by
-  binary search of every pixel into the sorted values and a histogram: O(P·log K) instead of a
-  sort of P."""
+def _count_sparse(flat, values, *, strict_too: bool):
+  """For each row, #{q : flat_q ≥ v} for every v in `values` (R, K), and with `strict_too` also
+  #{q : flat_q > v}; by one binary search of every pixel into the sorted values and histograms:
+  O(P·log K) instead of a sort of P. The strict counts take away the pixels equal to v: a pixel
+  equals one of the values when the largest value at or below it is itself."""
   k = values.shape[-1]
   u = jnp.sort(values, axis=-1)
-  side = "left" if strict else "right"  # rank_q = #{u < q} or #{u ≤ q}
-  ranks = jax.vmap(lambda a, q: jnp.searchsorted(a, q, side=side, method="scan"))(u, flat)
+  ranks = jax.vmap(lambda a, q: jnp.searchsorted(a, q, side="right", method="scan"))(u, flat)
+
+  def at_position(hist, side):  # hist (R, K + 1) over ranks → per value, by its place in u
+    pos = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side=side, method="scan"))(u, values)
+    return jnp.take_along_axis(hist, pos, axis=-1)
+
   hist = jax.vmap(lambda r: jnp.bincount(r, length=k + 1))(ranks)
-  counts_sorted = jnp.cumsum(hist[:, ::-1], axis=-1)[:, ::-1][:, 1:]  # #{q : rank_q > k}
-  # back to the order of `values`
-  pos = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left", method="scan"))(u, values)
-  return jnp.take_along_axis(counts_sorted, pos, axis=-1)
+  beyond = jnp.cumsum(hist[:, ::-1], axis=-1)[:, ::-1][:, 1:]  # #{q : rank_q > j} = #{q ≥ u_j}
+  at_least = at_position(beyond, "left")
+  if not strict_too:
+    return at_least
+  below = jnp.take_along_axis(u, jnp.maximum(ranks - 1, 0), axis=-1)
+  tied = (ranks > 0) & (below == flat)  # such a pixel's rank is one past its value's last place
+  ties = jax.vmap(lambda r, t: jnp.bincount(r, t.astype(jnp.int32), length=k + 1))(ranks, tied)
+  return at_least, at_least - at_position(ties, "right")
 
 
 def _sorted_groups(flat, *weights):
@@ -310,8 +319,8 @@ def auc_judd(pred, fixations, variant: str = "ntire2026", *, jitter: bool | None
 
   def sparse(_):
     vals, cs, _ = _compact(cflat > 0, (flat, cflat), slots, (jnp.inf, 0))
-    at_least = _count_sparse(flat, vals, strict=False)
-    greater = _count_sparse(flat, vals, strict=True) if jitter else at_least
+    counts = _count_sparse(flat, vals, strict_too=jitter)
+    at_least, greater = counts if jitter else (counts, counts)
     return _judd_sums(vals, cs, at_least, greater, jitter)
 
   fits = jnp.max(jnp.sum(cflat > 0, axis=-1)) <= slots
