@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "configs/visage.py:PRESET")
@@ -153,4 +153,6 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from visage_jax.cli import run_app
+
+  run_app(main, "memory_plan.py")
