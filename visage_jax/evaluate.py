@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from visage_jax import metrics
+from visage_jax.writers import default_workers
 
 METRICS = ("cc", "sim", "nss", "auc_judd", "kld")
 VARIANTS = metrics.VARIANTS
@@ -77,7 +78,7 @@ def shuffled_auc(host_levels: dict, per_frame: dict, batch, b: int, video: str, 
 # The mit s-AUC of a frame is float64 work on the host (3 maps × 100 hypergeometric draws, ~10 ms
 # a map); it runs on these threads (numpy's draws release the GIL), off the thread feeding the
 # devices.
-_SAUC_THREADS = max(1, len(os.sched_getaffinity(0)) - 1)
+_SAUC_THREADS = default_workers()
 _SAUC_POOL = concurrent.futures.ThreadPoolExecutor(_SAUC_THREADS, thread_name_prefix="sauc")
 
 

@@ -278,7 +278,8 @@ def overlay_lookup(frame_u8, map_u8, *, rows: int = 64) -> np.ndarray:
 
 
 def default_workers() -> int:
-  """Writer threads: the cores this process may use, less one for decoding and the device loop."""
+  """Host worker threads (the writers', visage-eval's s-AUC): the cores this process may use,
+  less one for decoding and the device loop."""
   return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
