@@ -111,11 +111,12 @@ class WindowBatch:
   fixations: np.ndarray | None = None  # int32 (B, T, P, 2) [y, x] events, -1 rows padding
   negatives: np.ndarray | None = None  # int32 (B, T, Q, 2): other frames' fixations (s-AUC)
 
-  def model_input(self) -> dict:
-    """What the evaluation step takes (`evaluate.on_fixation_points`)."""
-    out = {"clip": self.clip, "mask": self.mask}
-    if self.gt is not None:
-      out.update(gt=self.gt, fixations=self.fixations)
+  def model_input(self):
+    """What the step takes: the clip alone for the forward (`make_forward`); with ground truth,
+    what the evaluation step takes (`evaluate.on_fixation_points`)."""
+    if self.gt is None:
+      return self.clip
+    out = {"clip": self.clip, "mask": self.mask, "gt": self.gt, "fixations": self.fixations}
     if self.negatives is not None:
       out["negatives"] = self.negatives
     return out
@@ -266,23 +267,26 @@ def prefetch(iterator: Iterator, depth: int) -> Iterator:
     thread.join(timeout=60)
 
 
-def run_batches(step, state, batches: Iterator[WindowBatch], mesh=None):
-  """(batch, host outputs) for every batch; the next batch is dispatched before the previous
-  one's outputs are fetched, so the device never waits for the host's copy."""
+def run_batches(step, state, batches: Iterator, mesh=None):
+  """(batch, host outputs) for every batch (anything with `model_input()`); the next batch is
+  dispatched before the previous one's outputs are fetched, so the device never waits for the
+  host's copy. With `mesh` each batch is split over its batch axes; a mesh across processes
+  needs every process to feed the same batches (as validation's do)."""
   from visage_jax import parallel
+  from visage_jax.trees import tree_to_host
 
   sharding = None if mesh is None else parallel.batch_sharding(mesh)
   pending = None
   for batch in batches:
-    feed = batch.model_input() if batch.gt is not None else batch.clip
+    feed = batch.model_input()
     if sharding is not None:
-      feed = jax.device_put(feed, sharding)
+      feed = parallel.put(feed, jax.tree.map(lambda _: sharding, feed))
     out = step(state, feed)
     if pending is not None:
-      yield pending[0], jax.device_get(pending[1])
+      yield pending[0], tree_to_host(pending[1])
     pending = (batch, out)
   if pending is not None:
-    yield pending[0], jax.device_get(pending[1])
+    yield pending[0], tree_to_host(pending[1])
 
 
 @dataclasses.dataclass

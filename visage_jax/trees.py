@@ -17,6 +17,14 @@ def to_host(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def tree_to_host(tree):
+  """`to_host` of every leaf; one `jax.device_get` (its copies overlapped) when this process
+  holds them all."""
+  if all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in jax.tree.leaves(tree)):
+    return jax.device_get(tree)
+  return jax.tree.map(to_host, tree)
+
+
 def path_keys(path) -> tuple:
   """A pytree path as strings, without the trailing `value` of an nnx Variable (so the paths of
   an nnx.State are the model's)."""
