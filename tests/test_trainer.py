@@ -68,6 +68,11 @@ def _final(workdir):
   return dict(np.load(os.path.join(workdir, "trainable_last.npz")))
 
 
+def _records(workdir):
+  with open(os.path.join(workdir, "validation.jsonl")) as f:
+    return [json.loads(x) for x in f]
+
+
 @pytest.fixture(scope="module")
 def reference(prepared, tmp_path_factory):
   """An uninterrupted 8-step run of Expert 1, stage 1, steps 2–3 profiled: (workdir, stdout)."""
@@ -96,7 +101,7 @@ def test_logs_validation_best_k_and_tensorboard(reference):
   line = next(x for x in stdout.splitlines() if x.startswith("step 8:"))
   for part in ("s/step", "examples/s", "MFU", "lr_decoder 0.0001", "grad_norm"):
     assert part in line, line
-  records = [json.loads(x) for x in open(os.path.join(ref, "validation.jsonl"))]
+  records = _records(ref)
   assert [x["step"] for x in records] == [4, 8]
   for x in records:
     assert {"cc", "sim", "nss", "auc_judd"} <= set(x) and -1 <= x["cc"] <= 1
@@ -157,7 +162,7 @@ def test_kill9_then_rerun_equals_uninterrupted(prepared, reference, tmp_path):
   for k in wa:
     err = float(np.max(np.abs(wa[k] - wb[k])))
     assert err <= 1e-6, (k, err)
-  assert [json.loads(x)["step"] for x in open(os.path.join(run, "validation.jsonl"))] == [4, 8]
+  assert [x["step"] for x in _records(run)] == [4, 8]
 
 
 def test_sigterm_saves_and_exits(prepared, tmp_path):
@@ -191,7 +196,7 @@ def test_stage2_from_workdir_fused_validation_and_export(prepared, reference, tm
   cmd = _cmd(e2, prepared, *short, "--config.train.expert=2", init, f"--config.train.partner={ref}")
   res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
-  (rec,) = [json.loads(x) for x in open(os.path.join(e2, "validation.jsonl"))]
+  (rec,) = _records(e2)
   assert rec["map"] == "fused" and set(rec["expert2"]) >= {"cc", "nss"}
   assert rec["cc"] != rec["expert2"]["cc"]
 
@@ -268,8 +273,9 @@ def test_bad_init_is_reported(prepared, tmp_path):
 
 def test_two_processes_train_like_one(prepared, tmp_path):
   """jax.distributed on localhost (CPU collectives), one device per process, against one process
-  with two devices: the same global batches, the same losses."""
-  steps = ["--config.train.num_steps=4", "--config.data.val_split=", "--config.train.ema_decay=0"]
+  with two devices: the same global batches, the same losses, the same validation (each batch of
+  windows split over both devices, each process reading them all)."""
+  steps = ["--config.train.num_steps=4", "--config.train.ema_decay=0"]
   one = str(tmp_path / "one")
   env1 = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
   res = subprocess.run(
@@ -311,6 +317,10 @@ def test_two_processes_train_like_one(prepared, tmp_path):
   a, b = _final(one), _final(two)
   for k in a:
     assert np.max(np.abs(a[k] - b[k])) <= 1e-5 * (np.max(np.abs(a[k])) + 1e-6), k
+  (val_one,), (val_two,) = (_records(w) for w in (one, two))
+  assert val_one["step"] == val_two["step"] == 4 and val_one["videos"] == 2
+  for metric in ("cc", "sim", "nss", "auc_judd", "kld"):
+    assert abs(val_one[metric] - val_two[metric]) <= 1e-5, (metric, val_one, val_two)
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,11 @@ A workdir holds:
 The step's randomness is `fold_in(seed, step)` and the iterator is checkpointed, so a resumed run
 continues exactly where the last checkpoint left it. SIGTERM makes the loop save and exit.
 
-Validation (`data.val_split`): the original's 4 evenly spaced windows per video, challenge-variant
-metrics at model size, per video then over videos. With `train.partner` (the other expert, fixed)
-the record's metrics are the fused map's, as the challenge scores it; the trained expert's own are
-under its name. The weights validated (and kept as best) are the EMA's when there is one.
+Validation (`data.val_split`, `visage_jax/validation.py`): the original's 4 evenly spaced windows
+per video, challenge-variant metrics at model size, per video then over videos. With
+`train.partner` (the other expert, fixed) the record's metrics are the fused map's, as the
+challenge scores it; the trained expert's own are under its name. The weights validated (and kept
+as best) are the EMA's when there is one.
 """
 
 from __future__ import annotations
@@ -51,101 +52,6 @@ from visage_jax.provenance import (
 from visage_jax.reporting import Goodput, Reporter
 from visage_jax.train_step import TrainState
 from visage_jax.trees import named, to_host
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _validation_clips(prepared: str, split: str, window: int) -> list[tuple]:
-  """The original's validation windows of every prepared video: (video name, frames, saliency,
-  fixation counts, mask), each (T, …) at model size."""
-  from visage_jax.data.prepare import data_source
-  from visage_jax.data.windows import validation_windows
-
-  source, _ = data_source(prepared, split)
-  clips = []
-  for i in range(len(source)):
-    ex = source[i]
-    n, size = ex["frames"].shape[:2]
-    fix = ex["fixations_model"]
-    counts = np.zeros((n, size, size), np.int32)
-    np.add.at(counts, (fix[:, 0], fix[:, 1], fix[:, 2]), 1)
-    for idx, mask in validation_windows(n, window):
-      clips.append((ex["name"].decode(), ex["frames"][idx], ex["saliency"][idx], counts[idx], mask))
-  return clips
-
-
-def _partner_maps(partner, clips, log) -> list[np.ndarray]:
-  """The fixed partner expert's maps of every clip, computed once for all validations."""
-  from visage_jax.stream import model_maps
-
-  pname, pmodel = partner
-  pgraph, pstate = nnx.split(pmodel)
-  pfwd = jax.jit(
-    lambda s, f: model_maps(nnx.merge(pgraph, s), train_step.normalize_on_device(f))[pname]
-  )
-  maps = [to_host(pfwd(pstate, c[1][None]))[0] for c in clips]
-  log(f"validation: {pname}'s maps for {len(clips)} windows computed (fused validation)")
-  return maps
-
-
-def _frame_scores(graphdef_eval, name: str, alpha: float, eps: float):
-  """jit(trainable, stats, frozen, frames, saliency, counts, mask, partner maps or None) →
-  {name[, "fused"]: {"ntire2026": per-frame metrics, NaN where masked}}."""
-  import jax.numpy as jnp
-
-  from visage_jax import evaluate
-  from visage_jax.models.visage import logit_fusion
-  from visage_jax.stream import model_maps
-
-  @jax.jit
-  def frame_scores(trainable, stats, frozen, frames, sal, counts, mask, other):
-    model = nnx.merge(graphdef_eval, trainable, stats, frozen, copy=True)
-    own = model_maps(model, train_step.normalize_on_device(frames))[name]
-    maps = {name: own}
-    if other is not None:
-      pair = (own, other) if name == "expert1" else (other, own)
-      maps["fused"] = logit_fusion(pair, alpha, eps)
-    out = {}
-    for k, m in maps.items():
-      s = evaluate.frame_metrics(m, sal.astype(jnp.float32), counts, quantize_uint8=False)
-      out[k] = {"ntire2026": jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), s["ntire2026"])}
-    return out
-
-  return frame_scores
-
-
-def make_validator(graphdef_eval, cfg, prepared: str, split: str, partner=None, log=print):
-  """A function (trainable, stats, frozen) → {"map", "cc", "sim", "nss", "auc_judd", "kld",
-  "frames", "videos", <expert>: {...}}: "map" is "fused" with a `partner` (name, model), whose
-  maps are computed here once, else the trained expert's name."""
-  from visage_jax import evaluate
-
-  clips = _validation_clips(prepared, split, cfg.model.backbone.num_frames)
-  partner_maps = None if partner is None else _partner_maps(partner, clips, log)
-  name = train_step.expert_name(cfg)
-  alpha, eps = float(cfg.model.fusion_alpha), float(cfg.model.fusion_eps)
-  frame_scores = _frame_scores(graphdef_eval, name, alpha, eps)
-
-  def validate(trainable, stats, frozen):
-    agg = evaluate.Aggregator()
-    for i, (video, frames, sal, counts, mask) in enumerate(clips):
-      other = None if partner_maps is None else partner_maps[i][None]
-      scores = frame_scores(
-        trainable, stats, frozen, frames[None], sal[None], counts[None], mask[None], other
-      )
-      agg.add(video, jax.tree.map(lambda x: to_host(x)[0], scores), mask)
-    overall = agg.report()["overall"]
-    main = "fused" if partner_maps is not None else name
-    pick = lambda m: {k: v["challenge"] for k, v in overall[m]["ntire2026"].items()}  # noqa: E731
-    out = {"map": main, **pick(main)}
-    out["frames"] = overall[main]["ntire2026"]["cc"]["frames"]
-    out["videos"] = len(agg.videos())
-    if main != name:
-      out[name] = pick(name)
-    return out
-
-  return validate
-
 
 # ----------------------------------------------------------------------------- the loop
 
@@ -410,8 +316,11 @@ def _input(cfg):
   return iter(loader), max(len(source) // t.batch_size, 1)
 
 
-def _validator(cfg, graphdef, state: TrainState, frozen, say):
-  """`make_validator` for `data.val_split`, or None without one."""
+def _validator(cfg, graphdef, state: TrainState, frozen, mesh, say):
+  """`validation.make_validator` for `data.val_split` on the training mesh, or None without
+  one."""
+  from visage_jax.validation import make_validator
+
   if not cfg.data.val_split:
     if cfg.train.partner:
       raise TrainError("train.partner is only used by validation; set data.val_split too")
@@ -421,8 +330,9 @@ def _validator(cfg, graphdef, state: TrainState, frozen, say):
   graphdef_eval = train_step.eval_graphdef(
     graphdef, cfg, state.trainable, state.batch_stats, frozen
   )
+  data = cfg.data
   return make_validator(
-    graphdef_eval, cfg, cfg.data.dir, cfg.data.val_split, partner=partner, log=say
+    graphdef_eval, cfg, data.dir, data.val_split, partner=partner, mesh=mesh, log=say
   )
 
 
@@ -483,7 +393,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
   t, lead = cfg.train, jax.process_index() == 0
   mesh, graphdef, frozen, step_fn, state = _set_up(cfg, workdir, say)
   it, steps_per_epoch = _input(cfg)
-  validate = _validator(cfg, graphdef, state, frozen, say)
+  validate = _validator(cfg, graphdef, state, frozen, mesh, say)
   checkpoints = RunCheckpoints(workdir, t)
   state = checkpoints.resume(state, it)
   start = int(to_host(state.step))

@@ -1,0 +1,178 @@
+"""The trainer's validation: the original's 4 evenly spaced windows of every video of a prepared
+split, scored at model size with the challenge's metrics, per video then over videos.
+
+Nothing it holds grows with the split: each validation reads the prepared videos again, one at a
+time, in a background thread that stays two batches ahead of the devices (`stream.prefetch`,
+`stream.run_batches`), and each batch of windows is split over the training mesh's batch axes.
+Only a partner's maps (fused validation) are kept between validations: the other expert is fixed,
+so its maps are computed once, float32 at model size (200 KB a validated frame at 224).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from visage_jax import evaluate, stream, train_step
+from visage_jax.data.challenge import fixation_counts
+from visage_jax.data.windows import validation_windows
+
+PREFETCH = 2  # batches read ahead of the devices
+
+
+@dataclasses.dataclass
+class ValidationBatch:
+  """B windows at model size (S); windows past `real` are padding, masked out."""
+
+  videos: list[str]  # the video of each real window
+  frames: np.ndarray  # uint8 (B, T, S, S, 3)
+  saliency: np.ndarray  # uint8 (B, T, S, S)
+  counts: np.ndarray  # int32 (B, T, S, S): fixation events on each pixel
+  mask: np.ndarray  # bool (B, T): false on padded frames and padding windows
+  real: int
+  partner: np.ndarray | None = None  # float32 (B, T, S, S): the partner expert's maps
+
+  def model_input(self) -> dict:
+    out = {"frames": self.frames, "saliency": self.saliency, "counts": self.counts}
+    out["mask"] = self.mask
+    if self.partner is not None:
+      out["partner"] = self.partner
+    return out
+
+
+def window_plan(source, window: int) -> list[tuple[int, list]]:
+  """(example index, the original's validation windows (indices, mask)) of every video."""
+  plan = []
+  for i in range(len(source)):
+    frames = len(source[i]["frame_index"])
+    plan.append((i, validation_windows(frames, window)))
+  return plan
+
+
+def _windows_of(example, windows) -> Iterator[dict]:
+  """One prepared video's validation windows, its fixation events counted window by window."""
+  name = example["name"].decode()
+  size = example["frames"].shape[1]
+  fix = example["fixations_model"]
+  for idx, mask in windows:
+    points = [fix[fix[:, 0] == t][:, 1:] for t in idx]
+    counts = fixation_counts(points, range(len(idx)), size, size)
+    yield {
+      "video": name,
+      "frames": example["frames"][idx],
+      "saliency": example["saliency"][idx],
+      "counts": counts,
+      "mask": mask,
+    }
+
+
+def _stacked(items: list[dict], batch_size: int) -> ValidationBatch:
+  real = len(items)
+  while len(items) < batch_size:  # masked copies keep the compiled shape
+    items.append({**items[0], "mask": np.zeros_like(items[0]["mask"])})
+  columns = {k: np.stack([it[k] for it in items]) for k in ("frames", "saliency", "counts", "mask")}
+  return ValidationBatch(videos=[it["video"] for it in items[:real]], real=real, **columns)
+
+
+def batches(source, plan, batch_size: int) -> Iterator[ValidationBatch]:
+  """The plan's windows in order, `batch_size` at a time (the last padded), one video read at a
+  time."""
+  items: list[dict] = []
+  for i, windows in plan:
+    for item in _windows_of(source[i], windows):
+      items.append(item)
+      if len(items) == batch_size:
+        yield _stacked(items, batch_size)
+        items = []
+  if items:
+    yield _stacked(items, batch_size)
+
+
+def partner_maps(partner, source, plan, batch_size: int, log) -> list[np.ndarray]:
+  """The fixed partner expert's maps, batch by batch as `batches` yields them: computed once, on
+  its own device, for every validation."""
+  name, model = partner
+  graphdef, state = nnx.split(model)
+
+  def forward(state, feed):
+    clip = train_step.normalize_on_device(feed["frames"])
+    return stream.model_maps(nnx.merge(graphdef, state), clip)[name]
+
+  read = stream.prefetch(batches(source, plan, batch_size), PREFETCH)
+  maps = [out for _, out in stream.run_batches(jax.jit(forward), state, read)]
+  log(f"validation: {name}'s maps for {len(maps)} batches of windows computed (fused validation)")
+  return maps
+
+
+def _with_partner(read: Iterator[ValidationBatch], maps) -> Iterator[ValidationBatch]:
+  for batch, partner in zip(read, maps, strict=True):
+    yield dataclasses.replace(batch, partner=partner)
+
+
+def _score_step(graphdef_eval, name: str, alpha: float, eps: float):
+  """jit((trainable, stats, frozen), `ValidationBatch.model_input()`) → {name[, "fused"]:
+  {"ntire2026": per-frame metrics (B, T), NaN where masked}}."""
+  from visage_jax.models.visage import logit_fusion
+
+  def scores(state, feed):
+    model = nnx.merge(graphdef_eval, *state, copy=True)
+    own = stream.model_maps(model, train_step.normalize_on_device(feed["frames"]))[name]
+    maps = {name: own}
+    if "partner" in feed:
+      pair = (own, feed["partner"]) if name == "expert1" else (feed["partner"], own)
+      maps["fused"] = logit_fusion(pair, alpha, eps)
+    gt, mask = feed["saliency"].astype(jnp.float32), feed["mask"]
+    out = {}
+    for k, m in maps.items():
+      s = evaluate.frame_metrics(m, gt, feed["counts"], quantize_uint8=False)["ntire2026"]
+      out[k] = {"ntire2026": jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), s)}
+    return out
+
+  return jax.jit(scores)
+
+
+def _summary(agg: evaluate.Aggregator, name: str, fused: bool) -> dict:
+  overall = agg.report()["overall"]
+  main = "fused" if fused else name
+  pick = lambda m: {k: v["challenge"] for k, v in overall[m]["ntire2026"].items()}  # noqa: E731
+  out = {"map": main, **pick(main)}
+  out["frames"] = overall[main]["ntire2026"]["cc"]["frames"]
+  out["videos"] = len(agg.videos())
+  if fused:
+    out[name] = pick(name)
+  return out
+
+
+def make_validator(
+  graphdef_eval, cfg, prepared: str, split: str, *, partner=None, mesh=None, log=print
+):
+  """A function (trainable, stats, frozen) → {"map", "cc", "sim", "nss", "auc_judd", "kld",
+  "frames", "videos", <expert>: {...}}: "map" is "fused" with a `partner` (name, model), else the
+  trained expert's name. Batches hold as many windows as a training micro-batch has clips, split
+  over `mesh` (the training mesh, whose processes all validate the same windows)."""
+  from visage_jax.data.prepare import data_source
+
+  source, _ = data_source(prepared, split)
+  plan = window_plan(source, cfg.model.backbone.num_frames)
+  size = cfg.train.batch_size // cfg.train.grad_accum_steps
+  fixed = None if partner is None else partner_maps(partner, source, plan, size, log)
+  name = train_step.expert_name(cfg)
+  fusion = float(cfg.model.fusion_alpha), float(cfg.model.fusion_eps)
+  step = _score_step(graphdef_eval, name, *fusion)
+
+  def validate(trainable, stats, frozen):
+    read = stream.prefetch(batches(source, plan, size), PREFETCH)
+    if fixed is not None:
+      read = _with_partner(read, fixed)
+    agg = evaluate.Aggregator()
+    for batch, scores in stream.run_batches(step, (trainable, stats, frozen), read, mesh):
+      for b in range(batch.real):
+        agg.add(batch.videos[b], jax.tree.map(lambda x, b=b: x[b], scores), batch.mask[b])
+    return _summary(agg, name, fixed is not None)
+
+  return validate
