@@ -11,6 +11,27 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One persistent XLA cache for the whole run, inherited by the xdist workers and by every command
+# a test starts: the same programs compiled in many child processes (the tiny forward of each
+# visage-predict run, the small train step of each visage-train run) compile once. A size limit
+# turns on JAX's file locks, so that no process reads an entry another is still writing.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="visage-test-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  _MADE_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
+else:
+  _MADE_CACHE = None
+
+
+def pytest_unconfigure(config):
+  if _MADE_CACHE and not hasattr(config, "workerinput"):  # the run's first process made it
+    shutil.rmtree(_MADE_CACHE, ignore_errors=True)
+
+
 GOLDEN = os.path.join(os.path.dirname(REPO), "shared", "golden")
 SPEC = os.path.join(os.path.dirname(REPO), "shared", "spec")
 CONFIG = os.path.join(REPO, "configs", "visage.py")
