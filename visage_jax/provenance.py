@@ -132,8 +132,8 @@ def load_init(model, source: str, expert: str) -> list[str]:
 
 def partner_model(cfg, source: str):
   """(name, model) of the other expert from a workdir or a converted checkpoint, for fused
-  validation. It gets its own copy of the backbone's base weights (freed after validation's
-  first pass computes its maps)."""
+  validation. It gets its own copy of the backbone's base weights (freed once the validator has
+  computed its maps, `validation.partner_maps`)."""
   from visage_jax.models.visage import ViSAGE
 
   name = "expert2" if train_step.expert_name(cfg) == "expert1" else "expert1"

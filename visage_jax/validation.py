@@ -11,6 +11,7 @@ so its maps are computed once, float32 at model size (200 KB a validated frame a
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterator
 
 import jax
@@ -93,6 +94,23 @@ def batches(source, plan, batch_size: int) -> Iterator[ValidationBatch]:
     yield _stacked(items, batch_size)
 
 
+def _bar(plan, desc: str):
+  """A bar of the plan's windows on the first process, below the trainer's, gone when done."""
+  from tqdm import tqdm
+
+  return tqdm(
+    total=sum(len(windows) for _, windows in plan),
+    desc=desc,
+    unit="window",
+    leave=False,
+    position=1,
+    file=sys.stderr,
+    mininterval=1.0,
+    dynamic_ncols=True,
+    disable=jax.process_index() != 0,
+  )
+
+
 def partner_maps(partner, source, plan, batch_size: int, log) -> list[np.ndarray]:
   """The fixed partner expert's maps, batch by batch as `batches` yields them: computed once, on
   its own device, for every validation."""
@@ -104,7 +122,11 @@ def partner_maps(partner, source, plan, batch_size: int, log) -> list[np.ndarray
     return stream.model_maps(nnx.merge(graphdef, state), clip)[name]
 
   read = stream.prefetch(batches(source, plan, batch_size), PREFETCH)
-  maps = [out for _, out in stream.run_batches(jax.jit(forward), state, read)]
+  maps = []
+  with _bar(plan, f"validation: {name}'s maps") as bar:
+    for batch, out in stream.run_batches(jax.jit(forward), state, read):
+      maps.append(out)
+      bar.update(batch.real)
   log(f"validation: {name}'s maps for {len(maps)} batches of windows computed (fused validation)")
   return maps
 
@@ -170,9 +192,11 @@ def make_validator(
     if fixed is not None:
       read = _with_partner(read, fixed)
     agg = evaluate.Aggregator()
-    for batch, scores in stream.run_batches(step, (trainable, stats, frozen), read, mesh):
-      for b in range(batch.real):
-        agg.add(batch.videos[b], jax.tree.map(lambda x, b=b: x[b], scores), batch.mask[b])
+    with _bar(plan, "validation") as bar:
+      for batch, scores in stream.run_batches(step, (trainable, stats, frozen), read, mesh):
+        for b in range(batch.real):
+          agg.add(batch.videos[b], jax.tree.map(lambda x, b=b: x[b], scores), batch.mask[b])
+        bar.update(batch.real)
     return _summary(agg, name, fixed is not None)
 
   return validate
