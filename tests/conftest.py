@@ -160,6 +160,19 @@ def plain_outputs(ckpt_plain, clip):
   return {k: (v if k == "taps" else np.asarray(v)) for k, v in out.items()}
 
 
+@pytest.fixture(scope="session")
+def trainset(tmp_path_factory):
+  """The trainer's small dataset: 6 synthetic challenge-layout videos (40 frames at 30 fps,
+  72×128) prepared at 56×56, 2 of them in public_test."""
+  from visage_jax.data.prepare import prepare
+  from visage_jax.data.synth import write_dataset
+
+  root = tmp_path_factory.mktemp("train")
+  write_dataset(str(root / "ds"), videos=6, frames=40, size=(72, 128), seed=2)
+  prepare("ntire2026", str(root / "ds"), str(root / "prep"), size=56)
+  return str(root / "prep")
+
+
 def free_port() -> int:
   import socket
 

@@ -18,8 +18,6 @@ from conftest import CONFIG, REPO, free_port, run_convert
 
 from visage_jax import checkpoint as ckpt
 from visage_jax import provenance
-from visage_jax.data.prepare import prepare
-from visage_jax.data.synth import write_dataset
 
 SMALL = [
   "--config.model.backbone.img_size=56",
@@ -39,22 +37,14 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-  root = tmp_path_factory.mktemp("train")
-  write_dataset(str(root / "ds"), videos=6, frames=40, size=(72, 128), seed=2)
-  prepare("ntire2026", str(root / "ds"), str(root / "prep"), size=56)
-  return str(root / "prep")
-
-
-def _cmd(workdir, prepared, *extra):
+def _cmd(workdir, data_dir, *extra):
   return [
     sys.executable,
     "-m",
     "visage_jax.cli.train",
     f"--config={os.path.join(REPO, 'configs', 'visage.py')}:tiny",
     f"--workdir={workdir}",
-    f"--config.data.dir={prepared}",
+    f"--config.data.dir={data_dir}",
     *SMALL,
     *extra,
   ]
@@ -74,10 +64,10 @@ def _records(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(prepared, tmp_path_factory):
+def reference(trainset, tmp_path_factory):
   """An uninterrupted 8-step run of Expert 1, stage 1, steps 2–3 profiled: (workdir, stdout)."""
   ref = str(tmp_path_factory.mktemp("ref") / "ref")
-  profiled = _cmd(ref, prepared, "--config.train.profile_steps=(2,3)")  # the numbers do not change
+  profiled = _cmd(ref, trainset, "--config.train.profile_steps=(2,3)")  # the numbers do not change
   res = subprocess.run(profiled, env=_env(), capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   return ref, res.stdout
@@ -133,12 +123,12 @@ def test_logs_validation_best_k_and_tensorboard(reference):
   assert {"goodput/step", "goodput/data", "goodput/checkpoint"} <= set(ea.Tags()["scalars"])
 
 
-def test_kill9_then_rerun_equals_uninterrupted(prepared, reference, tmp_path):
+def test_kill9_then_rerun_equals_uninterrupted(trainset, reference, tmp_path):
   ref, _ = reference
 
   run = str(tmp_path / "run")
   proc = subprocess.Popen(
-    _cmd(run, prepared), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    _cmd(run, trainset), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
   )
   deadline = time.time() + 600
   while not os.path.isdir(os.path.join(run, "checkpoints", "4")) and time.time() < deadline:
@@ -146,7 +136,7 @@ def test_kill9_then_rerun_equals_uninterrupted(prepared, reference, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not os.path.exists(os.path.join(run, "trainable_last.npz"))  # it did not finish
-  res = subprocess.run(_cmd(run, prepared), env=_env(), capture_output=True, text=True, timeout=600)
+  res = subprocess.run(_cmd(run, trainset), env=_env(), capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   assert "resumed from step" in res.stdout
   a, b = _final(ref), _final(run)
@@ -165,10 +155,10 @@ def test_kill9_then_rerun_equals_uninterrupted(prepared, reference, tmp_path):
   assert [x["step"] for x in _records(run)] == [4, 8]
 
 
-def test_sigterm_saves_and_exits(prepared, tmp_path):
+def test_sigterm_saves_and_exits(trainset, tmp_path):
   run = str(tmp_path / "term")
   proc = subprocess.Popen(
-    _cmd(run, prepared), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    _cmd(run, trainset), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
   )
   deadline = time.time() + 600
   while not os.path.isdir(os.path.join(run, "checkpoints", "2")) and time.time() < deadline:
@@ -181,7 +171,7 @@ def test_sigterm_saves_and_exits(prepared, tmp_path):
     assert os.path.isdir(os.path.join(run, "checkpoints", str(step)))
 
 
-def test_stage2_from_workdir_fused_validation_and_export(prepared, reference, tmp_path):
+def test_stage2_from_workdir_fused_validation_and_export(trainset, reference, tmp_path):
   """Expert 2 (stage 1) validated fused with the reference's Expert 1 as partner; Expert 1's
   stage 2 from the reference workdir; both exported into one checkpoint whose maps equal the
   workdirs' models'."""
@@ -193,7 +183,7 @@ def test_stage2_from_workdir_fused_validation_and_export(prepared, reference, tm
   short = ["--config.train.num_steps=2", "--config.train.eval_every=0"]
   e2 = str(tmp_path / "e2")
   init = f"--config.train.init={os.path.join(ref, 'init_backbone')}"
-  cmd = _cmd(e2, prepared, *short, "--config.train.expert=2", init, f"--config.train.partner={ref}")
+  cmd = _cmd(e2, trainset, *short, "--config.train.expert=2", init, f"--config.train.partner={ref}")
   res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   (rec,) = _records(e2)
@@ -203,7 +193,7 @@ def test_stage2_from_workdir_fused_validation_and_export(prepared, reference, tm
   e1 = str(tmp_path / "e1s2")
   extra = ("--config.train.stage=2", f"--config.train.init={ref}", f"--config.train.partner={e2}")
   res = subprocess.run(
-    _cmd(e1, prepared, *short, *extra), env=_env(), capture_output=True, text=True, timeout=600
+    _cmd(e1, trainset, *short, *extra), env=_env(), capture_output=True, text=True, timeout=600
   )
   assert res.returncode == 0, res.stderr[-3000:]
   assert "init from" in res.stdout
@@ -260,10 +250,10 @@ def _check_pytorch_round_trip(workdirs, maps, clip, tmp_path):
     assert float(np.max(np.abs(again[k] - maps[k]))) <= 1e-6, k
 
 
-def test_bad_init_is_reported(prepared, tmp_path):
+def test_bad_init_is_reported(trainset, tmp_path):
   bad = str(tmp_path / "nothing")
   os.makedirs(bad)
-  cmd = _cmd(str(tmp_path / "w"), prepared, "--config.train.stage=2", f"--config.train.init={bad}")
+  cmd = _cmd(str(tmp_path / "w"), trainset, "--config.train.stage=2", f"--config.train.init={bad}")
   res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
   assert res.returncode == 2
   assert (
@@ -271,7 +261,7 @@ def test_bad_init_is_reported(prepared, tmp_path):
   )
 
 
-def test_two_processes_train_like_one(prepared, tmp_path):
+def test_two_processes_train_like_one(trainset, tmp_path):
   """jax.distributed on localhost (CPU collectives), one device per process, against one process
   with two devices: the same global batches, the same losses, the same validation (each batch of
   windows split over both devices, each process reading them all)."""
@@ -279,7 +269,7 @@ def test_two_processes_train_like_one(prepared, tmp_path):
   one = str(tmp_path / "one")
   env1 = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
   res = subprocess.run(
-    _cmd(one, prepared, *steps), env=env1, capture_output=True, text=True, timeout=600
+    _cmd(one, trainset, *steps), env=env1, capture_output=True, text=True, timeout=600
   )
   assert res.returncode == 0, res.stderr[-3000:]
   ref = _losses(res.stdout)
@@ -299,7 +289,7 @@ def test_two_processes_train_like_one(prepared, tmp_path):
     )
     procs.append(
       subprocess.Popen(
-        _cmd(two, prepared, *steps, init),
+        _cmd(two, trainset, *steps, init),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -339,7 +329,7 @@ def test_two_processes_train_like_one(prepared, tmp_path):
     (["malformed config.json"], "config.json: not valid JSON"),
   ],
 )
-def test_user_mistakes_fail_first_in_one_line(prepared, tmp_path, extra, message):
+def test_user_mistakes_fail_first_in_one_line(trainset, tmp_path, extra, message):
   """Before any work: one line on stderr, exit 2, no workdir made (or nothing added to one that
   exists), in under 5 s."""
   workdir = tmp_path / "w"
@@ -357,7 +347,7 @@ def test_user_mistakes_fail_first_in_one_line(prepared, tmp_path, extra, message
       extra = [e for e in extra if e != f"{n} devices"]
   start = time.monotonic()
   res = subprocess.run(
-    _cmd(str(workdir), prepared, *extra), capture_output=True, text=True, env=env, timeout=60
+    _cmd(str(workdir), trainset, *extra), capture_output=True, text=True, env=env, timeout=60
   )
   elapsed = time.monotonic() - start
   assert res.returncode == 2, res.stderr[-2000:]
@@ -370,7 +360,7 @@ def test_user_mistakes_fail_first_in_one_line(prepared, tmp_path, extra, message
     assert not workdir.exists()
 
 
-def _nan_run(prepared, workdir, monkeypatch, skip: bool):
+def _nan_run(data_dir, workdir, monkeypatch, skip: bool):
   """trainer.run in this process: the SMALL run, 4 steps, no validation, and the saliency of
   step 3's batch NaN. Returns (run(), the lines it logged)."""
   import jax
@@ -386,7 +376,7 @@ def _nan_run(prepared, workdir, monkeypatch, skip: bool):
   t = cfg.train
   t.batch_size, t.num_steps, t.checkpoint_every, t.log_every, t.expert = 2, 4, 2, 1, 1
   t.skip_nonfinite = skip
-  cfg.data.dir, cfg.data.val_split = prepared, ""
+  cfg.data.dir, cfg.data.val_split = data_dir, ""
   real, calls = pipeline.global_batch, []
 
   def poisoned(mesh, local):
@@ -402,11 +392,11 @@ def _nan_run(prepared, workdir, monkeypatch, skip: bool):
   return lambda: trainer.run(cfg, workdir, log=lines.append), lines
 
 
-def test_a_nonfinite_step_stops_the_run_or_is_skipped(prepared, tmp_path, monkeypatch):
+def test_a_nonfinite_step_stops_the_run_or_is_skipped(trainset, tmp_path, monkeypatch):
   from visage_jax.trainer import TrainError
 
   workdir = str(tmp_path / "stop")
-  run, _ = _nan_run(prepared, workdir, monkeypatch, skip=False)
+  run, _ = _nan_run(trainset, workdir, monkeypatch, skip=False)
   with pytest.raises(TrainError) as e:
     run()
   message = str(e.value)
@@ -414,7 +404,7 @@ def test_a_nonfinite_step_stops_the_run_or_is_skipped(prepared, tmp_path, monkey
   assert "\n" not in message
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]  # the last good one
   assert not os.path.exists(os.path.join(workdir, "trainable_last.npz"))
-  run, lines = _nan_run(prepared, str(tmp_path / "skip"), monkeypatch, skip=True)
+  run, lines = _nan_run(trainset, str(tmp_path / "skip"), monkeypatch, skip=True)
   assert run()["step"] == 4
   assert any("1 non-finite steps skipped" in x for x in lines if x.startswith("step 4:"))
 

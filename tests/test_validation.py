@@ -9,22 +9,13 @@ from helpers.small import small_config
 from test_metrics import ref_ntire
 
 from visage_jax import train_step
-from visage_jax.data.prepare import data_source, prepare
-from visage_jax.data.synth import write_dataset
+from visage_jax.data.prepare import data_source
 from visage_jax.data.video import normalize
 from visage_jax.data.windows import validation_windows
 from visage_jax.models.visage import logit_fusion
 from visage_jax.validation import make_validator
 
 SPLIT = "public_test"
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-  root = tmp_path_factory.mktemp("val")
-  write_dataset(str(root / "ds"), videos=8, frames=40, size=(72, 128), seed=5)
-  prepare("ntire2026", str(root / "ds"), str(root / "prep"), size=56)
-  return str(root / "prep")
 
 
 def _read(img):
@@ -63,7 +54,7 @@ def _close(got, want, what):
 
 
 @pytest.mark.parametrize("expert", [1, 2])
-def test_validation_scores_the_models_windows_as_the_challenge_does(prepared, expert):
+def test_validation_scores_the_models_windows_as_the_challenge_does(trainset, expert):
   """Expert 1 alone, then Expert 2 fused with a fixed Expert 1 (the partner's maps computed
   once); 3 windows a batch, so the last of the 8 is padding that must not count."""
   cfg = small_config(expert, 1)
@@ -75,7 +66,7 @@ def test_validation_scores_the_models_windows_as_the_challenge_does(prepared, ex
   partner = None
   if expert == 2:
     partner = ("expert1", train_step.init_model(small_config(1, 1), seed=7))
-  validate = make_validator(graphdef_eval, cfg, prepared, SPLIT, partner=partner, log=print)
+  validate = make_validator(graphdef_eval, cfg, trainset, SPLIT, partner=partner, log=print)
   got = validate(trainable, stats, frozen)
 
   train_step.set_batchnorm_mode(model, train=False)
@@ -91,7 +82,7 @@ def test_validation_scores_the_models_windows_as_the_challenge_does(prepared, ex
     fusion = logit_fusion((other, own), cfg.model.fusion_alpha, cfg.model.fusion_eps)
     return {name: own, "fused": np.asarray(fusion)}
 
-  want = _expected(prepared, cfg, maps_of)
+  want = _expected(trainset, cfg, maps_of)
   assert got["videos"] == 2 and got["frames"] == 2 * 4 * 4  # 4 windows of 4 frames a video
   if partner is None:
     assert got["map"] == name
