@@ -325,3 +325,35 @@ def test_sparse_counts_at_and_above_each_value_with_ties():
   np.testing.assert_array_equal(at_least, (flat[:, :, None] >= values[:, None, :]).sum(1))
   np.testing.assert_array_equal(greater, (flat[:, :, None] > values[:, None, :]).sum(1))
   assert (at_least > greater).any()  # ties are present
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auc_judd_by_levels_is_the_search_of_the_read_8_bit_map(seed):
+  """An 8-bit map as the scorer reads it, AUC-Judd counted by level (`levels=`) against the
+  float64 references and, for the mit variant's expectation over its jitter, against the search
+  of the same map: few levels (ties everywhere), repeated events, and the > 512 fixated pixels
+  of the search's dense path, and one map constant and one without fixations."""
+  import jax
+
+  rng = np.random.default_rng(seed)
+  h, w = 48, 64
+  levels = np.stack([np.floor(smooth(rng, h, w) * rng.uniform(8, 40)) for _ in range(4)])
+  levels = np.clip(levels * rng.integers(1, 7), 0, 255)
+  levels[2] = 17  # constant
+  low, high = levels.min(axis=(1, 2), keepdims=True), levels.max(axis=(1, 2), keepdims=True)
+  read = (levels - low) / (high - low + np.finfo(np.float32).eps)
+  events = [np.stack([rng.integers(0, h, n), rng.integers(0, w, n)], 1) for n in (40, 900, 25)]
+  events.append(np.zeros((0, 2), np.int64))  # no fixations: undefined
+  counts = np.stack([counts_from_events(e, (h, w)) for e in events])
+  assert (counts[1] > 0).sum() > metrics.SPARSE_SLOTS
+  by_level = jax.jit(metrics.auc_judd, static_argnames=("variant", "jitter"))
+  for variant, ref in (("ntire2026", ref_ntire), ("mit", ref_mit)):
+    got = np.asarray(by_level(read, counts, variant, **NO_JITTER[variant], levels=levels))
+    for i in range(4):
+      with np.errstate(invalid="ignore", divide="ignore"):  # the constant map's other metrics
+        want = ref(read[i], read[i], events[i])["auc_judd"]
+      _close("auc_judd", got[i], want)
+  expected = np.asarray(by_level(read, counts, "mit", levels=levels))
+  searched = np.asarray(metrics.auc_judd(read, counts, "mit"))
+  np.testing.assert_allclose(expected, searched, rtol=0, atol=1e-6)
+  assert np.isnan(expected[3]) and not np.isnan(expected[2])  # jitter orders a constant map

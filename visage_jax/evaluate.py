@@ -41,9 +41,10 @@ def submission_maps(pred, out_hw):
   return jnp.floor(jnp.clip(big * 255, 0, 255))
 
 
-def score(pred_read, gt_read, fixations):
+def score(pred_read, gt_read, fixations, levels=None):
   """Both variants' metrics of maps already read as the scorer reads them (min-max, resized to
-  the ground truth): {variant: {metric: (...)}}."""
+  the ground truth): {variant: {metric: (...)}}. `levels`: the 8-bit maps they were read from,
+  if they were (AUC-Judd then counts pixels by level, `metrics.auc_judd`)."""
   out = {}
   for variant in VARIANTS:
     out[variant] = {
@@ -51,7 +52,7 @@ def score(pred_read, gt_read, fixations):
       "sim": metrics.sim(pred_read, gt_read, variant=variant),
       "kld": metrics.kld(pred_read, gt_read, variant=variant),
       "nss": metrics.nss(pred_read, fixations, variant=variant),
-      "auc_judd": metrics.auc_judd(pred_read, fixations, variant=variant),
+      "auc_judd": metrics.auc_judd(pred_read, fixations, variant=variant, levels=levels),
     }
   return out
 
@@ -120,18 +121,20 @@ def read_gt(gt):
 
 
 def read_pred(pred, hw, *, quantize_uint8: bool):
-  """The map as scored. With `quantize_uint8` the prediction is read as the challenge reads a
-  submitted 8-bit map at the ground truth's resolution (`submission_maps`); otherwise the float
-  map goes through the scorer's min-max and resize."""
-  src = submission_maps(pred, hw) if quantize_uint8 else pred
-  return metrics.ntire2026_preprocess(src, hw, channels=False)
+  """(the map as scored, the 8-bit map it was read from or None). With `quantize_uint8` the
+  prediction is read as the challenge reads a submitted 8-bit map at the ground truth's
+  resolution (`submission_maps`); otherwise the float map goes through the scorer's min-max and
+  resize."""
+  levels = submission_maps(pred, hw) if quantize_uint8 else None
+  src = pred if levels is None else levels
+  return metrics.ntire2026_preprocess(src, hw, channels=False), levels
 
 
 def frame_metrics(pred, gt, fixations, *, quantize_uint8: bool = True):
   """pred: (..., h, w) probabilities; gt: (..., H, W) ground-truth map (any scale); fixations:
   (..., H, W) event counts. Returns {variant: {metric: (...)}}."""
-  p = read_pred(pred, gt.shape[-2:], quantize_uint8=quantize_uint8)
-  return score(p, read_gt(gt), fixations)
+  p, levels = read_pred(pred, gt.shape[-2:], quantize_uint8=quantize_uint8)
+  return score(p, read_gt(gt), fixations, levels)
 
 
 def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
@@ -150,13 +153,14 @@ def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
   def score_map(m, g, batch):
     """One map (B, T, S, S) against the ground truth read once (`g`)."""
     hw = batch["gt"].shape[-2:]
-    p = read_pred(m, hw, quantize_uint8=quantize_uint8)
-    scores = score(p, g, batch["fixations"])
+    p, levels = read_pred(m, hw, quantize_uint8=quantize_uint8)
+    scores = score(p, g, batch["fixations"], levels)
     out = {}
     if "negatives" in batch:  # s-AUC: the exact one here, the mit one on the host
-      scores["ntire2026"]["sauc"] = metrics.sauc(p, batch["fixations"], batch["negatives"])
-      levels = submission_maps(m, hw)  # as read_pred's (XLA computes it once)
-      out["sauc_levels"] = metrics.level_histograms(levels, batch["fixations"], batch["negatives"])
+      fix, neg = batch["fixations"], batch["negatives"]
+      scores["ntire2026"]["sauc"] = metrics.sauc(p, fix, neg)
+      eight_bit = submission_maps(m, hw) if levels is None else levels
+      out["sauc_levels"] = metrics.level_histograms(eight_bit, fix, neg)
     out["metrics"] = jax.tree.map(lambda v: jnp.where(batch["mask"], v, jnp.nan), scores)
     return out
 

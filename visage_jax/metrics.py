@@ -248,6 +248,19 @@ def _count_sparse(flat, values, *, strict_too: bool):
   return at_least, at_least - at_position(ties, "right")
 
 
+def _level_sums(levels, weights, jitter: bool):
+  """`_judd_sums` of 8-bit maps (R rows of P pixels, grey levels 0…255) and weights (R, P), by
+  level: the pixels at or above a pixel's level are those of its level and above, so every sum
+  runs over the 256 levels of two histograms (pixels and weights at each level), not over P."""
+  lv = jnp.asarray(levels).astype(jnp.int32).reshape(weights.shape)
+  rows = jnp.arange(lv.shape[0])[:, None] * 256
+  index, size = (lv + rows).ravel(), lv.shape[0] * 256
+  count = jax.ops.segment_sum(jnp.ones_like(index), index, size).reshape(-1, 256)
+  weight = jax.ops.segment_sum(weights.ravel(), index, size).reshape(-1, 256)
+  at_least = jnp.cumsum(count[:, ::-1], axis=-1)[:, ::-1]
+  return _judd_sums(jnp.arange(256.0), weight, at_least, at_least - count, jitter)
+
+
 def _sorted_groups(flat, *weights):
   """Sort each row (R, P) by value, carrying `weights` along. Returns (values, weights…,
   group_start, group_end): for each sorted position, the first and last positions of its run of
@@ -283,7 +296,9 @@ def _judd_sums(values, weights, at_least, greater, jitter: bool):
   return jnp.sum(weights * a, axis=-1), greater_low + f * (g_low + 1) / (f + 1)
 
 
-def auc_judd(pred, fixations, variant: str = "ntire2026", *, jitter: bool | None = None):
+def auc_judd(
+  pred, fixations, variant: str = "ntire2026", *, jitter: bool | None = None, levels=None
+):
   """AUC-Judd: thresholds at the fixated values, trapezoids over (fp, tp).
 
   With fixated pixels sorted by value, tp_k = k/N and fp_k = (A_k − k)/D (A_k: pixels at or
@@ -297,6 +312,11 @@ def auc_judd(pred, fixations, variant: str = "ntire2026", *, jitter: bool | None
   nothing else); the AUC is linear in the A's, so `jitter=None` (the default, as True) gives the
   exact expected value of what the code returns. `jitter=False` gives its value without jitter
   (NaN for a constant map, as the code returns).
+
+  `levels`: optionally the 8-bit map (…, H, W) (grey levels 0…255, int or float) of which `pred`
+  is a strictly increasing function, as a read submission is of its PNG's levels: the pixels at
+  or above each value are then counted from its histogram (the same counts, in O(H·W)) instead
+  of by a search of the fixated values.
   """
   _check(variant)
   if jitter is None:
@@ -323,8 +343,11 @@ def auc_judd(pred, fixations, variant: str = "ntire2026", *, jitter: bool | None
     at_least, greater = counts if jitter else (counts, counts)
     return _judd_sums(vals, cs, at_least, greater, jitter)
 
-  fits = jnp.max(jnp.sum(cflat > 0, axis=-1)) <= slots
-  sum_ca, a_last = jax.lax.cond(fits, sparse, dense, None)
+  if levels is not None:
+    sum_ca, a_last = _level_sums(levels, cflat, jitter)
+  else:
+    fits = jnp.max(jnp.sum(cflat > 0, axis=-1)) <= slots
+    sum_ca, a_last = jax.lax.cond(fits, sparse, dense, None)
   sum_ca, a_last = sum_ca.reshape(lead), a_last.reshape(lead)
   if variant == "ntire2026":
     rows = jnp.arange(h)[:, None]
