@@ -248,15 +248,19 @@ def _count_sparse(flat, values, *, strict_too: bool):
   return at_least, at_least - at_position(ties, "right")
 
 
+def _per_level(q, values):
+  """Per row of grey levels q, int (R, P) in 0…255: the sum of `values` (R, P) at each level,
+  (R, 256)."""
+  rows = jnp.arange(q.shape[0])[:, None] * 256
+  return jax.ops.segment_sum(values.ravel(), (q + rows).ravel(), q.shape[0] * 256).reshape(-1, 256)
+
+
 def _level_sums(levels, weights, jitter: bool):
   """`_judd_sums` of 8-bit maps (R rows of P pixels, grey levels 0…255) and weights (R, P), by
   level: the pixels at or above a pixel's level are those of its level and above, so every sum
   runs over the 256 levels of two histograms (pixels and weights at each level), not over P."""
   lv = jnp.asarray(levels).astype(jnp.int32).reshape(weights.shape)
-  rows = jnp.arange(lv.shape[0])[:, None] * 256
-  index, size = (lv + rows).ravel(), lv.shape[0] * 256
-  count = jax.ops.segment_sum(jnp.ones_like(index), index, size).reshape(-1, 256)
-  weight = jax.ops.segment_sum(weights.ravel(), index, size).reshape(-1, 256)
+  count, weight = _per_level(lv, jnp.ones_like(lv)), _per_level(lv, weights)
   at_least = jnp.cumsum(count[:, ::-1], axis=-1)[:, ::-1]
   return _judd_sums(jnp.arange(256.0), weight, at_least, at_least - count, jitter)
 
@@ -480,12 +484,10 @@ def level_histograms(levels, fixations, negatives):
   highest level."""
   lead = levels.shape[:-2]
   q = jnp.asarray(levels).astype(jnp.int32).reshape(-1, levels.shape[-2] * levels.shape[-1])
-  frames = jnp.arange(q.shape[0])[:, None] * 256
-  out = []
-  for mask in (fixations, negatives):
-    m = (jnp.asarray(mask) > 0).reshape(q.shape).astype(jnp.int32)
-    counts = jax.ops.segment_sum(m.ravel(), (q + frames).ravel(), q.shape[0] * 256)
-    out.append(counts.reshape(q.shape[0], 256))
+  out = [
+    _per_level(q, (jnp.asarray(mask) > 0).reshape(q.shape).astype(jnp.int32))
+    for mask in (fixations, negatives)
+  ]
   hist = jnp.stack(out, axis=1).reshape(*lead, 2, 256)
   span = jnp.stack([jnp.min(q, -1), jnp.max(q, -1)], axis=-1).reshape(*lead, 2)
   return hist, span
