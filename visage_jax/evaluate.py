@@ -137,10 +137,14 @@ def frame_metrics(pred, gt, fixations, *, quantize_uint8: bool = True):
   return score(p, read_gt(gt), fixations, levels)
 
 
+SCORE_FRAMES = 1  # frames of each window scored at once (each map in turn)
+
+
 def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
   """The jitted step: (state, batch) → {"maps": {...}, "metrics": {source: {variant: {metric}}}}:
   the shared forward (`stream.model_maps`) with every map scored on top, one map after another
-  (what scoring holds at the ground truth's size is then one map's, not three).
+  and `SCORE_FRAMES` frames of each window at a time (what scoring holds at the ground truth's
+  size is then that many frames of each window, of one map, whatever the window's length).
 
   batch: clip (B, T, S, S, 3) normalised frames; gt (B, T, H, W); fixations (B, T, H, W) int
   counts; mask (B, T) bool, false on padded frames, whose metrics come out NaN; optionally
@@ -150,25 +154,35 @@ def make_eval_step(graphdef, *, quantize_uint8: bool = True, mesh=None):
   """
   from visage_jax.stream import jit_on_batch, model_maps
 
-  def score_map(m, g, batch):
-    """One map (B, T, S, S) against the ground truth read once (`g`)."""
-    hw = batch["gt"].shape[-2:]
+  def score_frame(frame):
+    """One map's frames (B, S, S) against their ground truth, read (`g`), and fixations."""
+    m, hw = frame["map"], frame["g"].shape[-2:]
     p, levels = read_pred(m, hw, quantize_uint8=quantize_uint8)
-    scores = score(p, g, batch["fixations"], levels)
+    scores = score(p, frame["g"], frame["fixations"], levels)
     out = {}
-    if "negatives" in batch:  # s-AUC: the exact one here, the mit one on the host
-      fix, neg = batch["fixations"], batch["negatives"]
+    if "negatives" in frame:  # s-AUC: the exact one here, the mit one on the host
+      fix, neg = frame["fixations"], frame["negatives"]
       scores["ntire2026"]["sauc"] = metrics.sauc(p, fix, neg)
       eight_bit = submission_maps(m, hw) if levels is None else levels
       out["sauc_levels"] = metrics.level_histograms(eight_bit, fix, neg)
-    out["metrics"] = jax.tree.map(lambda v: jnp.where(batch["mask"], v, jnp.nan), scores)
+    out["metrics"] = jax.tree.map(lambda v: jnp.where(frame["mask"], v, jnp.nan), scores)
     return out
+
+  def score_map(m, frames):
+    """One map (B, T, S, S), SCORE_FRAMES of each window's frames at a time: what scoring holds
+    at the ground truth's size does not grow with the window. The loop runs over the frames of
+    a window, not over the batch, whose axis stays split over the devices (each scores its
+    own windows; a loop over a split axis would make them exchange frames)."""
+    by_frame = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), {**frames, "map": m})
+    out = jax.lax.map(score_frame, by_frame, batch_size=SCORE_FRAMES)
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
   def step(state, batch):
     maps = model_maps(nnx.merge(graphdef, state), batch["clip"])
-    g = read_gt(batch["gt"])
+    frames = {k: batch[k] for k in ("fixations", "negatives", "mask") if k in batch}
+    frames["g"] = read_gt(batch["gt"])
     names = list(maps)
-    scored = jax.lax.map(lambda m: score_map(m, g, batch), jnp.stack([maps[k] for k in names]))
+    scored = jax.lax.map(lambda m: score_map(m, frames), jnp.stack([maps[k] for k in names]))
     result = {"maps": maps}
     for part in scored:
       result[part] = {
