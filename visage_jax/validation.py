@@ -39,8 +39,7 @@ class ValidationBatch:
   partner: np.ndarray | None = None  # float32 (B, T, S, S): the partner expert's maps
 
   def model_input(self) -> dict:
-    out = {"frames": self.frames, "saliency": self.saliency, "counts": self.counts}
-    out["mask"] = self.mask
+    out = dict(frames=self.frames, saliency=self.saliency, counts=self.counts, mask=self.mask)
     if self.partner is not None:
       out["partner"] = self.partner
     return out
