@@ -81,9 +81,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
 def put(tree, shardings):
   """`jax.device_put` that also works across processes: each process holds the same host value
   (deterministic initialisation, or read from the same checkpoint) and contributes its own
-  devices' shards of it."""
+  devices' shards of it. `shardings`: a tree like `tree`, or one sharding for all its leaves."""
   if jax.process_count() == 1:
     return jax.device_put(tree, shardings)
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
 
   def one(x, sharding):
     x = np.asarray(x)

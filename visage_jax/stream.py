@@ -280,7 +280,7 @@ def run_batches(step, state, batches: Iterator, mesh=None):
   for batch in batches:
     feed = batch.model_input()
     if sharding is not None:
-      feed = parallel.put(feed, jax.tree.map(lambda _: sharding, feed))
+      feed = parallel.put(feed, sharding)
     out = step(state, feed)
     if pending is not None:
       yield pending[0], tree_to_host(pending[1])
