@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_helper
 from helpers.small import small_config
 from test_metrics import ref_ntire
 
@@ -94,3 +95,13 @@ def test_validation_scores_the_models_windows_as_the_challenge_does(trainset, ex
   # the weights are an argument: other weights, other numbers, from the same validator
   moved = validate(*train_step.split(train_step.init_model(cfg, seed=2), cfg)[1:])
   assert abs(moved["cc"] - got["cc"]) > 1e-4
+
+
+def test_fused_validation_on_a_mesh_equals_one_device(trainset):
+  """The partner's pass and the scoring split over 2 × 2 (data × fsdp) emulated devices, the
+  partner's weights laid out by mesh.rules as the trained model's: the numbers of one device."""
+  out = run_helper("sharded_validation.py", trainset)
+  assert out["map"] == ["fused", "fused"] and "expert2/cc" in out["reported"], out["reported"]
+  assert out["max_rel_diff"] <= 1e-5, out
+  assert out["qkv_specs"] and all("fsdp" in s for s in out["qkv_specs"].values()), out
+  assert out["devices_holding_qkv"] == [4], out

@@ -331,9 +331,12 @@ def _validator(cfg, graphdef, state: TrainState, frozen, mesh, say):
     graphdef, cfg, state.trainable, state.batch_stats, frozen
   )
   data = cfg.data
-  return make_validator(
-    graphdef_eval, cfg, data.dir, data.val_split, partner=partner, mesh=mesh, log=say
-  )
+  try:
+    return make_validator(
+      graphdef_eval, cfg, data.dir, data.val_split, partner=partner, mesh=mesh, log=say
+    )
+  except parallel.ShardingError as e:  # the partner's weights, laid out by mesh.rules
+    raise TrainError(f"train.partner: mesh: {e}") from None
 
 
 class ValidationLog:

@@ -5,7 +5,8 @@ Nothing it holds grows with the split: each validation reads the prepared videos
 time, in a background thread that stays two batches ahead of the devices (`stream.prefetch`,
 `stream.run_batches`), and each batch of windows is split over the training mesh's batch axes.
 Only a partner's maps (fused validation) are kept between validations: the other expert is fixed,
-so its maps are computed once, float32 at model size (200 KB a validated frame at 224).
+so its maps are computed once, float32 at model size (200 KB a validated frame at 224), on the
+training mesh with the partner's weights laid out as the trained model's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from visage_jax import evaluate, stream, train_step
+from visage_jax import evaluate, parallel, stream, train_step
 from visage_jax.data.challenge import fixation_counts
 from visage_jax.data.windows import validation_windows
 
@@ -110,11 +111,29 @@ def _bar(plan, desc: str):
   )
 
 
-def partner_maps(partner, source, plan, batch_size: int, log) -> list[np.ndarray]:
-  """The fixed partner expert's maps, batch by batch as `batches` yields them: computed once, on
-  its own device, for every validation."""
-  name, model = partner
+def place_partner(model, mesh, rules: parallel.ShardingRules):
+  """(graphdef, state) of the partner with its weights laid out over the training mesh by the
+  trained model's rules; `model` now holds the placed weights, so its one-device copies are freed.
+  Without a mesh, as it is."""
   graphdef, state = nnx.split(model)
+  if mesh is not None:
+    state = parallel.put(state, parallel.state_shardings(state, mesh, rules))
+    nnx.update(model, state)
+  return graphdef, state
+
+
+def _jit_on(fn, mesh):
+  """jax.jit of fn, traced under `mesh` (activations batch-split at the backbone's blocks); the
+  shardings come from the placed arguments."""
+  return jax.jit(fn if mesh is None else parallel.on_mesh(fn, mesh))
+
+
+def partner_maps(partner, source, plan, batch_size: int, log, mesh=None, rules=None) -> list:
+  """The fixed partner expert's maps, batch by batch as `batches` yields them: computed once for
+  every validation, each batch split over `mesh` and the partner's weights laid out on it as the
+  trained model's are (`place_partner`)."""
+  name, model = partner
+  graphdef, state = place_partner(model, mesh, rules)
 
   def forward(state, feed):
     clip = train_step.normalize_on_device(feed["frames"])
@@ -123,7 +142,7 @@ def partner_maps(partner, source, plan, batch_size: int, log) -> list[np.ndarray
   read = stream.prefetch(batches(source, plan, batch_size), PREFETCH)
   maps = []
   with _bar(plan, f"validation: {name}'s maps") as bar:
-    for batch, out in stream.run_batches(jax.jit(forward), state, read):
+    for batch, out in stream.run_batches(_jit_on(forward, mesh), state, read, mesh):
       maps.append(out)
       bar.update(batch.real)
   log(f"validation: {name}'s maps for {len(maps)} batches of windows computed (fused validation)")
@@ -135,7 +154,7 @@ def _with_partner(read: Iterator[ValidationBatch], maps) -> Iterator[ValidationB
     yield dataclasses.replace(batch, partner=partner)
 
 
-def _score_step(graphdef_eval, name: str, alpha: float, eps: float):
+def _score_step(graphdef_eval, name: str, alpha: float, eps: float, mesh):
   """jit((trainable, stats, frozen), `ValidationBatch.model_input()`) → {name[, "fused"]:
   {"ntire2026": per-frame metrics (B, T), NaN where masked}}."""
   from visage_jax.models.visage import logit_fusion
@@ -154,7 +173,7 @@ def _score_step(graphdef_eval, name: str, alpha: float, eps: float):
       out[k] = {"ntire2026": jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), s)}
     return out
 
-  return jax.jit(scores)
+  return _jit_on(scores, mesh)
 
 
 def _summary(agg: evaluate.Aggregator, name: str, fused: bool) -> dict:
@@ -175,16 +194,20 @@ def make_validator(
   """A function (trainable, stats, frozen) → {"map", "cc", "sim", "nss", "auc_judd", "kld",
   "frames", "videos", <expert>: {...}}: "map" is "fused" with a `partner` (name, model), else the
   trained expert's name. Batches hold as many windows as a training micro-batch has clips, split
-  over `mesh` (the training mesh, whose processes all validate the same windows)."""
+  over `mesh` (the training mesh, whose processes all validate the same windows); a partner's
+  weights move onto it (`place_partner`)."""
   from visage_jax.data.prepare import data_source
 
   source, _ = data_source(prepared, split)
   plan = window_plan(source, cfg.model.backbone.num_frames)
   size = cfg.train.batch_size // cfg.train.grad_accum_steps
-  fixed = None if partner is None else partner_maps(partner, source, plan, size, log)
+  rules = parallel.ShardingRules.from_config(cfg.mesh)
+  fixed = None
+  if partner is not None:
+    fixed = partner_maps(partner, source, plan, size, log, mesh, rules)
   name = train_step.expert_name(cfg)
   fusion = float(cfg.model.fusion_alpha), float(cfg.model.fusion_eps)
-  step = _score_step(graphdef_eval, name, *fusion)
+  step = _score_step(graphdef_eval, name, *fusion, mesh)
 
   def validate(trainable, stats, frozen):
     read = stream.prefetch(batches(source, plan, size), PREFETCH)
