@@ -280,3 +280,25 @@ def test_a_hanging_decoder_becomes_an_error_naming_the_file():
 
   with pytest.raises(VideoError, match=r"some\.mp4 frame 3: decoder gave no answer within 0 s"):
     _guarded(lambda: time.sleep(5), 0.2, "some.mp4 frame 3")
+
+
+def test_a_cut_off_video_is_named_as_such_in_one_line(tmp_path):
+  """An mp4 whose index comes first (faststart, as streamed files are) cut off at 60 %: decord's
+  own log prefix and bare FFmpeg error number become words."""
+  import av
+
+  whole, cut = str(tmp_path / "whole.mp4"), str(tmp_path / "cut.mp4")
+  frames = np.random.default_rng(0).integers(0, 255, (30, 64, 96, 3), np.uint8)
+  with av.open(whole, "w", options={"movflags": "faststart"}) as out:
+    stream = out.add_stream("libx264", rate=30, options={"crf": "30"})
+    stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+    for f in frames:
+      out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+    out.mux(stream.encode())
+  data = open(whole, "rb").read()
+  open(cut, "wb").write(data[: len(data) * 6 // 10])
+  with pytest.raises(VideoError) as info:
+    open_video(cut).frames(list(range(30)))
+  message = str(info.value)
+  assert message.startswith(f"{cut}: ") and "\n" not in message, message
+  assert "truncated or corrupt" in message and ".cc:" not in message, message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 from typing import Protocol
 
 import numpy as np
@@ -233,11 +234,24 @@ def sequential(reader: VideoReader):
   return RangeReader(reader)
 
 
+# FFmpeg's error codes that decord reports as bare numbers ("av_read_frame failed with N", N the
+# negated AVERROR), in words.
+_AVERRORS = {1094995529: "invalid data, a truncated or corrupt file", 541478725: "end of file"}
+
+
 def _first_line(e: Exception, path: str) -> str:
   """A library's error, its first line, for a message that begins with `path`: where the
-  library names the path again, it is "the file" there."""
+  library names the path again, it is "the file" there; decord's log prefix ("[12:51:54]
+  /src/video/video_reader.cc:486: Error: ") is dropped and FFmpeg's error codes named."""
   text = str(e).strip()
-  return text.splitlines()[0].replace(str(path), "the file")[:300] if text else type(e).__name__
+  if not text:
+    return type(e).__name__
+  line = text.splitlines()[0].replace(str(path), "the file")
+  line = re.sub(r"^\[[\d:]+\] \S+:\d+: (Error: )?", "", line)
+  code = re.search(r"failed with (-?\d+)$", line)
+  if code and abs(int(code.group(1))) in _AVERRORS:
+    line = f"{line[: code.start()]}failed: {_AVERRORS[abs(int(code.group(1)))]}"
+  return line[:300]
 
 
 def open_video(path: str, *, fps: float | None = None, timeout_s: float = 60.0) -> VideoReader:
