@@ -156,6 +156,10 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   t.partner = ""
   # validation (when data.val_split is set) every N steps; -1: each epoch; 0: at the end only
   t.eval_every = -1
+  # Validation's numbers, which also rank the best checkpoints by CC: "challenge", the NTIRE 2026
+  # scorer's CC, SIM, NSS, AUC-Judd and KLD at model size, per video then over videos; "original",
+  # trainnew.py's own CC, SIM (raw maps) and NSS (3×3 max-filtered fixations), frame-weighted.
+  t.val_metrics = "challenge"
   # Peak FLOP/s of one device for the MFU estimate; 0: the nominal bf16 figure for known GPUs and
   # TPUs, a float32 matmul measured at start-up on a CPU.
   t.peak_flops = 0.0

@@ -192,11 +192,16 @@ def test_stage2_from_workdir_fused_validation_and_export(trainset, reference, tm
 
   e1 = str(tmp_path / "e1s2")
   extra = ("--config.train.stage=2", f"--config.train.init={ref}", f"--config.train.partner={e2}")
+  extra += ("--config.train.val_metrics=original",)
   res = subprocess.run(
     _cmd(e1, trainset, *short, *extra), env=_env(), capture_output=True, text=True, timeout=600
   )
   assert res.returncode == 0, res.stderr[-3000:]
   assert "init from" in res.stdout
+  (rec,) = _records(e1)  # the original's frame-weighted CC, SIM and NSS, of the fused map too
+  assert rec["metrics"] == "original" and rec["map"] == "fused" and "auc_judd" not in rec
+  assert set(rec["expert1"]) == {"cc", "sim", "nss"} and rec["frames"] == 2 * 4 * 4
+  assert "(fused map, original metrics, 2 videos): cc " in res.stdout
 
   out = str(tmp_path / "exported")
   provenance.export([e1, e2], out, log=lambda m: None)
@@ -325,6 +330,7 @@ def test_two_processes_train_like_one(trainset, tmp_path):
       "mesh: backbone/blocks/attn/proj/kernel: dimension 1 (size 64)",
     ),
     (["--config.data.val_split=validation"], "data.val_split='validation': "),
+    (["--config.train.val_metrics=orignal"], "train.val_metrics='orignal': one of challenge, "),
     (["--config.train.stage=2", "--config.train.init=/nonexistent"], "train.init=/nonexistent: "),
     (["malformed config.json"], "config.json: not valid JSON"),
   ],
@@ -424,3 +430,25 @@ def test_a_checkpoint_of_the_older_state_layout_is_refused_in_one_line(tmp_path)
   with pytest.raises(provenance.TrainError, match=r"checkpoints/4: written by an older visage-jax"):
     checkpoints.resume(None, None)
   checkpoints.close()
+
+
+def test_a_workdir_keeps_the_metrics_that_rank_its_best_checkpoints(tmp_path):
+  """Resuming with another train.val_metrics would rank best checkpoints by two CCs; a workdir
+  written before the key existed was ranked by the challenge's."""
+  from helpers.small import small_config
+
+  from visage_jax.trainer import TrainError, _check_workdir_config
+
+  cfg = small_config(2, 1)
+  ckpt.write_config(str(tmp_path), cfg)
+  _check_workdir_config(str(tmp_path), cfg)
+  cfg.train.val_metrics = "original"
+  with pytest.raises(TrainError, match=r"train.val_metrics='challenge', not 'original'"):
+    _check_workdir_config(str(tmp_path), cfg)
+  older = json.loads((tmp_path / "config.json").read_text())
+  del older["train"]["val_metrics"]
+  (tmp_path / "config.json").write_text(json.dumps(older))
+  with pytest.raises(TrainError, match=r"train.val_metrics='challenge', not 'original'"):
+    _check_workdir_config(str(tmp_path), cfg)
+  cfg.train.val_metrics = "challenge"
+  _check_workdir_config(str(tmp_path), cfg)

@@ -132,13 +132,13 @@ class Reporter:
     return msg
 
   def validation(self, step: int, scores: dict) -> None:
+    shown = [k for k in ("cc", "sim", "nss", "auc_judd", "kld") if k in scores]
     if self.writer:
-      for k in ("cc", "sim", "nss", "auc_judd", "kld"):
+      for k in shown:
         self.writer.add_scalar(f"val/{scores['map']}/{k}", scores[k], step)
     self.say(
-      f"validation at step {step} ({scores['map']} map, {scores['videos']} videos): "
-      f"cc {scores['cc']:.4f}, sim {scores['sim']:.4f}, nss {scores['nss']:.4f}, "
-      f"auc_judd {scores['auc_judd']:.4f}"
+      f"validation at step {step} ({scores['map']} map, {scores['metrics']} metrics, "
+      f"{scores['videos']} videos): " + ", ".join(f"{k} {scores[k]:.4f}" for k in shown)
     )
 
   def close(self) -> None:

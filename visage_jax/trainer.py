@@ -52,6 +52,7 @@ from visage_jax.provenance import (
 from visage_jax.reporting import Goodput, Reporter
 from visage_jax.train_step import TrainState
 from visage_jax.trees import named, to_host
+from visage_jax.validation import VARIANTS
 
 # ----------------------------------------------------------------------------- the loop
 
@@ -99,6 +100,8 @@ def preflight(cfg) -> None:
     parallel.state_shardings(nnx.state(abstract), mesh, rules)
   except ValueError as e:  # parallel.ShardingError too
     raise TrainError(f"mesh: {e}") from None
+  if t.val_metrics not in VARIANTS:
+    raise TrainError(f"train.val_metrics={t.val_metrics!r}: one of {', '.join(VARIANTS)}")
   if t.profile_steps and (
     len(t.profile_steps) != 2 or not 1 <= t.profile_steps[0] <= t.profile_steps[1]
   ):
@@ -121,8 +124,8 @@ def preflight(cfg) -> None:
 
 
 def _check_workdir_config(workdir: str, cfg) -> None:
-  """A workdir keeps the model and stage it was started with; the rest (more steps, another
-  validation interval) may change between runs."""
+  """A workdir keeps the model and stage it was started with, and the metrics that rank its best
+  checkpoints; the rest (more steps, another validation interval) may change between runs."""
   path = os.path.join(workdir, ckpt.CONFIG_FILE)
   if not os.path.isfile(path):
     return
@@ -130,11 +133,11 @@ def _check_workdir_config(workdir: str, cfg) -> None:
   for key in ("model", "loss"):
     if old[key].to_json(sort_keys=True) != cfg[key].to_json(sort_keys=True):
       raise TrainError(f"{workdir}: was started with another config.{key}; use a new --workdir")
-  for key in ("stage", "expert", "batch_size", "seed", "init"):
-    if old.train[key] != cfg.train[key]:
-      raise TrainError(
-        f"{workdir}: was started with train.{key}={old.train[key]!r}, not {cfg.train[key]!r}"
-      )
+  defaults = {"val_metrics": "challenge"}  # for workdirs started before the key existed
+  for key in ("stage", "expert", "batch_size", "seed", "init", "val_metrics"):
+    was = old.train.get(key, defaults.get(key))
+    if was != cfg.train[key]:
+      raise TrainError(f"{workdir}: was started with train.{key}={was!r}, not {cfg.train[key]!r}")
 
 
 def _write_init_backbone(path: str, cfg, model, log) -> None:

@@ -1,5 +1,6 @@
 """The trainer's validation: the original's 4 evenly spaced windows of every video of a prepared
-split, scored at model size with the challenge's metrics, per video then over videos.
+split, scored at model size with the challenge's metrics, per video then over videos, or
+(`train.val_metrics="original"`) with the original's own CC, SIM and NSS over every frame.
 
 Nothing it holds grows with the split: each validation reads the prepared videos again, one at a
 time, in a background thread that stays two batches ahead of the devices (`stream.prefetch`,
@@ -154,9 +155,45 @@ def _with_partner(read: Iterator[ValidationBatch], maps) -> Iterator[ValidationB
     yield dataclasses.replace(batch, partner=partner)
 
 
-def _score_step(graphdef_eval, name: str, alpha: float, eps: float, mesh):
+def _challenge_metrics(pred, feed) -> dict:
+  """{"ntire2026": the challenge's per-frame metrics (B, T), NaN where masked}."""
+  gt = feed["saliency"].astype(jnp.float32)
+  s = evaluate.frame_metrics(pred, gt, feed["counts"], quantize_uint8=False)["ntire2026"]
+  return {"ntire2026": jax.tree.map(lambda v: jnp.where(feed["mask"], v, jnp.nan), s)}
+
+
+def original_metrics(pred, feed) -> dict:
+  """The original's validation numbers of every frame (trainnew.py: `calc_cc_sim_batch`,
+  `torch_nss`): CC of the z-scored raw map and ground truth (in [0, 1]), SIM of the sum-normalised
+  ones, and NSS at the fixation map (model-size counts, 3×3 max filter), with whether the frame
+  has fixations; PyTorch's unbiased std and its 1e-7s. Each (B, T), masked frames included."""
+  axes, eps = (-2, -1), 1e-7
+  gt = feed["saliency"].astype(jnp.float32) / 255.0
+
+  def z(x):
+    centred = x - jnp.mean(x, axes, keepdims=True)
+    var = jnp.sum(centred * centred, axes, keepdims=True) / (x.shape[-1] * x.shape[-2] - 1)
+    return centred / (jnp.sqrt(var) + eps)
+
+  def unit(x):
+    return x / (jnp.sum(x, axes, keepdims=True) + eps)
+
+  zp, zg = z(pred), z(gt)
+  cc = jnp.sum(zp * zg, axes) / jnp.sqrt(jnp.sum(zp * zp, axes) * jnp.sum(zg * zg, axes) + eps)
+  window = (1,) * (pred.ndim - 2) + (3, 3)
+  counts = feed["counts"].astype(jnp.float32)
+  fix = jax.lax.reduce_window(counts, -jnp.inf, jax.lax.max, window, (1,) * pred.ndim, "SAME")
+  return {
+    "cc": cc,
+    "sim": jnp.sum(jnp.minimum(unit(pred), unit(gt)), axes),
+    "nss": jnp.sum(zp * fix, axes) / (jnp.sum(fix, axes) + eps),
+    "fixated": jnp.sum(fix, axes) > 0,
+  }
+
+
+def _score_step(graphdef_eval, name: str, alpha: float, eps: float, metrics, mesh):
   """jit((trainable, stats, frozen), `ValidationBatch.model_input()`) → {name[, "fused"]:
-  {"ntire2026": per-frame metrics (B, T), NaN where masked}}."""
+  metrics(map (B, T, S, S), feed)}."""
   from visage_jax.models.visage import logit_fusion
 
   def scores(state, feed):
@@ -166,36 +203,79 @@ def _score_step(graphdef_eval, name: str, alpha: float, eps: float, mesh):
     if "partner" in feed:
       pair = (own, feed["partner"]) if name == "expert1" else (feed["partner"], own)
       maps["fused"] = logit_fusion(pair, alpha, eps)
-    gt, mask = feed["saliency"].astype(jnp.float32), feed["mask"]
-    out = {}
-    for k, m in maps.items():
-      s = evaluate.frame_metrics(m, gt, feed["counts"], quantize_uint8=False)["ntire2026"]
-      out[k] = {"ntire2026": jax.tree.map(lambda v: jnp.where(mask, v, jnp.nan), s)}
-    return out
+    return {k: metrics(m, feed) for k, m in maps.items()}
 
   return _jit_on(scores, mesh)
 
 
-def _summary(agg: evaluate.Aggregator, name: str, fused: bool) -> dict:
-  overall = agg.report()["overall"]
+class ChallengeMeans:
+  """The challenge's aggregation: the mean over a video's frames, then over videos."""
+
+  def __init__(self):
+    self.agg = evaluate.Aggregator()
+
+  def add(self, video: str, scores: dict, mask: np.ndarray) -> None:
+    self.agg.add(video, scores, mask)
+
+  def means(self, main: str) -> tuple[dict, int, int]:
+    """({map: {metric: value}}, frames `main`'s CC is defined on, videos)."""
+    overall = self.agg.report()["overall"]
+    maps = {m: o["ntire2026"] for m, o in overall.items() if m != "videos"}
+    means = {m: {k: v["challenge"] for k, v in o.items()} for m, o in maps.items()}
+    return means, maps[main]["cc"]["frames"], overall["videos"]
+
+
+class OriginalMeans:
+  """The original's aggregation (trainnew.py): every window's mean over its frames weighted by
+  their number, so CC and SIM are means over every validated frame; a window's NSS is the mean
+  over its frames with fixations (0 when it has none), weighted by all its frames."""
+
+  def __init__(self):
+    self.sums, self.frames, self.videos = {}, 0, set()
+
+  def add(self, video: str, scores: dict, mask: np.ndarray) -> None:
+    real = int(mask.sum())
+    self.frames += real
+    self.videos.add(video)
+    for name, s in scores.items():
+      sums = self.sums.setdefault(name, {"cc": 0.0, "sim": 0.0, "nss": 0.0})
+      sums["cc"] += float(np.sum(s["cc"][mask], dtype=np.float64))
+      sums["sim"] += float(np.sum(s["sim"][mask], dtype=np.float64))
+      fixated = mask & s["fixated"]
+      if fixated.any():
+        sums["nss"] += real * float(np.mean(s["nss"][fixated], dtype=np.float64))
+
+  def means(self, main: str) -> tuple[dict, int, int]:
+    means = {m: {k: v / max(self.frames, 1) for k, v in s.items()} for m, s in self.sums.items()}
+    return means, self.frames, len(self.videos)
+
+
+# train.val_metrics → (the per-frame numbers on the devices, their means on the host)
+VARIANTS = {
+  "challenge": (_challenge_metrics, ChallengeMeans),
+  "original": (original_metrics, OriginalMeans),
+}
+
+
+def _summary(agg, name: str, fused: bool, variant: str) -> dict:
   main = "fused" if fused else name
-  pick = lambda m: {k: v["challenge"] for k, v in overall[m]["ntire2026"].items()}  # noqa: E731
-  out = {"map": main, **pick(main)}
-  out["frames"] = overall[main]["ntire2026"]["cc"]["frames"]
-  out["videos"] = len(agg.videos())
+  means, frames, videos = agg.means(main)
+  out = {"map": main, "metrics": variant, **means[main], "frames": frames, "videos": videos}
   if fused:
-    out[name] = pick(name)
+    out[name] = means[name]
   return out
 
 
 def make_validator(
   graphdef_eval, cfg, prepared: str, split: str, *, partner=None, mesh=None, log=print
 ):
-  """A function (trainable, stats, frozen) → {"map", "cc", "sim", "nss", "auc_judd", "kld",
-  "frames", "videos", <expert>: {...}}: "map" is "fused" with a `partner` (name, model), else the
-  trained expert's name. Batches hold as many windows as a training micro-batch has clips, split
-  over `mesh` (the training mesh, whose processes all validate the same windows); a partner's
-  weights move onto it (`place_partner`)."""
+  """A function (trainable, stats, frozen) → {"map", "metrics", "cc", "sim", "nss"[, "auc_judd",
+  "kld"], "frames", "videos", <expert>: {...}}: "map" is "fused" with a `partner` (name, model),
+  else the trained expert's name; "metrics" is `train.val_metrics` (`VARIANTS`): "challenge" (all
+  five, per video then over videos) or "original" (CC, SIM, NSS as the original validates).
+  Batches hold as many windows as a training micro-batch has clips, split over `mesh` (the
+  training mesh, whose processes all validate the same windows); a partner's weights move onto it
+  (`place_partner`)."""
   from visage_jax.data.prepare import data_source
 
   source, _ = data_source(prepared, split)
@@ -207,18 +287,20 @@ def make_validator(
     fixed = partner_maps(partner, source, plan, size, log, mesh, rules)
   name = train_step.expert_name(cfg)
   fusion = float(cfg.model.fusion_alpha), float(cfg.model.fusion_eps)
-  step = _score_step(graphdef_eval, name, *fusion, mesh)
+  variant = cfg.train.val_metrics
+  metrics, means_of = VARIANTS[variant]
+  step = _score_step(graphdef_eval, name, *fusion, metrics, mesh)
 
   def validate(trainable, stats, frozen):
     read = stream.prefetch(batches(source, plan, size), PREFETCH)
     if fixed is not None:
       read = _with_partner(read, fixed)
-    agg = evaluate.Aggregator()
+    agg = means_of()
     with _bar(plan, "validation") as bar:
       for batch, scores in stream.run_batches(step, (trainable, stats, frozen), read, mesh):
         for b in range(batch.real):
           agg.add(batch.videos[b], jax.tree.map(lambda x, b=b: x[b], scores), batch.mask[b])
         bar.update(batch.real)
-    return _summary(agg, name, fixed is not None)
+    return _summary(agg, name, fixed is not None, variant)
 
   return validate
