@@ -3,6 +3,8 @@ the model's own maps of the original's validation windows, alone and fused with 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import run_helper
@@ -200,3 +202,22 @@ def test_original_metrics_of_frames_without_fixations_and_padding():
   assert (frames, videos) == (11, 3)
   for metric, value in want["m"].items():
     assert abs(got["m"][metric] - value) <= 1e-6 * max(1.0, abs(value)), (metric, got, want)
+
+
+def test_spilled_maps_read_back_what_was_written_and_leave_nothing(tmp_path):
+  from visage_jax.validation import SpilledMaps
+
+  rng = np.random.default_rng(0)
+  arrays = [rng.random((3, 4, 5, 5)).astype(np.float32) for _ in range(4)]
+  maps = SpilledMaps(str(tmp_path))
+  for a in arrays:
+    maps.append(a)
+  assert os.listdir(tmp_path) == []  # an unnamed file: gone however the process ends
+  assert len(maps) == 4
+  for i in (2, 0, 3, 1):
+    np.testing.assert_array_equal(maps[i], arrays[i])
+  with pytest.raises(IndexError):
+    maps[4]
+  with pytest.raises(ValueError, match=r"maps of shape \(3, 4, 5\) among ones of \(3, 4, 5, 5\)"):
+    maps.append(arrays[0][..., 0])
+  maps.close()

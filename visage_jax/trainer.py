@@ -319,9 +319,9 @@ def _input(cfg):
   return iter(loader), max(len(source) // t.batch_size, 1)
 
 
-def _validator(cfg, graphdef, state: TrainState, frozen, mesh, say):
-  """`validation.make_validator` for `data.val_split` on the training mesh, or None without
-  one."""
+def _validator(cfg, workdir: str, graphdef, state: TrainState, frozen, mesh, say):
+  """`validation.make_validator` for `data.val_split` on the training mesh (a partner's maps kept
+  in an unnamed file in the workdir), or None without one."""
   from visage_jax.validation import make_validator
 
   if not cfg.data.val_split:
@@ -336,7 +336,14 @@ def _validator(cfg, graphdef, state: TrainState, frozen, mesh, say):
   data = cfg.data
   try:
     return make_validator(
-      graphdef_eval, cfg, data.dir, data.val_split, partner=partner, mesh=mesh, log=say
+      graphdef_eval,
+      cfg,
+      data.dir,
+      data.val_split,
+      partner=partner,
+      mesh=mesh,
+      scratch=workdir,
+      log=say,
     )
   except parallel.ShardingError as e:  # the partner's weights, laid out by mesh.rules
     raise TrainError(f"train.partner: mesh: {e}") from None
@@ -399,7 +406,7 @@ def run(cfg, workdir: str, *, log=print) -> dict:
   t, lead = cfg.train, jax.process_index() == 0
   mesh, graphdef, frozen, step_fn, state = _set_up(cfg, workdir, say)
   it, steps_per_epoch = _input(cfg)
-  validate = _validator(cfg, graphdef, state, frozen, mesh, say)
+  validate = _validator(cfg, workdir, graphdef, state, frozen, mesh, say)
   checkpoints = RunCheckpoints(workdir, t)
   state = checkpoints.resume(state, it)
   start = int(to_host(state.step))

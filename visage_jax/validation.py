@@ -5,14 +5,16 @@ split, scored at model size with the challenge's metrics, per video then over vi
 Nothing it holds grows with the split: each validation reads the prepared videos again, one at a
 time, in a background thread that stays two batches ahead of the devices (`stream.prefetch`,
 `stream.run_batches`), and each batch of windows is split over the training mesh's batch axes.
-Only a partner's maps (fused validation) are kept between validations: the other expert is fixed,
-so its maps are computed once, float32 at model size (200 KB a validated frame at 224), on the
-training mesh with the partner's weights laid out as the trained model's.
+A partner's maps (fused validation) are kept between validations: the other expert is fixed, so
+its maps are computed once (on the training mesh, with the partner's weights laid out as the
+trained model's), float32 at model size (200 KB a validated frame at 224), in an unnamed file
+that is read back a batch at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Iterator
 
@@ -129,10 +131,45 @@ def _jit_on(fn, mesh):
   return jax.jit(fn if mesh is None else parallel.on_mesh(fn, mesh))
 
 
-def partner_maps(partner, source, plan, batch_size: int, log, mesh=None, rules=None) -> list:
-  """The fixed partner expert's maps, batch by batch as `batches` yields them: computed once for
-  every validation, each batch split over `mesh` and the partner's weights laid out on it as the
-  trained model's are (`place_partner`)."""
+class SpilledMaps:
+  """Equal-shaped float32 arrays appended to an unnamed temporary file in `folder` (None: the
+  system's), read back one at a time: what stays in memory does not grow with their number, and
+  the file goes when this is closed or the process ends, however it ends."""
+
+  def __init__(self, folder: str | None = None):
+    import tempfile
+
+    self._file = tempfile.TemporaryFile(dir=folder)
+    self._shape, self._count = None, 0
+
+  def append(self, maps: np.ndarray) -> None:
+    maps = np.ascontiguousarray(maps, np.float32)
+    if self._shape is None:
+      self._shape = maps.shape
+    if maps.shape != self._shape:
+      raise ValueError(f"maps of shape {maps.shape} among ones of {self._shape}")
+    self._file.write(maps.tobytes())
+    self._file.flush()  # for os.pread
+    self._count += 1
+
+  def __len__(self) -> int:
+    return self._count
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    if not 0 <= i < self._count:
+      raise IndexError(i)
+    size = int(np.prod(self._shape)) * 4
+    data = os.pread(self._file.fileno(), size, i * size)
+    return np.frombuffer(data, np.float32).reshape(self._shape)
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def partner_maps(partner, source, plan, batch_size: int, log, mesh=None, rules=None, scratch=None):
+  """The fixed partner expert's maps, batch by batch as `batches` yields them (`SpilledMaps` in
+  `scratch`): computed once for every validation, each batch split over `mesh` and the partner's
+  weights laid out on it as the trained model's are (`place_partner`)."""
   name, model = partner
   graphdef, state = place_partner(model, mesh, rules)
 
@@ -141,7 +178,7 @@ def partner_maps(partner, source, plan, batch_size: int, log, mesh=None, rules=N
     return stream.model_maps(nnx.merge(graphdef, state), clip)[name]
 
   read = stream.prefetch(batches(source, plan, batch_size), PREFETCH)
-  maps = []
+  maps = SpilledMaps(scratch)
   with _bar(plan, f"validation: {name}'s maps") as bar:
     for batch, out in stream.run_batches(_jit_on(forward, mesh), state, read, mesh):
       maps.append(out)
@@ -150,8 +187,8 @@ def partner_maps(partner, source, plan, batch_size: int, log, mesh=None, rules=N
   return maps
 
 
-def _with_partner(read: Iterator[ValidationBatch], maps) -> Iterator[ValidationBatch]:
-  for batch, partner in zip(read, maps, strict=True):
+def _with_partner(read: Iterator[ValidationBatch], maps: SpilledMaps) -> Iterator[ValidationBatch]:
+  for batch, partner in zip(read, (maps[i] for i in range(len(maps))), strict=True):
     yield dataclasses.replace(batch, partner=partner)
 
 
@@ -267,7 +304,7 @@ def _summary(agg, name: str, fused: bool, variant: str) -> dict:
 
 
 def make_validator(
-  graphdef_eval, cfg, prepared: str, split: str, *, partner=None, mesh=None, log=print
+  graphdef_eval, cfg, prepared: str, split: str, *, partner=None, mesh=None, scratch=None, log=print
 ):
   """A function (trainable, stats, frozen) → {"map", "metrics", "cc", "sim", "nss"[, "auc_judd",
   "kld"], "frames", "videos", <expert>: {...}}: "map" is "fused" with a `partner` (name, model),
@@ -275,7 +312,7 @@ def make_validator(
   five, per video then over videos) or "original" (CC, SIM, NSS as the original validates).
   Batches hold as many windows as a training micro-batch has clips, split over `mesh` (the
   training mesh, whose processes all validate the same windows); a partner's weights move onto it
-  (`place_partner`)."""
+  (`place_partner`) and its maps into an unnamed file in `scratch` (`SpilledMaps`)."""
   from visage_jax.data.prepare import data_source
 
   source, _ = data_source(prepared, split)
@@ -284,7 +321,7 @@ def make_validator(
   rules = parallel.ShardingRules.from_config(cfg.mesh)
   fixed = None
   if partner is not None:
-    fixed = partner_maps(partner, source, plan, size, log, mesh, rules)
+    fixed = partner_maps(partner, source, plan, size, log, mesh, rules, scratch)
   name = train_step.expert_name(cfg)
   fusion = float(cfg.model.fusion_alpha), float(cfg.model.fusion_eps)
   variant = cfg.train.val_metrics
