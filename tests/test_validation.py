@@ -216,6 +216,8 @@ def test_spilled_maps_read_back_what_was_written_and_leave_nothing(tmp_path):
   assert len(maps) == 4
   for i in (2, 0, 3, 1):
     np.testing.assert_array_equal(maps[i], arrays[i])
+  for got, want in zip(maps, arrays, strict=True):  # in order, as validation reads them
+    np.testing.assert_array_equal(got, want)
   with pytest.raises(IndexError):
     maps[4]
   with pytest.raises(ValueError, match=r"maps of shape \(3, 4, 5\) among ones of \(3, 4, 5, 5\)"):

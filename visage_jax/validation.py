@@ -155,6 +155,9 @@ class SpilledMaps:
   def __len__(self) -> int:
     return self._count
 
+  def __iter__(self) -> Iterator[np.ndarray]:
+    return (self[i] for i in range(self._count))
+
   def __getitem__(self, i: int) -> np.ndarray:
     if not 0 <= i < self._count:
       raise IndexError(i)
@@ -188,7 +191,7 @@ def partner_maps(partner, source, plan, batch_size: int, log, mesh=None, rules=N
 
 
 def _with_partner(read: Iterator[ValidationBatch], maps: SpilledMaps) -> Iterator[ValidationBatch]:
-  for batch, partner in zip(read, (maps[i] for i in range(len(maps))), strict=True):
+  for batch, partner in zip(read, maps, strict=True):
     yield dataclasses.replace(batch, partner=partner)
 
 
@@ -318,9 +321,9 @@ def make_validator(
   source, _ = data_source(prepared, split)
   plan = window_plan(source, cfg.model.backbone.num_frames)
   size = cfg.train.batch_size // cfg.train.grad_accum_steps
-  rules = parallel.ShardingRules.from_config(cfg.mesh)
   fixed = None
   if partner is not None:
+    rules = parallel.ShardingRules.from_config(cfg.mesh)
     fixed = partner_maps(partner, source, plan, size, log, mesh, rules, scratch)
   name = train_step.expert_name(cfg)
   fusion = float(cfg.model.fusion_alpha), float(cfg.model.fusion_eps)
