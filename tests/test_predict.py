@@ -218,6 +218,8 @@ def test_other_settings_are_refused_then_recomputed_and_checked(
   assert res.returncode == 2
   assert len(res.stderr.strip().splitlines()) == 1
   assert "clip0 (map_size 'source' → 'model')" in res.stderr and "--overwrite" in res.stderr
+  res = _predict(ckpt_plain, out, videos, "--dtype=bfloat16")
+  assert res.returncode == 2 and "clip0 (dtype None → 'bfloat16')" in res.stderr
   # recompute one video (the refusal above needs no model; this run does)
   res = _predict(
     ckpt_plain, out, os.path.join(videos, "clip0.mp4"), "--map_size=model", "--overwrite"
@@ -236,6 +238,25 @@ def test_other_settings_are_refused_then_recomputed_and_checked(
   assert check.returncode == 1
   assert f"clip0: frame 1 ({out}/clip0/eyeMap_00001.png) is 224×224, the video is 128×72" in (
     check.stdout
+  )
+
+
+def test_a_checkpoint_written_again_in_place_is_another_checkpoint(tmp_path):
+  """Its path is the same, so the time its config.json was written tells it apart: a video made
+  before it was retrained or converted anew is not taken as made by it."""
+  from visage_jax.predict import model_settings, settings_mismatch
+
+  config = tmp_path / "ckpt" / "config.json"
+  config.parent.mkdir()
+  config.write_text("{}")
+  os.utime(config, ns=(1_800_000_000_123_456_789,) * 2)
+  before = model_settings(str(config.parent))
+  assert before["checkpoint_written"] == "2027-01-15T08:00:00.123456+00:00"
+  assert settings_mismatch(before, model_settings(str(config.parent))) is None
+  os.utime(config, ns=(1_800_000_000_123_457_789,) * 2)
+  why = settings_mismatch(before, model_settings(str(config.parent)))
+  assert why == "checkpoint_written '2027-01-15T08:00:00.123456+00:00' → " + (
+    "'2027-01-15T08:00:00.123457+00:00'"
   )
 
 

@@ -6,6 +6,7 @@ A directory written here loads with no other argument: `load_model(DIR)`.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -100,6 +101,18 @@ def write_config(directory: str, config: ml_collections.ConfigDict) -> None:
     f.write(config.to_json(indent=2, sort_keys=True))
     f.write("\n")
   os.replace(tmp, path)
+
+
+def written_at(directory: str) -> str | None:
+  """When the checkpoint at `directory` was written: its config.json's modification time (UTC, to
+  the microsecond), None without one. A checkpoint written again in place (retrained, converted
+  anew) is another checkpoint, though its path is the same."""
+  try:
+    stamp_ns = os.stat(os.path.join(directory, CONFIG_FILE)).st_mtime_ns
+  except OSError:
+    return None
+  stamp = datetime.datetime.fromtimestamp(stamp_ns // 1000 / 1e6, datetime.UTC)
+  return stamp.isoformat(timespec="microseconds")
 
 
 # Model fields added after checkpoints were first written, each with the value that means what

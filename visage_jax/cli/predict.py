@@ -12,8 +12,9 @@ For each video: OUT/<video>/eyeMap_%05d.png (8-bit fused maps, one per frame,
 1-based), OUT/<video>.mp4 (the maps at the source frame rate and frame count) and
 OUT/overlays/<video>.mp4 (the map as a heat map over the frames); with --save_experts also
 OUT/experts/<expert>/<video>/. Outputs are written while the model runs, each video under
-temporary names renamed into place when whole. Each finished video records its settings in
-OUT/.visage-predict/<video>.json: a rerun skips videos made with the same settings (so an
+temporary names renamed into place when whole. Each finished video records its settings (the
+checkpoint and when it was written, --dtype, --stride, --source_fps, --map_size, --save_experts)
+in OUT/.visage-predict/<video>.json: a rerun skips videos made with the same settings (so an
 interrupted command finishes the job) and refuses, naming them, videos made with other settings
 unless --overwrite. A video that cannot be read is reported and skipped; the exit code is 1 if any
 failed. Batches are split over every local device; with JAX_COORDINATOR_ADDRESS,
@@ -46,33 +47,32 @@ flags.DEFINE_bool("overwrite", False, "Recompute finished videos made with other
 FLAGS = flags.FLAGS
 
 
-def videos_to_do(videos, settings_of) -> tuple[list[str], int]:
+def videos_to_do(videos, settings) -> tuple[list[str], int]:
   """(videos to predict, number already complete with these settings); refuses (exit 2) to
   recompute videos made with other settings unless --overwrite."""
-  from visage_jax.predict import is_complete, recorded_settings, settings_mismatch, video_name
+  from visage_jax.predict import (
+    SettingsConflict,
+    is_complete,
+    recorded_settings,
+    rerun_plan,
+    video_name,
+  )
 
-  todo, complete, differing = [], 0, []
-  for path in videos:
-    name = video_name(path)
-    if not is_complete(FLAGS.output, name):
-      todo.append(path)
-      continue
-    why = settings_mismatch(recorded_settings(FLAGS.output, name), settings_of)
-    if why is None:
-      complete += 1
-    else:
-      differing.append(f"{name} ({why})")
-      todo.append(path)
-  if differing and not FLAGS.overwrite:
-    more = f" and {len(differing) - 1} more" if len(differing) > 1 else ""
-    fail(
-      "visage-predict",
-      f"{FLAGS.output} holds videos made with other settings: {differing[0]}{more}; "
-      "pass --overwrite to recompute them",
+  by_name = {video_name(path): path for path in videos}
+  try:
+    todo, complete, differing = rerun_plan(
+      by_name,
+      settings,
+      finished=lambda name: is_complete(FLAGS.output, name),
+      recorded=lambda name: recorded_settings(FLAGS.output, name),
+      overwrite=FLAGS.overwrite,
+      where=FLAGS.output,
     )
+  except SettingsConflict as e:
+    fail("visage-predict", str(e))
   for d in differing:
     print(f"visage-predict: recomputing {d}", file=sys.stderr)
-  return todo, complete
+  return [by_name[name] for name in todo], complete
 
 
 def main(_):
@@ -108,6 +108,7 @@ def main(_):
     save_experts=FLAGS.save_experts,
     stride=FLAGS.stride,
     source_fps=FLAGS.source_fps,
+    dtype=FLAGS.dtype,
   )
   try:
     parallel.initialize_distributed()
