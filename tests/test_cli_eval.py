@@ -168,4 +168,54 @@ def test_eval_on_devices_and_processes_equals_one_device(
   assert sorted(single) == sorted(os.path.relpath(p, "predictions") for p in sharded)
   for name, pixels in single.items():
     np.testing.assert_array_equal(sharded[os.path.join("predictions", name)], pixels)
-  assert not os.path.exists(os.path.join(out, ".parts"))
+  records = sorted(os.listdir(os.path.join(out, ".visage-eval")))  # how process 0 merged them
+  assert records == sorted(
+    v + ".npz" for v in json.load(open(os.path.join(out, "metrics.json")))["per_video"]
+  )
+
+
+def test_eval_resumes_and_refuses_other_settings(dataset, ckpt_plain, tmp_path):
+  """A rerun scores only the videos without a record (an interrupted run finishing the job),
+  leaving the others' files alone, and writes the same metrics.json; a rerun with another setting
+  is refused in one line, then with --overwrite scored again."""
+  out = str(tmp_path / "out")
+  args = [f"--checkpoint={ckpt_plain}", f"--data={dataset}", f"--output={out}", "--save_maps"]
+  args += ["--split=train", "--max_videos=2", "--stride=4"]  # 4 windows a video (6 at 30 fps)
+  metrics_json = os.path.join(out, "metrics.json")
+  first = _run("visage_jax.cli.evaluate", *args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  report = json.load(open(metrics_json))
+  names = sorted(report["per_video"])
+  records = os.path.join(out, ".visage-eval")
+  assert len(names) == 2 and sorted(os.listdir(records)) == [n + ".npz" for n in names]
+  kept = [os.path.join(out, "predictions", names[0], "eyeMap_00001.png")]
+  kept.append(os.path.join(records, names[0] + ".npz"))
+  stamps = [os.stat(p).st_mtime_ns for p in kept]
+  # as if stopped while the second video was scored: neither its record nor its maps
+  os.remove(os.path.join(records, names[1] + ".npz"))
+  shutil.rmtree(os.path.join(out, "predictions", names[1]))
+
+  again = _run("visage_jax.cli.evaluate", *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"visage-eval: 1 of 2 videos already scored ({records})" in again.stderr
+  assert [os.stat(p).st_mtime_ns for p in kept] == stamps
+  assert len(os.listdir(os.path.join(out, "predictions", names[1]))) == FRAMES
+  resumed = json.load(open(metrics_json))
+  assert resumed["per_video"] == report["per_video"] and resumed["overall"] == report["overall"]
+
+  refused = _run("visage_jax.cli.evaluate", *args, "--stride=1")
+  assert refused.returncode == 2
+  assert refused.stderr.strip() == (
+    f"visage-eval: error: {out} holds videos made with other settings: {names[0]} (stride 4 → 1) "
+    "and 1 more; pass --overwrite to recompute them"
+  )
+  assert json.load(open(metrics_json)) == resumed  # refused before any work
+
+  redo = _run("visage_jax.cli.evaluate", *args, "--stride=1", "--overwrite")
+  assert redo.returncode == 0, redo.stderr[-3000:]
+  assert f"visage-eval: scoring again {names[1]} (stride 4 → 1)" in redo.stderr
+  from visage_jax.evaluate import read_record
+
+  assert all(read_record(os.path.join(records, n + ".npz"))[0]["stride"] == 1 for n in names)
+  cc = lambda r: r["overall"]["fused"]["ntire2026"]["cc"]["challenge"]  # noqa: E731
+  assert cc(json.load(open(metrics_json))) != cc(report)

@@ -16,10 +16,12 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
 import sys
+import zipfile
 import zlib
 
 import jax
@@ -32,6 +34,7 @@ from visage_jax.writers import default_workers
 
 METRICS = ("cc", "sim", "nss", "auc_judd", "kld")
 VARIANTS = metrics.VARIANTS
+RECORDS_DIR = ".visage-eval"  # a file a scored video: its per-frame numbers and their settings
 
 
 def submission_maps(pred, out_hw):
@@ -241,31 +244,32 @@ class Aggregator:
       for variant, by_metric in by_variant.items():
         for metric, values in by_metric.items():
           flat[(source, variant, metric)] = np.asarray(values, np.float64)[mask]
-    self._frames.setdefault(video, []).append(flat)
+    self.add_frames(video, flat)
+
+  def add_frames(self, video: str, frames: dict) -> None:
+    """Numbers of `video`'s next frames: {(source, variant, metric): float64 (N,)}, as `frames_of`
+    gives them (a video's record, read back)."""
+    self._frames.setdefault(video, []).append(frames)
 
   def videos(self) -> list[str]:
     return sorted(self._frames)
 
-  def state(self) -> dict:
-    """The per-frame numbers collected so far (plain dicts and arrays, for `merge`)."""
-    return self._frames
-
-  def merge(self, state: dict) -> None:
-    """Add another aggregator's `state()` (videos it saw whole: another process's share)."""
-    for video, chunks in state.items():
-      if video in self._frames:
-        raise ValueError(f"video {video} was scored by two processes")
-      self._frames[video] = chunks
-
-  def _stack(self, video):
+  def frames_of(self, video: str) -> dict:
+    """{(source, variant, metric): float64 (N,)}: the video's numbers of every frame, in order."""
     chunks = self._frames[video]
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+  def pop(self, video: str) -> dict:
+    """`frames_of(video)`, no longer held here."""
+    frames = self.frames_of(video)
+    del self._frames[video]
+    return frames
 
   def report(self) -> dict:
     per_video = {}
     pooled: dict = {}
     for video in self.videos():
-      stacked = self._stack(video)
+      stacked = self.frames_of(video)
       entry: dict = {"frames": int(len(next(iter(stacked.values()))))}
       for (source, variant, metric), values in stacked.items():
         ok = ~np.isnan(values)
@@ -508,16 +512,18 @@ def evaluate_dataset(
   dtype: str | None = None,
   quantize_uint8: bool = True,
   max_videos: int = 0,
+  overwrite: bool = False,
 ) -> dict:
   """Every frame of every video of `split` (None: the layout's evaluation split), scored;
   `batch_size` windows per local device. The dhf1k, hollywood2 and ucf_sports layouts add the
   DHF1K protocol's s-AUC (`sauc_frames` other frames' fixations as negatives, `sauc_seed`). With
   several processes each takes its share of the videos and process 0 writes the report (the
-  others return it too). Writes OUTPUT/metrics.json (and the maps with `save_maps`)."""
-  from tqdm import tqdm
+  others return it too). Writes OUTPUT/metrics.json (and the maps with `save_maps`).
 
-  from visage_jax import checkpoint as ckpt
-  from visage_jax import parallel, stream
+  Each scored video's numbers are recorded with the settings that made them
+  (OUTPUT/.visage-eval/<video>.npz): a rerun scores only the videos not scored with these
+  settings, refusing (`predict.SettingsConflict`) to score again those scored with others unless
+  `overwrite`; metrics.json is made from the records of every video of the split."""
   from visage_jax.data import layouts
 
   split = split or layouts.EVAL_SPLIT.get(layout)
@@ -526,37 +532,23 @@ def evaluate_dataset(
   if layout != "ntire2026":
     protocol = dhf1k_protocol(sauc_frames, sauc_seed)
     _check_protocol(layout, split, entries, quantize_uint8, source_fps)
-  negatives = fixation_pool(entries, source_fps, protocol) if protocol else None
-  cfg, model = ckpt.load_model(checkpoint, model_overrides={"dtype": dtype} if dtype else {})
-  mesh = stream.local_mesh()
-  graphdef, state = nnx.split(model)
-  mine = entries[jax.process_index() :: jax.process_count()]
-  bar = tqdm(total=None, desc=f"{split} ({len(mine)} videos)", unit="frame")
-  run = EvalRun(
-    step=on_fixation_points(
-      make_eval_step(graphdef, quantize_uint8=quantize_uint8, mesh=mesh), mesh
-    ),
-    state=jax.device_put(state, parallel.replicated(mesh)),
-    mesh=mesh,
-    window=cfg.model.backbone.num_frames,
-    size=cfg.model.backbone.img_size,
-    batch_size=batch_size * mesh.size,
+  settings = eval_settings(
+    checkpoint,
+    data,
+    layout,
+    entries,
+    protocol,
     stride=stride,
-    agg=Aggregator(),
+    dtype=dtype,
+    quantize_uint8=quantize_uint8,
     source_fps=source_fps,
-    protocol=protocol,
-    negatives=negatives,
-    progress=bar.update,
   )
-  pred_root = os.path.join(output, "predictions")
-  os.makedirs(pred_root if save_maps else output, exist_ok=True)
-  for entry in mine:
-    if save_maps:
-      _save_maps_of(entry, pred_root, functools.partial(evaluate_video, run, entry), source_fps)
-    else:
-      evaluate_video(run, entry)
-  bar.close()
-  report = merge_processes(run.agg, output).report()
+  todo = videos_to_score(entries, output, settings, save_maps=save_maps, overwrite=overwrite)
+  _sync("visage-eval: planned")  # no record is written before every process has read them
+  if todo:
+    run = scoring_run(checkpoint, entries, settings, protocol, batch_size=batch_size)
+    score_videos(run, todo, output, settings, split=split, save_maps=save_maps)
+  _sync("visage-eval: scored")
   result = {
     "checkpoint": os.path.abspath(checkpoint),
     "data": os.path.abspath(data),
@@ -565,35 +557,158 @@ def evaluate_dataset(
     "quantize_uint8": quantize_uint8,
     "aggregation": AGGREGATIONS,
     **({"protocol": protocol} if protocol else {}),
-    **report,
+    **records_report(entries, output),
   }
   if jax.process_index() == 0:
     write_json(os.path.join(output, "metrics.json"), result)
   return result
 
 
-def merge_processes(agg: Aggregator, output: str) -> Aggregator:
-  """Every process's per-frame numbers in one `Aggregator` (files in OUTPUT/.parts, read after a
-  barrier); a single process returns its own."""
-  if jax.process_count() == 1:
-    return agg
-  import pickle
-  import shutil
+def eval_settings(
+  checkpoint, data, layout, entries, protocol, *, stride, dtype, quantize_uint8, source_fps
+) -> dict:
+  """What decides a video's numbers, recorded with them: `predict.model_settings` (checkpoint,
+  dtype, stride, source_fps), the dataset, whether maps are scored as 8-bit, and for the DHF1K
+  protocol its s-AUC settings and the videos its negatives come from."""
+  from visage_jax.predict import model_settings
 
-  from jax.experimental import multihost_utils
+  settings = {
+    **model_settings(checkpoint, dtype=dtype, stride=stride, source_fps=source_fps),
+    "data": os.path.abspath(data),
+    "layout": layout,
+    "quantize_uint8": bool(quantize_uint8),
+  }
+  if protocol:
+    names = "\n".join(sorted(e.name for e in entries)).encode()
+    pool = f"{len(entries)} videos, sha1 {hashlib.sha1(names).hexdigest()[:12]}"
+    settings.update(sauc_frames=protocol["M"], sauc_seed=protocol["seed"], sauc_pool=pool)
+  return settings
 
-  parts = os.path.join(output, ".parts")
-  os.makedirs(parts, exist_ok=True)
-  mine = os.path.join(parts, f"process{jax.process_index()}.pkl")
-  with open(mine + ".partial", "wb") as f:
-    pickle.dump(agg.state(), f)
-  os.replace(mine + ".partial", mine)
-  multihost_utils.sync_global_devices("visage-eval: parts written")
-  merged = Aggregator()
-  for p in range(jax.process_count()):
-    with open(os.path.join(parts, f"process{p}.pkl"), "rb") as f:
-      merged.merge(pickle.load(f))
-  multihost_utils.sync_global_devices("visage-eval: parts read")
+
+def record_path(output: str, name: str) -> str:
+  return os.path.join(output, RECORDS_DIR, name + ".npz")
+
+
+def write_record(path: str, settings: dict, frames: dict) -> None:
+  """A scored video's numbers (`Aggregator.frames_of`) with the settings that made them, written
+  whole or not at all."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  arrays = {"/".join(key): values for key, values in frames.items()}
+  tmp = path + ".partial"
+  try:
+    with open(tmp, "wb") as f:
+      np.savez(f, settings=np.asarray(json.dumps(settings)), **arrays)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def read_record(path: str) -> tuple[dict, dict] | None:
+  """(settings, numbers) of a scored video, as `write_record` wrote them; None if unreadable."""
+  try:
+    with np.load(path, allow_pickle=False) as record:
+      settings = json.loads(str(record["settings"]))
+      frames = {tuple(k.split("/")): record[k] for k in record.files if k != "settings"}
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    return None
+  return settings, frames
+
+
+def videos_to_score(entries, output: str, settings: dict, *, save_maps: bool, overwrite: bool):
+  """The entries not yet scored with `settings` (with `save_maps`: or whose maps are missing);
+  says on stderr how many were, and which are scored again (`predict.rerun_plan`)."""
+  from visage_jax.predict import is_complete, rerun_plan
+
+  def finished(name):
+    maps = not save_maps or is_complete(os.path.join(output, "predictions"), name)
+    return maps and os.path.isfile(record_path(output, name))
+
+  def recorded(name):
+    record = read_record(record_path(output, name))
+    return None if record is None else record[0]
+
+  names = [e.name for e in entries]
+  todo, complete, differing = rerun_plan(
+    names, settings, finished=finished, recorded=recorded, overwrite=overwrite, where=output
+  )
   if jax.process_index() == 0:
-    shutil.rmtree(parts, ignore_errors=True)
-  return merged
+    if complete:
+      where = os.path.join(output, RECORDS_DIR)
+      print(
+        f"visage-eval: {complete} of {len(names)} videos already scored ({where})", file=sys.stderr
+      )
+    for d in differing:
+      print(f"visage-eval: scoring again {d}", file=sys.stderr)
+    if todo and os.path.exists(os.path.join(output, "metrics.json")):
+      os.remove(os.path.join(output, "metrics.json"))  # it would no longer say what is recorded
+  todo = set(todo)
+  return [e for e in entries if e.name in todo]
+
+
+def scoring_run(checkpoint, entries, settings: dict, protocol, *, batch_size: int) -> EvalRun:
+  """The model, the evaluation step over this process's devices and what every video shares
+  (`entries`: the whole split, whose fixations give s-AUC's negatives)."""
+  from visage_jax import checkpoint as ckpt
+  from visage_jax import parallel, stream
+
+  source_fps, dtype = settings["source_fps"], settings["dtype"]
+  negatives = fixation_pool(entries, source_fps, protocol) if protocol else None
+  cfg, model = ckpt.load_model(checkpoint, model_overrides={"dtype": dtype} if dtype else {})
+  mesh = stream.local_mesh()
+  graphdef, state = nnx.split(model)
+  step = make_eval_step(graphdef, quantize_uint8=settings["quantize_uint8"], mesh=mesh)
+  return EvalRun(
+    step=on_fixation_points(step, mesh),
+    state=jax.device_put(state, parallel.replicated(mesh)),
+    mesh=mesh,
+    window=cfg.model.backbone.num_frames,
+    size=cfg.model.backbone.img_size,
+    batch_size=batch_size * mesh.size,
+    stride=settings["stride"],
+    agg=Aggregator(),
+    source_fps=source_fps,
+    protocol=protocol,
+    negatives=negatives,
+  )
+
+
+def score_videos(run: EvalRun, todo, output: str, settings: dict, *, split, save_maps) -> None:
+  """This process's share of `todo`, each video's numbers recorded as soon as it is scored."""
+  from tqdm import tqdm
+
+  mine = todo[jax.process_index() :: jax.process_count()]
+  bar = tqdm(total=None, desc=f"{split} ({len(mine)} videos)", unit="frame")
+  run.progress = bar.update
+  pred_root = os.path.join(output, "predictions")
+  os.makedirs(pred_root if save_maps else output, exist_ok=True)
+  for entry in mine:
+    if save_maps:
+      score = functools.partial(evaluate_video, run, entry)
+      _save_maps_of(entry, pred_root, score, run.source_fps)
+    else:
+      evaluate_video(run, entry)
+    write_record(record_path(output, entry.name), settings, run.agg.pop(entry.name))
+  bar.close()
+
+
+def records_report(entries, output: str) -> dict:
+  """`Aggregator.report` of the records of every entry."""
+  from visage_jax.data.layouts import DataError
+
+  agg = Aggregator()
+  for entry in entries:
+    path = record_path(output, entry.name)
+    record = read_record(path)
+    if record is None:
+      raise DataError(f"{path}: missing or unreadable (another process failed?)")
+    agg.add_frames(entry.name, record[1])
+  return agg.report()
+
+
+def _sync(name: str) -> None:
+  """Wait for every process (nothing to wait for with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

@@ -1,7 +1,7 @@
 """`visage-eval`: score a converted (or trained) checkpoint on a dataset as distributed.
 
     visage-eval --checkpoint=DIR --data=ROOT --output=OUT [--layout=ntire2026] [--split=...]
-        [--save_maps] [--source_fps=25]
+        [--save_maps] [--source_fps=25] [--overwrite]
 
 Every frame of every video is predicted once (the original's interleaved windows) and scored at
 the ground truth's resolution with the challenge's pipeline, for Expert 1, Expert 2 and the fused
@@ -11,7 +11,12 @@ per video), s-AUC's negatives the fixations of --sauc_frames frames of other vid
 --sauc_seed (recorded in metrics.json). Writes OUT/metrics.json and prints the headline table; with
 --save_maps also OUT/predictions/<video>/eyeMap_%05d.png (8-bit fused maps at the video's
 resolution) and OUT/predictions/<video>.mp4, as a submission expects them, written while the
-model runs. Batches are split over every local device; with JAX_COORDINATOR_ADDRESS,
+model runs. Each scored video's per-frame numbers are recorded with the settings that made them
+(the checkpoint and when it was written, --dtype, --stride, --source_fps, --data, --layout,
+--quantize_uint8, the s-AUC settings) in OUT/.visage-eval/<video>.npz: a rerun scores only the
+videos not yet scored with these settings (so an interrupted run finishes the job), refuses to
+score again videos scored with other settings unless --overwrite, and writes metrics.json from
+every video's record. Batches are split over every local device; with JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID set (as for visage-train) the processes share the videos and
 process 0 writes metrics.json. The numbers do not depend on the number of devices or processes.
 """
@@ -42,6 +47,7 @@ flags.DEFINE_integer("stride", 0, "Source frames per model frame (0: round(fps /
 flags.DEFINE_string("dtype", None, "Override the backbone's activation dtype (e.g. bfloat16)")
 flags.DEFINE_bool("quantize_uint8", True, "Score the maps as 8-bit images, as a submission is")
 flags.DEFINE_integer("max_videos", 0, "Evaluate only the first N videos (0: all)")
+flags.DEFINE_bool("overwrite", False, "Score again videos scored with other settings")
 FLAGS = flags.FLAGS
 
 
@@ -53,6 +59,7 @@ def main(_):
   from visage_jax.data.challenge import DataError
   from visage_jax.data.video import VideoError
   from visage_jax.evaluate import evaluate_dataset
+  from visage_jax.predict import SettingsConflict
 
   logging.set_verbosity(logging.WARNING)
   for name in ("checkpoint", "data", "output"):
@@ -81,8 +88,9 @@ def main(_):
       dtype=FLAGS.dtype,
       quantize_uint8=FLAGS.quantize_uint8,
       max_videos=FLAGS.max_videos,
+      overwrite=FLAGS.overwrite,
     )
-  except (DataError, VideoError, CheckpointError) as e:
+  except (DataError, VideoError, CheckpointError, SettingsConflict) as e:
     fail("visage-eval", str(e))
   import jax
 
