@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from visage_jax.files import written_whole
 from visage_jax.models.visage import ViSAGE
 
 CONFIG_FILE = "config.json"
@@ -95,12 +96,9 @@ def save_params(directory: str, flat: dict) -> None:
 
 def write_config(directory: str, config: ml_collections.ConfigDict) -> None:
   """Written whole or not at all (another process may be reading it)."""
-  path = os.path.join(directory, CONFIG_FILE)
-  tmp = f"{path}.partial-{os.getpid()}"
-  with open(tmp, "w") as f:
+  with written_whole(os.path.join(directory, CONFIG_FILE)) as f:
     f.write(config.to_json(indent=2, sort_keys=True))
     f.write("\n")
-  os.replace(tmp, path)
 
 
 def written_at(directory: str) -> str | None:

@@ -40,6 +40,7 @@ from flax import nnx
 
 from visage_jax import checkpoint as ckpt
 from visage_jax import parallel, train_step
+from visage_jax.files import written_whole
 from visage_jax.provenance import (
   BEST_DIR,
   INIT_DIR,
@@ -358,7 +359,7 @@ class ValidationLog:
     if lead and os.path.isfile(self.path):
       with open(self.path) as f:
         kept = [x for x in f if x.strip() and json.loads(x)["step"] <= start]
-      with open(self.path, "w") as f:
+      with written_whole(self.path) as f:  # a kill meanwhile keeps the old log
         f.writelines(kept)
 
   def add(self, record: dict) -> None:
