@@ -175,31 +175,49 @@ def test_eval_on_devices_and_processes_equals_one_device(
 
 
 def test_eval_resumes_and_refuses_other_settings(dataset, ckpt_plain, tmp_path):
-  """A rerun scores only the videos without a record (an interrupted run finishing the job),
-  leaving the others' files alone, and writes the same metrics.json; a rerun with another setting
-  is refused in one line, then with --overwrite scored again."""
-  out = str(tmp_path / "out")
-  args = [f"--checkpoint={ckpt_plain}", f"--data={dataset}", f"--output={out}", "--save_maps"]
+  """A video that cannot be read is named and the others are scored and recorded (exit 1, no
+  metrics.json); the rerun scores only what is missing, leaving the others' files alone, and
+  writes the metrics.json of an uninterrupted run; a rerun with another setting is refused in one
+  line, then with --overwrite scored again."""
+  data, out = str(tmp_path / "data"), str(tmp_path / "out")
+  shutil.copytree(dataset, data)
+  args = [f"--checkpoint={ckpt_plain}", f"--data={data}", f"--output={out}", "--save_maps"]
   args += ["--split=train", "--max_videos=2", "--stride=4"]  # 4 windows a video (6 at 30 fps)
   metrics_json = os.path.join(out, "metrics.json")
   first = _run("visage_jax.cli.evaluate", *args)
   assert first.returncode == 0, first.stderr[-3000:]
   report = json.load(open(metrics_json))
-  names = sorted(report["per_video"])
+  names = [e.name for e in ChallengeLayout(data).entries("train")[:2]]
   records = os.path.join(out, ".visage-eval")
-  assert len(names) == 2 and sorted(os.listdir(records)) == [n + ".npz" for n in names]
+  assert sorted(os.listdir(records)) == sorted(n + ".npz" for n in names)
   kept = [os.path.join(out, "predictions", names[0], "eyeMap_00001.png")]
   kept.append(os.path.join(records, names[0] + ".npz"))
   stamps = [os.stat(p).st_mtime_ns for p in kept]
-  # as if stopped while the second video was scored: neither its record nor its maps
+  # the second video scored again, now cut short
   os.remove(os.path.join(records, names[1] + ".npz"))
   shutil.rmtree(os.path.join(out, "predictions", names[1]))
+  video = ChallengeLayout(data).entries("train")[1].video
+  whole = open(video, "rb").read()
+  open(video, "wb").write(whole[: len(whole) // 2])
 
+  failed = _run("visage_jax.cli.evaluate", *args)
+  assert failed.returncode == 1, failed.stderr[-3000:]
+  last = failed.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"visage-eval: error: 1 of 2 videos could not be scored: {video}: ")
+  assert last.endswith(f"recorded in {records}, and a rerun scores only what is missing; "
+                       "metrics.json not written")  # fmt: skip
+  assert not os.path.exists(metrics_json) and not os.path.exists(
+    os.path.join(out, "predictions", names[1])
+  )
+  assert sorted(os.listdir(records)) == sorted([names[0] + ".npz", names[1] + ".failed"])
+
+  open(video, "wb").write(whole)
   again = _run("visage_jax.cli.evaluate", *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"visage-eval: 1 of 2 videos already scored ({records})" in again.stderr
   assert [os.stat(p).st_mtime_ns for p in kept] == stamps
   assert len(os.listdir(os.path.join(out, "predictions", names[1]))) == FRAMES
+  assert sorted(os.listdir(records)) == sorted(n + ".npz" for n in names)
   resumed = json.load(open(metrics_json))
   assert resumed["per_video"] == report["per_video"] and resumed["overall"] == report["overall"]
 

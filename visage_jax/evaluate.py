@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from visage_jax import metrics
+from visage_jax.files import written_whole
 from visage_jax.writers import default_workers
 
 METRICS = ("cc", "sim", "nss", "auc_judd", "kld")
@@ -262,8 +263,12 @@ class Aggregator:
   def pop(self, video: str) -> dict:
     """`frames_of(video)`, no longer held here."""
     frames = self.frames_of(video)
-    del self._frames[video]
+    self.discard(video)
     return frames
+
+  def discard(self, video: str) -> None:
+    """Forget what is held of `video` (any frames of it)."""
+    self._frames.pop(video, None)
 
   def report(self) -> dict:
     per_video = {}
@@ -348,7 +353,7 @@ def write_json(path: str, obj) -> None:
       return [clean(v) for v in x]
     return x
 
-  with open(path, "w") as f:
+  with written_whole(path) as f:
     json.dump(clean(obj), f, indent=2)
 
 
@@ -594,14 +599,8 @@ def write_record(path: str, settings: dict, frames: dict) -> None:
   whole or not at all."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   arrays = {"/".join(key): values for key, values in frames.items()}
-  tmp = path + ".partial"
-  try:
-    with open(tmp, "wb") as f:
-      np.savez(f, settings=np.asarray(json.dumps(settings)), **arrays)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with written_whole(path, "wb") as f:
+    np.savez(f, settings=np.asarray(json.dumps(settings)), **arrays)
 
 
 def read_record(path: str) -> tuple[dict, dict] | None:
@@ -673,36 +672,72 @@ def scoring_run(checkpoint, entries, settings: dict, protocol, *, batch_size: in
   )
 
 
+class VideosFailed(Exception):
+  """Videos of the split that could not be scored, each named with why; the others are recorded,
+  and a rerun scores only what is missing."""
+
+
 def score_videos(run: EvalRun, todo, output: str, settings: dict, *, split, save_maps) -> None:
-  """This process's share of `todo`, each video's numbers recorded as soon as it is scored."""
+  """This process's share of `todo`, each video's numbers recorded as soon as it is scored. A
+  video that cannot be read is skipped, saying why on stderr and in a note beside the records
+  (`records_report` names it), so that the other videos, and the other processes, finish."""
   from tqdm import tqdm
+
+  from visage_jax.data.challenge import DataError
+  from visage_jax.data.video import VideoError
 
   mine = todo[jax.process_index() :: jax.process_count()]
   bar = tqdm(total=None, desc=f"{split} ({len(mine)} videos)", unit="frame")
   run.progress = bar.update
   pred_root = os.path.join(output, "predictions")
-  os.makedirs(pred_root if save_maps else output, exist_ok=True)
+  os.makedirs(os.path.join(output, RECORDS_DIR), exist_ok=True)
+  if save_maps:
+    os.makedirs(pred_root, exist_ok=True)
   for entry in mine:
-    if save_maps:
-      score = functools.partial(evaluate_video, run, entry)
-      _save_maps_of(entry, pred_root, score, run.source_fps)
-    else:
-      evaluate_video(run, entry)
+    note = failure_note(output, entry.name)
+    try:
+      if save_maps:
+        score = functools.partial(evaluate_video, run, entry)
+        _save_maps_of(entry, pred_root, score, run.source_fps)
+      else:
+        evaluate_video(run, entry)
+    except (DataError, VideoError) as e:
+      run.agg.discard(entry.name)
+      with written_whole(note) as f:
+        f.write(str(e))
+      bar.write(f"visage-eval: skipped {e}", file=sys.stderr)
+      continue
     write_record(record_path(output, entry.name), settings, run.agg.pop(entry.name))
+    if os.path.exists(note):
+      os.remove(note)
   bar.close()
 
 
-def records_report(entries, output: str) -> dict:
-  """`Aggregator.report` of the records of every entry."""
-  from visage_jax.data.layouts import DataError
+def failure_note(output: str, name: str) -> str:
+  """Where a video that could not be scored says why."""
+  return os.path.join(output, RECORDS_DIR, name + ".failed")
 
-  agg = Aggregator()
+
+def records_report(entries, output: str) -> dict:
+  """`Aggregator.report` of the records of every entry; `VideosFailed` if any has none."""
+  agg, failed = Aggregator(), []
   for entry in entries:
-    path = record_path(output, entry.name)
-    record = read_record(path)
-    if record is None:
-      raise DataError(f"{path}: missing or unreadable (another process failed?)")
-    agg.add_frames(entry.name, record[1])
+    record = read_record(record_path(output, entry.name))
+    if record is not None:
+      agg.add_frames(entry.name, record[1])
+      continue
+    try:
+      with open(failure_note(output, entry.name)) as f:
+        failed.append(f.read())
+    except OSError:
+      failed.append(f"{entry.name}: not scored (its process stopped?)")
+  if failed:
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    raise VideosFailed(
+      f"{len(failed)} of {len(entries)} videos could not be scored: {failed[0]}{more}; the others "
+      f"are recorded in {os.path.join(output, RECORDS_DIR)}, and a rerun scores only what is "
+      "missing; metrics.json not written"
+    )
   return agg.report()
 
 

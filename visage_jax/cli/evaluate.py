@@ -16,7 +16,8 @@ model runs. Each scored video's per-frame numbers are recorded with the settings
 --quantize_uint8, the s-AUC settings) in OUT/.visage-eval/<video>.npz: a rerun scores only the
 videos not yet scored with these settings (so an interrupted run finishes the job), refuses to
 score again videos scored with other settings unless --overwrite, and writes metrics.json from
-every video's record. Batches are split over every local device; with JAX_COORDINATOR_ADDRESS,
+every video's record. A video that cannot be read is skipped and named, the others are scored,
+and the command ends with exit code 1 and no metrics.json. Batches are split over every local device; with JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID set (as for visage-train) the processes share the videos and
 process 0 writes metrics.json. The numbers do not depend on the number of devices or processes.
 """
@@ -24,6 +25,7 @@ process 0 writes metrics.json. The numbers do not depend on the number of device
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import flags
 
@@ -92,6 +94,9 @@ def main(_):
     )
   except (DataError, VideoError, CheckpointError, SettingsConflict) as e:
     fail("visage-eval", str(e))
+  except evaluate.VideosFailed as e:
+    print(f"visage-eval: error: {e}", file=sys.stderr)
+    sys.exit(1)
   import jax
 
   if jax.process_index():
