@@ -17,9 +17,10 @@ model runs. Each scored video's per-frame numbers are recorded with the settings
 videos not yet scored with these settings (so an interrupted run finishes the job), refuses to
 score again videos scored with other settings unless --overwrite, and writes metrics.json from
 every video's record. A video that cannot be read is skipped and named, the others are scored,
-and the command ends with exit code 1 and no metrics.json. Batches are split over every local device; with JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES and JAX_PROCESS_ID set (as for visage-train) the processes share the videos and
-process 0 writes metrics.json. The numbers do not depend on the number of devices or processes.
+and the command ends with exit code 1 and no metrics.json. Batches are split over every local
+device; with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set (as for
+visage-train) the processes share the videos and process 0 writes metrics.json. The numbers do
+not depend on the number of devices or processes.
 """
 
 from __future__ import annotations
