@@ -678,39 +678,45 @@ class VideosFailed(Exception):
 
 
 def score_videos(run: EvalRun, todo, output: str, settings: dict, *, split, save_maps) -> None:
-  """This process's share of `todo`, each video's numbers recorded as soon as it is scored. A
-  video that cannot be read is skipped, saying why on stderr and in a note beside the records
-  (`records_report` names it), so that the other videos, and the other processes, finish."""
+  """This process's share of `todo` (`score_video` each), under a bar of the videos and one of
+  the current video's frames."""
+  from tqdm import tqdm
+
+  mine = todo[jax.process_index() :: jax.process_count()]
+  os.makedirs(os.path.join(output, RECORDS_DIR), exist_ok=True)
+  for entry in tqdm(mine, desc=split, unit="video", position=0):
+    with tqdm(desc=entry.name, unit="frame", position=1, leave=False) as frames:
+      run.progress = frames.update
+      score_video(run, entry, output, settings, save_maps=save_maps)
+
+
+def score_video(run: EvalRun, entry, output: str, settings: dict, *, save_maps: bool) -> None:
+  """One video scored (with `save_maps`, its maps written) and recorded as soon as it is. One that
+  cannot be read is skipped, saying why on stderr and in a note beside the records (named by
+  `records_report`), so that the other videos, and the other processes, finish."""
   from tqdm import tqdm
 
   from visage_jax.data.challenge import DataError
   from visage_jax.data.video import VideoError
 
-  mine = todo[jax.process_index() :: jax.process_count()]
-  bar = tqdm(total=None, desc=f"{split} ({len(mine)} videos)", unit="frame")
-  run.progress = bar.update
-  pred_root = os.path.join(output, "predictions")
-  os.makedirs(os.path.join(output, RECORDS_DIR), exist_ok=True)
-  if save_maps:
-    os.makedirs(pred_root, exist_ok=True)
-  for entry in mine:
-    note = failure_note(output, entry.name)
-    try:
-      if save_maps:
-        score = functools.partial(evaluate_video, run, entry)
-        _save_maps_of(entry, pred_root, score, run.source_fps)
-      else:
-        evaluate_video(run, entry)
-    except (DataError, VideoError) as e:
-      run.agg.discard(entry.name)
-      with written_whole(note) as f:
-        f.write(str(e))
-      bar.write(f"visage-eval: skipped {e}", file=sys.stderr)
-      continue
-    write_record(record_path(output, entry.name), settings, run.agg.pop(entry.name))
-    if os.path.exists(note):
-      os.remove(note)
-  bar.close()
+  note = failure_note(output, entry.name)
+  try:
+    if save_maps:
+      pred_root = os.path.join(output, "predictions")
+      os.makedirs(pred_root, exist_ok=True)
+      score = functools.partial(evaluate_video, run, entry)
+      _save_maps_of(entry, pred_root, score, run.source_fps)
+    else:
+      evaluate_video(run, entry)
+  except (DataError, VideoError) as e:
+    run.agg.discard(entry.name)
+    with written_whole(note) as f:
+      f.write(str(e))
+    tqdm.write(f"visage-eval: skipped {e}", file=sys.stderr)
+    return
+  write_record(record_path(output, entry.name), settings, run.agg.pop(entry.name))
+  if os.path.exists(note):
+    os.remove(note)
 
 
 def failure_note(output: str, name: str) -> str:
