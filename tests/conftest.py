@@ -181,9 +181,10 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_cli(module: str, *args: str, devices: int = 1, processes: int = 1):
+def run_cli(module: str, *args: str, devices: int = 1, processes: int = 1, own_args=None):
   """`python -m MODULE ARGS` on `devices` emulated CPU devices per process, in `processes`
-  processes joined through JAX_COORDINATOR_ADDRESS (gloo); the processes' CompletedProcess."""
+  processes joined through JAX_COORDINATOR_ADDRESS (gloo); the processes' CompletedProcess.
+  `own_args`: {process: [arguments after ARGS]}."""
   env = dict(
     os.environ,
     PYTHONPATH=REPO,
@@ -194,7 +195,7 @@ def run_cli(module: str, *args: str, devices: int = 1, processes: int = 1):
     env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{free_port()}", JAX_NUM_PROCESSES=str(processes))
   procs = [
     subprocess.Popen(
-      [sys.executable, "-m", module, *args],
+      [sys.executable, "-m", module, *args, *(own_args or {}).get(p, [])],
       env=dict(env, JAX_PROCESS_ID=str(p)) if processes > 1 else env,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,

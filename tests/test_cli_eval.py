@@ -174,6 +174,21 @@ def test_eval_on_devices_and_processes_equals_one_device(
   )
 
 
+def test_processes_that_do_not_share_the_output_are_told_so(dataset, ckpt_plain, tmp_path):
+  """Two processes whose --output is not the same folder (as on two hosts' own disks): process 0
+  could not merge the other's numbers. One line on each, exit 2, before any work."""
+  args = [f"--checkpoint={ckpt_plain}", f"--data={dataset}", f"--output={tmp_path / 'a'}"]
+  own = {1: [f"--output={tmp_path / 'b'}"]}
+  runs = run_cli("visage_jax.cli.evaluate", *args, processes=2, own_args=own)
+  for res, out in zip(runs, ("a", "b")):
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert (
+      f"visage-eval: error: --output={tmp_path / out}: process 0 does not see what process 1 "
+      "writes there; every process needs the same folder (on a filesystem they share)"
+    ) in res.stderr.splitlines()
+    assert os.listdir(tmp_path / out / ".visage-eval") == []
+
+
 def test_eval_resumes_and_refuses_other_settings(dataset, ckpt_plain, tmp_path):
   """A video that cannot be read is named and the others are scored and recorded (exit 1, no
   metrics.json); the rerun scores only what is missing, leaving the others' files alone, and

@@ -548,6 +548,7 @@ def evaluate_dataset(
     quantize_uint8=quantize_uint8,
     source_fps=source_fps,
   )
+  check_shared_output(output)
   todo = videos_to_score(entries, output, settings, save_maps=save_maps, overwrite=overwrite)
   _sync("visage-eval: planned")  # no record is written before every process has read them
   if todo:
@@ -745,6 +746,31 @@ def records_report(entries, output: str) -> dict:
       "missing; metrics.json not written"
     )
   return agg.report()
+
+
+def check_shared_output(output: str) -> None:
+  """With several processes, that all see one OUTPUT folder (process 0 reads every process's
+  records there); else the same one-line `DataError` on every process."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+
+  from visage_jax.data.challenge import DataError
+
+  records = os.path.join(output, RECORDS_DIR)
+  os.makedirs(records, exist_ok=True)
+  probe = lambda p: os.path.join(records, f".process{p}")  # noqa: E731
+  open(probe(jax.process_index()), "w").close()
+  _sync("visage-eval: probes written")
+  sees = np.asarray([os.path.exists(probe(p)) for p in range(jax.process_count())])
+  everyone = np.asarray(multihost_utils.process_allgather(sees))  # [p, q]: p sees q's probe
+  os.remove(probe(jax.process_index()))
+  if not everyone.all():
+    p, q = (int(i) for i in np.argwhere(~everyone)[0])
+    raise DataError(
+      f"--output={output}: process {p} does not see what process {q} writes there; every "
+      "process needs the same folder (on a filesystem they share)"
+    )
 
 
 def _sync(name: str) -> None:
