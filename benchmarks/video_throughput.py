@@ -220,6 +220,7 @@ def compile_once(predictor, batch_size) -> None:
 def evaluate_throughput(checkpoint: str, data: str, batch_size: int, out_dir: str) -> dict:
   from visage_jax.evaluate import evaluate_dataset
 
+  shutil.rmtree(out_dir, ignore_errors=True)  # else a reused --workdir would resume: nothing to do
   t0 = time.perf_counter()
   result = evaluate_dataset(checkpoint, data, "public_test", out_dir, batch_size=batch_size)
   seconds = time.perf_counter() - t0
@@ -276,6 +277,7 @@ def main():
     if not args.checkpoint:
       raise SystemExit("--rss runs visage-predict, which needs --checkpoint")
     record["peak_rss_gib"] = {}
+    shutil.rmtree(os.path.join(work, "rss_out"), ignore_errors=True)  # else predict skips them
     for spec in args.rss.split(";"):
       path = os.path.join(work, f"rss_{spec.replace(',', '_')}.mp4")
       make_video(path, spec)
