@@ -243,7 +243,8 @@ def test_other_settings_are_refused_then_recomputed_and_checked(
 
 def test_a_checkpoint_written_again_in_place_is_another_checkpoint(tmp_path):
   """Its path is the same, so the time its config.json was written tells it apart: a video made
-  before it was retrained or converted anew is not taken as made by it."""
+  before it was retrained or converted anew is not taken as made by it. A record written before
+  the time was recorded says so (one without the dtype is the default's: what was run then)."""
   from visage_jax.predict import model_settings, settings_mismatch
 
   config = tmp_path / "ckpt" / "config.json"
@@ -258,6 +259,8 @@ def test_a_checkpoint_written_again_in_place_is_another_checkpoint(tmp_path):
   assert why == "checkpoint_written '2027-01-15T08:00:00.123456+00:00' → " + (
     "'2027-01-15T08:00:00.123457+00:00'"
   )
+  older = {k: v for k, v in before.items() if k not in ("checkpoint_written", "dtype")}
+  assert settings_mismatch(older, before) == "checkpoint_written not recorded (an older record)"
 
 
 @pytest.mark.parametrize("output,why", [("file", "is an existing file"), ("/proc/1/x", "cannot")])

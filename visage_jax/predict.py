@@ -209,7 +209,11 @@ def settings_mismatch(recorded: dict | None, wanted: dict) -> str | None:
   """None if a finished video was made with `wanted`; else what differs, in a few words."""
   if recorded is None:
     return "no settings record"
-  diffs = [f"{k} {recorded.get(k)!r} → {v!r}" for k, v in wanted.items() if recorded.get(k) != v]
+  diffs = [
+    f"{k} {recorded[k]!r} → {v!r}" if k in recorded else f"{k} not recorded (an older record)"
+    for k, v in wanted.items()
+    if recorded.get(k) != v
+  ]
   return ", ".join(diffs) or None
 
 
