@@ -245,7 +245,7 @@ def test_a_checkpoint_written_again_in_place_is_another_checkpoint(tmp_path):
   """Its path is the same, so the time its config.json was written tells it apart: a video made
   before it was retrained or converted anew is not taken as made by it. A record written before
   the time was recorded says so (one without the dtype is the default's: what was run then)."""
-  from visage_jax.predict import model_settings, settings_mismatch
+  from visage_jax.resume import model_settings, settings_mismatch
 
   config = tmp_path / "ckpt" / "config.json"
   config.parent.mkdir()

@@ -527,7 +527,7 @@ def evaluate_dataset(
 
   Each scored video's numbers are recorded with the settings that made them
   (OUTPUT/.visage-eval/<video>.npz): a rerun scores only the videos not scored with these
-  settings, refusing (`predict.SettingsConflict`) to score again those scored with others unless
+  settings, refusing (`resume.SettingsConflict`) to score again those scored with others unless
   `overwrite`; metrics.json is made from the records of every video of the split."""
   from visage_jax.data import layouts
 
@@ -573,10 +573,10 @@ def evaluate_dataset(
 def eval_settings(
   checkpoint, data, layout, entries, protocol, *, stride, dtype, quantize_uint8, source_fps
 ) -> dict:
-  """What decides a video's numbers, recorded with them: `predict.model_settings` (checkpoint,
+  """What decides a video's numbers, recorded with them: `resume.model_settings` (checkpoint,
   dtype, stride, source_fps), the dataset, whether maps are scored as 8-bit, and for the DHF1K
   protocol its s-AUC settings and the videos its negatives come from."""
-  from visage_jax.predict import model_settings
+  from visage_jax.resume import model_settings
 
   settings = {
     **model_settings(checkpoint, dtype=dtype, stride=stride, source_fps=source_fps),
@@ -617,8 +617,9 @@ def read_record(path: str) -> tuple[dict, dict] | None:
 
 def videos_to_score(entries, output: str, settings: dict, *, save_maps: bool, overwrite: bool):
   """The entries not yet scored with `settings` (with `save_maps`: or whose maps are missing);
-  says on stderr how many were, and which are scored again (`predict.rerun_plan`)."""
-  from visage_jax.predict import is_complete, rerun_plan
+  says on stderr how many were, and which are scored again (`resume.rerun_plan`)."""
+  from visage_jax.predict import is_complete
+  from visage_jax.resume import rerun_plan
 
   def finished(name):
     maps = not save_maps or is_complete(os.path.join(output, "predictions"), name)

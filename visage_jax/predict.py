@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from visage_jax import stream, writers
+from visage_jax import resume, stream, writers
 from visage_jax.data.video import IMAGE_EXTENSIONS, open_video
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -179,69 +179,12 @@ def write_video_outputs(
   return video.num_frames
 
 
-def model_settings(checkpoint: str, *, dtype=None, stride=0, source_fps=None) -> dict:
-  """What decides a video's maps, recorded with every finished video (by `visage-predict` and
-  `visage-eval`): the checkpoint (its path and when it was written), the activation dtype, the
-  stride, and the frame rate of videos given as folders of frames."""
-  from visage_jax import checkpoint as ckpt
-
-  return {
-    "checkpoint": os.path.abspath(checkpoint),
-    "checkpoint_written": ckpt.written_at(checkpoint),
-    "dtype": dtype,
-    "stride": int(stride),
-    "source_fps": None if source_fps is None else float(source_fps),
-  }
-
-
 def run_settings(
   checkpoint: str, *, map_size="source", save_experts=False, stride=0, source_fps=None, dtype=None
 ) -> dict:
   """What decides a video's outputs, as recorded with each finished video."""
   return {
-    **model_settings(checkpoint, dtype=dtype, stride=stride, source_fps=source_fps),
+    **resume.model_settings(checkpoint, dtype=dtype, stride=stride, source_fps=source_fps),
     "map_size": map_size,
     "save_experts": bool(save_experts),
   }
-
-
-def settings_mismatch(recorded: dict | None, wanted: dict) -> str | None:
-  """None if a finished video was made with `wanted`; else what differs, in a few words."""
-  if recorded is None:
-    return "no settings record"
-  diffs = [
-    f"{k} {recorded[k]!r} → {v!r}" if k in recorded else f"{k} not recorded (an older record)"
-    for k, v in wanted.items()
-    if recorded.get(k) != v
-  ]
-  return ", ".join(diffs) or None
-
-
-class SettingsConflict(ValueError):
-  """An output holds finished videos made with other settings, and recomputing was not asked."""
-
-
-def rerun_plan(names, wanted: dict, *, finished, recorded, overwrite: bool, where: str):
-  """(names to compute, how many are finished with `wanted`, "name (what differs)" of those to
-  compute again). `finished(name)`: whether a video's outputs are complete; `recorded(name)`: the
-  settings recorded with them (None: no readable record). Videos finished with other settings
-  are computed again only with `overwrite`; else `SettingsConflict` names them (`where`: the
-  output)."""
-  todo, complete, differing = [], 0, []
-  for name in names:
-    if not finished(name):
-      todo.append(name)
-      continue
-    why = settings_mismatch(recorded(name), wanted)
-    if why is None:
-      complete += 1
-    else:
-      todo.append(name)
-      differing.append(f"{name} ({why})")
-  if differing and not overwrite:
-    more = f" and {len(differing) - 1} more" if len(differing) > 1 else ""
-    raise SettingsConflict(
-      f"{where} holds videos made with other settings: {differing[0]}{more}; "
-      "pass --overwrite to recompute them"
-    )
-  return todo, complete, differing

@@ -62,7 +62,7 @@ def main(_):
   from visage_jax.data.challenge import DataError
   from visage_jax.data.video import VideoError
   from visage_jax.evaluate import evaluate_dataset
-  from visage_jax.predict import SettingsConflict
+  from visage_jax.resume import SettingsConflict
 
   logging.set_verbosity(logging.WARNING)
   for name in ("checkpoint", "data", "output"):

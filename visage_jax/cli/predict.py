@@ -50,13 +50,8 @@ FLAGS = flags.FLAGS
 def videos_to_do(videos, settings) -> tuple[list[str], int]:
   """(videos to predict, number already complete with these settings); refuses (exit 2) to
   recompute videos made with other settings unless --overwrite."""
-  from visage_jax.predict import (
-    SettingsConflict,
-    is_complete,
-    recorded_settings,
-    rerun_plan,
-    video_name,
-  )
+  from visage_jax.predict import is_complete, recorded_settings, video_name
+  from visage_jax.resume import SettingsConflict, rerun_plan
 
   by_name = {video_name(path): path for path in videos}
   try:
