@@ -396,7 +396,8 @@ def _validate(step, validate, state: TrainState, frozen, val_log, report, checkp
 
 def _final_weights(workdir: str, state: TrainState) -> None:
   final = {"/".join(k): to_host(v) for k, v in named(state.trainable).items()}
-  np.savez(os.path.join(workdir, "trainable_last.npz"), **final)
+  with written_whole(os.path.join(workdir, "trainable_last.npz"), "wb") as f:
+    np.savez(f, **final)
 
 
 def run(cfg, workdir: str, *, log=print) -> dict:
