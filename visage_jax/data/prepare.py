@@ -96,6 +96,8 @@ def prepare(
       data_dir=tmp,
     )
     builder.download_and_prepare()
+    with open(os.path.join(tmp, "skipped.json"), "w") as f:
+      json.dump({"skipped": skipped}, f, indent=2)
     os.makedirs(output, exist_ok=True)
     for item in os.listdir(tmp):
       if item == "downloads":  # TFDS's empty download cache
@@ -115,8 +117,6 @@ def prepare(
     "size": size,
     "skipped": skipped,
   }
-  with open(os.path.join(output, "skipped.json"), "w") as f:
-    json.dump({"skipped": skipped}, f, indent=2)
   return report
 
 
