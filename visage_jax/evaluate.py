@@ -372,7 +372,7 @@ class EvalRun:
   source_fps: float | None = None  # of videos given as folders of frames
   protocol: dict | None = None  # the DHF1K protocol's s-AUC settings (dhf1k_protocol)
   negatives: object | None = None  # layouts.ShuffledNegatives, which also holds every fixation
-  progress: object | None = None
+  progress: object | None = None  # a tqdm bar of the current video's frames
 
 
 def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
@@ -388,6 +388,8 @@ def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
     points = run.negatives.points[entry.name][0]
     negatives = functools.partial(run.negatives, entry.name, hw=(video.height, video.width))
   stride = run.stride or stream.stride_for(video.fps)
+  if run.progress is not None:
+    run.progress.reset(total=video.num_frames)
   source = stream.VideoSource(video, stride, sal, points, negatives)
   batches = stream.window_batches(
     source, window=run.window, size=run.size, batch_size=run.batch_size
@@ -406,8 +408,8 @@ def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
   for frame in stream.frames_in_order(scored(results), fused):
     if outputs is not None:
       outputs.add(frame.index, frame.maps)
-    if run.progress:
-      run.progress(1)
+    if run.progress is not None:
+      run.progress.update(1)
   scores.finish()
 
 
@@ -688,7 +690,7 @@ def score_videos(run: EvalRun, todo, output: str, settings: dict, *, split, save
   os.makedirs(os.path.join(output, RECORDS_DIR), exist_ok=True)
   for entry in tqdm(mine, desc=split, unit="video", position=0):
     with tqdm(desc=entry.name, unit="frame", position=1, leave=False) as frames:
-      run.progress = frames.update
+      run.progress = frames
       score_video(run, entry, output, settings, save_maps=save_maps)
 
 
