@@ -762,7 +762,8 @@ def check_shared_output(output: str) -> None:
 
   records = os.path.join(output, RECORDS_DIR)
   os.makedirs(records, exist_ok=True)
-  probe = lambda p: os.path.join(records, f".process{p}")  # noqa: E731
+  run = int(multihost_utils.broadcast_one_to_all(np.random.randint(2**31)))  # not a stale probe
+  probe = lambda p: os.path.join(records, f".process{p}-{run}")  # noqa: E731
   open(probe(jax.process_index()), "w").close()
   _sync("visage-eval: probes written")
   sees = np.asarray([os.path.exists(probe(p)) for p in range(jax.process_count())])
