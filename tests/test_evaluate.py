@@ -61,6 +61,7 @@ def test_a_record_read_back_reports_what_was_scored(tmp_path):
     evaluate.write_record(path, settings, scored.frames_of(video))
     got_settings, frames = evaluate.read_record(path)
     assert got_settings == settings
+    assert evaluate.read_record(path, numbers=False) == (settings, None)
     read.add_frames(video, frames)
   assert read.report() == scored.report()  # == on floats: the same bits
   assert sorted(os.listdir(tmp_path / evaluate.RECORDS_DIR)) == ["a.npz", "b.npz"]

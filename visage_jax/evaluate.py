@@ -606,12 +606,15 @@ def write_record(path: str, settings: dict, frames: dict) -> None:
     np.savez(f, settings=np.asarray(json.dumps(settings)), **arrays)
 
 
-def read_record(path: str) -> tuple[dict, dict] | None:
-  """(settings, numbers) of a scored video, as `write_record` wrote them; None if unreadable."""
+def read_record(path: str, *, numbers: bool = True) -> tuple[dict, dict | None] | None:
+  """(settings, numbers) of a scored video, as `write_record` wrote them; None if unreadable.
+  Without `numbers` only the settings are read (numbers None): the arrays stay on disk."""
   try:
-    with np.load(path, allow_pickle=False) as record:
+    with np.load(path, allow_pickle=False) as record:  # members are read when indexed
       settings = json.loads(str(record["settings"]))
-      frames = {tuple(k.split("/")): record[k] for k in record.files if k != "settings"}
+      frames = None
+      if numbers:
+        frames = {tuple(k.split("/")): record[k] for k in record.files if k != "settings"}
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
     return None
   return settings, frames
@@ -628,7 +631,7 @@ def videos_to_score(entries, output: str, settings: dict, *, save_maps: bool, ov
     return maps and os.path.isfile(record_path(output, name))
 
   def recorded(name):
-    record = read_record(record_path(output, name))
+    record = read_record(record_path(output, name), numbers=False)  # the plan needs no numbers
     return None if record is None else record[0]
 
   names = [e.name for e in entries]
@@ -688,6 +691,8 @@ def score_videos(run: EvalRun, todo, output: str, settings: dict, *, split, save
 
   mine = todo[jax.process_index() :: jax.process_count()]
   os.makedirs(os.path.join(output, RECORDS_DIR), exist_ok=True)
+  if save_maps:
+    os.makedirs(os.path.join(output, "predictions"), exist_ok=True)
   for entry in tqdm(mine, desc=split, unit="video", position=0):
     with tqdm(desc=entry.name, unit="frame", position=1, leave=False) as frames:
       run.progress = frames
@@ -706,10 +711,8 @@ def score_video(run: EvalRun, entry, output: str, settings: dict, *, save_maps: 
   note = failure_note(output, entry.name)
   try:
     if save_maps:
-      pred_root = os.path.join(output, "predictions")
-      os.makedirs(pred_root, exist_ok=True)
       score = functools.partial(evaluate_video, run, entry)
-      _save_maps_of(entry, pred_root, score, run.source_fps)
+      _save_maps_of(entry, os.path.join(output, "predictions"), score, run.source_fps)
     else:
       evaluate_video(run, entry)
   except (DataError, VideoError) as e:
