@@ -11,6 +11,7 @@ import time
 import jax
 
 from visage_jax import perf, train_step
+from visage_jax.evaluate import METRICS
 from visage_jax.trees import to_host
 
 # What `Goodput` tells apart; "step" is the training step itself (dispatch and device work: the
@@ -132,7 +133,7 @@ class Reporter:
     return msg
 
   def validation(self, step: int, scores: dict) -> None:
-    shown = [k for k in ("cc", "sim", "nss", "auc_judd", "kld") if k in scores]
+    shown = [k for k in METRICS if k in scores]
     if self.writer:
       for k in shown:
         self.writer.add_scalar(f"val/{scores['map']}/{k}", scores[k], step)
