@@ -109,6 +109,12 @@ def test_check_submission_accepts_and_rejects(evaluated, dataset, tmp_path):
   bad = _run("visage_jax.cli.check_submission", f"--predictions={broken}", f"--videos={dataset}")
   assert bad.returncode == 1
   assert f"{name}: missing frame 17 (eyeMap_00017.png)" in bad.stdout
+  for path, why in (
+    (broken + "x", "no such folder"),
+    (os.path.join(dataset, "TrainTestSplit.json"), "not a folder"),
+  ):
+    res = _run("visage_jax.cli.check_submission", f"--predictions={path}", f"--videos={dataset}")
+    assert res.returncode == 1 and res.stdout.startswith(f"{path}: {why}\n"), res.stdout
 
 
 def test_eval_names_a_missing_video(dataset, ckpt_plain, tmp_path):

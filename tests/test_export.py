@@ -231,17 +231,72 @@ def test_help_lists_the_commands_own_flags(module, entry, flags):
     assert f"  {flag}" in res.stdout, (flag, res.stdout)
 
 
+HELP = "(--help lists the flags)"
+PRESETS = os.path.join(REPO, "configs", "visage.py")
+
+
 @pytest.mark.parametrize(
   "module, entry, prog, args, says",
   [
-    ("visage_jax.cli.predict", "run", "visage-predict", ["--bogus=1"], "flag 'bogus'"),
-    ("visage_jax.cli.evaluate", "run", "visage-eval", ["--batch_size=two"], "--batch_size=two"),
-    ("visage_jax.cli.train", "run_cli", "visage-train", ["--workdir=w"], "--config must have"),
+    ("visage_jax.cli.predict", "run", "visage-predict", ["--bogus=1"], f"flag 'bogus' {HELP}"),
+    (
+      "visage_jax.cli.evaluate",
+      "run",
+      "visage-eval",
+      ["--batch_size=two"],
+      f"--batch_size=two: invalid literal for int() with base 10: 'two' {HELP}",
+    ),
+    (
+      "visage_jax.cli.train",
+      "run_cli",
+      "visage-train",
+      ["--workdir=w"],
+      f"must have a value other than None. {HELP}",
+    ),
+    (
+      "visage_jax.cli.train",
+      "run_cli",
+      "visage-train",
+      [f"--config={PRESETS}:7b", "--workdir=w", "--config.data.dir=d"],
+      f"--config={PRESETS}:7b: unknown preset '7b'; choose one of ('6b', '1b', 'tiny') {HELP}",
+    ),
+    (  # relative to the repository's root, run elsewhere
+      "conversion.convert",
+      "main",
+      "visage-convert",
+      ["--config=configs/visage.py:tiny", "--backbone=b.pt", "--output=c"],
+      "--config: cannot load the config file: [Errno 2] No such file or directory: "
+      f"'configs/visage.py'; the presets are in {PRESETS}",
+    ),
+    (
+      "visage_jax.cli.train",
+      "run_cli",
+      "visage-train",
+      [f"--config={PRESETS}:tiny", "--workdir=a_file", "--config.data.dir=d"],
+      "--workdir=a_file is an existing file, not a folder",
+    ),
+    (
+      "visage_jax.cli.prepare",
+      "run",
+      "visage-prepare",
+      ["--layout=ntire2026", "--root=d", "--output=a_file"],
+      "--output=a_file is an existing file, not a folder",
+    ),
+    (
+      "visage_jax.cli.synth",
+      "run",
+      "visage-synth",
+      ["--output=s", "--frames=0"],
+      "--frames and --size must be ≥ 1 and --fps > 0, got 0, (144, 256), 30.0",
+    ),
   ],
 )
-def test_a_flag_mistake_is_one_line(module, entry, prog, args, says, tmp_path):
-  """An unknown flag, a value of the wrong type, a required flag left out: absl's two lines and
-  exit 1 become the commands' one line and exit 2."""
+def test_a_command_line_mistake_is_one_line(module, entry, prog, args, says, tmp_path):
+  """An unknown flag, a value of the wrong type, a required flag left out (absl's two lines and
+  exit 1), a --config file that cannot be loaded or an unknown preset (ml_collections'
+  traceback), an output that is a file or a value out of range: the commands' one line, exit 2,
+  nothing written."""
+  (tmp_path / "a_file").write_text("notes")
   res = subprocess.run(
     [sys.executable, "-c", f"from {module} import {entry}; {entry}()", *args],
     capture_output=True,
@@ -252,6 +307,5 @@ def test_a_flag_mistake_is_one_line(module, entry, prog, args, says, tmp_path):
   )
   assert res.returncode == 2, res.stderr[-2000:]
   (line,) = res.stderr.strip().splitlines()
-  assert line.startswith(f"{prog}: error: ") and says in line, line
-  assert line.endswith("(--help lists the flags)")
-  assert not os.listdir(tmp_path)
+  assert line.startswith(f"{prog}: error: ") and line.endswith(says), line
+  assert os.listdir(tmp_path) == ["a_file"] and (tmp_path / "a_file").read_text() == "notes"

@@ -333,6 +333,8 @@ def test_two_processes_train_like_one(trainset, tmp_path):
     (["--config.train.val_metrics=orignal"], "train.val_metrics='orignal': one of challenge, "),
     (["--config.train.stage=2", "--config.train.init=/nonexistent"], "train.init=/nonexistent: "),
     (["malformed config.json"], "config.json: not valid JSON"),
+    (["--config.train.expert=3"], "train.expert and train.stage are 1 or 2, got 3 and 1"),
+    (["a file as workdir"], "w is an existing file, not a folder"),
   ],
 )
 def test_user_mistakes_fail_first_in_one_line(trainset, tmp_path, extra, message):
@@ -340,9 +342,13 @@ def test_user_mistakes_fail_first_in_one_line(trainset, tmp_path, extra, message
   exists), in under 5 s."""
   workdir = tmp_path / "w"
   premade = extra == ["malformed config.json"]
+  a_file = extra == ["a file as workdir"]
   if premade:
     workdir.mkdir()
     (workdir / "config.json").write_text("{not json")
+  if a_file:
+    workdir.write_text("notes")
+  if premade or a_file:
     extra = []
   env = _env()
   timed = "untimed" not in extra
@@ -362,6 +368,8 @@ def test_user_mistakes_fail_first_in_one_line(trainset, tmp_path, extra, message
   assert elapsed < 5 or not timed, elapsed
   if premade:
     assert os.listdir(workdir) == ["config.json"]
+  elif a_file:
+    assert workdir.read_text() == "notes"
   else:
     assert not workdir.exists()
 

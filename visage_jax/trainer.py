@@ -78,6 +78,8 @@ def preflight(cfg) -> None:
   from visage_jax.data.prepare import prepared_splits
 
   t = cfg.train
+  if t.expert not in (1, 2) or t.stage not in (1, 2):
+    raise TrainError(f"train.expert and train.stage are 1 or 2, got {t.expert} and {t.stage}")
   if t.stage == 2 and not t.init:
     raise TrainError("stage 2 needs train.init: a stage-1 workdir or a visage-convert output")
   for key in ("init", "partner"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -36,18 +37,44 @@ HELP_FLAGS = ("--help", "--helpshort", "--helpfull", "--helpxml", "-?")
 
 def parse_flags(argv, prog: str):
   """absl's flag parsing, with a mistake (an unknown flag, a value of the wrong type, a required
-  flag left out) as one line, exit code 2, where absl writes two and exits 1; and `--help` (or
-  its kin) exiting 0 once it has shown the flags, where absl exits 1."""
+  flag left out, a --config file that cannot be loaded or an unknown preset) as one line, exit
+  code 2, where absl writes two and exits 1 and ml_collections a traceback; and `--help` (or its
+  kin) exiting 0 once it has shown the flags, where absl exits 1."""
   from absl import flags
 
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+      flags.FLAGS.config.keys()  # ml_collections loads a --config file lazily: fail here
+    return rest
   except flags.Error as e:
-    message = " ".join(str(e).split())
-    fail(prog, f"{message} (--help lists the flags)")
+    fail(prog, f"{flag_error_line(e)} (--help lists the flags)")
+  except OSError as e:  # ml_collections: a --config file that cannot be read
+    fail(prog, f"--config: {config_file_error_line(e)}")
   except SystemExit as e:
     asked_for_help = any(a.split("=")[0] in HELP_FLAGS for a in argv[1:])
     sys.exit(0 if asked_for_help and e.code == 1 else e.code)
+
+
+def flag_error_line(error: Exception) -> str:
+  """absl's message about a flag as one line. A --config file whose `get_config` raised (an
+  unknown preset) comes with ml_collections' whole traceback: the flag and the error's own line."""
+  text = str(error)
+  if "Traceback (most recent call last)" in text:
+    flag = text.split(": Error whilst parsing config file")[0]
+    last = re.sub(r"^[\w.]+(Error|Exception): ", "", text.strip().splitlines()[-1])
+    text = f"{flag}: {last}"
+  return " ".join(text.split())
+
+
+def config_file_error_line(error: OSError) -> str:
+  """ml_collections' error for a --config file it cannot load, as one line that says where the
+  presets are (a relative `configs/visage.py` names a file only from the repository's root)."""
+  import configs
+
+  reason = " ".join(str(error).splitlines()[-1].split())
+  presets = os.path.join(os.path.dirname(configs.__file__), "visage.py")
+  return f"cannot load the config file: {reason}; the presets are in {presets}"
 
 
 def fail(prog: str, msg: str) -> NoReturn:
@@ -56,23 +83,24 @@ def fail(prog: str, msg: str) -> NoReturn:
   sys.exit(2)
 
 
-def check_output(prog: str, output: str) -> None:
-  """An output folder that exists or can be made, and can be written: else one line, exit 2.
+def check_output(prog: str, output: str, flag: str = "--output") -> None:
+  """An output folder (given as `flag`) that exists or can be made, and can be written: else one
+  line, exit 2.
 
   Nothing is created here, so a run refused later (a bad checkpoint, a missing dataset) leaves no
   empty folder behind; the command makes the folder when it first writes."""
   if os.path.exists(output) and not os.path.isdir(output):
-    fail(prog, f"--output={output} is an existing file, not a folder")
+    fail(prog, f"{flag}={output} is an existing file, not a folder")
   target = os.path.abspath(output)
   existing = target
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
-    fail(prog, f"--output={output}: cannot create it: {existing} is a file")
+    fail(prog, f"{flag}={output}: cannot create it: {existing} is a file")
   try:  # a real write: permission bits say nothing to root or on read-only mounts
     fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
     os.close(fd)
     os.remove(probe)
   except OSError as e:
     where = "not writable" if existing == target else f"cannot create it in {existing}"
-    fail(prog, f"--output={output}: {where}: {e.strerror}")
+    fail(prog, f"{flag}={output}: {where}: {e.strerror}")

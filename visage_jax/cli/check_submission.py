@@ -48,7 +48,8 @@ def check(predictions: str, videos: dict[str, str]) -> tuple[list[str], int]:
   problems: list[str] = []
   ok = 0
   if not os.path.isdir(predictions):
-    return [f"{predictions}: no such folder"], 0
+    what = "not a folder" if os.path.exists(predictions) else "no such folder"
+    return [f"{predictions}: {what}"], 0
   for name, src in sorted(videos.items()):
     before = len(problems)
     try:

@@ -12,7 +12,7 @@ import sys
 
 from absl import flags
 
-from visage_jax.cli import fail, run_app
+from visage_jax.cli import check_output, fail, run_app
 
 flags.DEFINE_enum(
   "layout", None, ["ntire2026", "dhf1k", "hollywood2", "ucf_sports"], "Dataset layout"
@@ -43,6 +43,7 @@ def main(_):
   for name in ("layout", "root", "output"):
     if not getattr(FLAGS, name):
       fail("visage-prepare", f"--{name} is required")
+  check_output("visage-prepare", FLAGS.output)
   try:
     report = prepare(
       FLAGS.layout,

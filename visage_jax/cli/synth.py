@@ -31,10 +31,12 @@ def main(_):
     h, w = (int(v) for v in FLAGS.size.lower().split("x"))
   except ValueError:
     fail("visage-synth", f"--size must look like 144x256, got {FLAGS.size!r}")
-  bar = tqdm(total=FLAGS.videos, desc="videos", unit="video")
+  bars = []  # made at the first call: after write_dataset has checked the flags
 
   def progress(done, total):
-    bar.update(done - bar.n)
+    if not bars:
+      bars.append(tqdm(total=total, desc="videos", unit="video"))
+    bars[0].update(done - bars[0].n)
 
   try:
     split = write_dataset(
@@ -49,7 +51,7 @@ def main(_):
     )
   except (FileExistsError, ValueError) as e:
     fail("visage-synth", str(e))
-  bar.close()
+  bars[0].close()
   counts = ", ".join(f"{len(names)} {name}" for name, names in split.items())
   print(f"wrote {FLAGS.output} ({FLAGS.layout} layout): {counts} videos")
 

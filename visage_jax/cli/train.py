@@ -21,7 +21,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from visage_jax.cli import fail, parse_flags, run_app
+from visage_jax.cli import check_output, fail, parse_flags, run_app
 
 FLAGS = flags.FLAGS
 
@@ -34,6 +34,7 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.workdir or not FLAGS.config.data.dir:
     fail("visage-train", "--workdir and --config.data.dir are required")
+  check_output("visage-train", FLAGS.workdir, flag="--workdir")
   try:
     parallel.initialize_distributed()
   except ValueError as e:

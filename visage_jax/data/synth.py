@@ -114,7 +114,8 @@ def write_dataset(
   test_fraction: float = 0.25,
   progress=None,
 ) -> dict:
-  """Write the dataset to `output` (which must not exist), atomically. Returns {split: names}."""
+  """Write the dataset to `output` (which must not exist), atomically. Returns {split: names}.
+  `progress(done, total)` is called once the arguments are checked, then after each video."""
   output = os.path.abspath(output)
   if os.path.exists(output):
     raise FileExistsError(f"{output}: already exists; choose another --output")
@@ -122,11 +123,15 @@ def write_dataset(
     raise ValueError(f"--layout must be one of {LAYOUTS}, got {layout!r}")
   if videos < 2:
     raise ValueError("--videos must be at least 2 (one to train on, one to test)")
+  if frames < 1 or min(size) < 1 or not fps > 0:
+    raise ValueError(f"--frames and --size must be ≥ 1 and --fps > 0, got {frames}, {size}, {fps}")
   n_test = max(1, int(round(videos * test_fraction)))
   if layout == "dhf1k" and (videos - n_test > 600 or n_test > 100):
     raise ValueError("DHF1K numbers at most 600 training and 100 validation videos")
   names = _names(layout, videos, n_test)
   tmp = f"{output}.partial-{os.getpid()}"
+  if progress:
+    progress(0, videos)
   try:
     os.makedirs(tmp)
     for i, (split, name) in enumerate(names):
