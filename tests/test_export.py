@@ -253,6 +253,22 @@ PRESETS = os.path.join(REPO, "configs", "visage.py")
       ["--workdir=w"],
       f"must have a value other than None. {HELP}",
     ),
+    ("visage_jax.cli.predict", "run", "visage-predict", ["--source_fps=0"], f"must be > 0 {HELP}"),
+    ("visage_jax.cli.prepare", "run", "visage-prepare", ["--fps=-5"], f"must be > 0 {HELP}"),
+    (
+      "visage_jax.cli.evaluate",
+      "run",
+      "visage-eval",
+      ["--dtype=bf16"],
+      f"--dtype=bf16: value should be one of <float32|bfloat16> {HELP}",
+    ),
+    (
+      "visage_jax.cli.evaluate",
+      "run",
+      "visage-eval",
+      ["--sauc_frames=0"],
+      f"--sauc_frames=0: 0 is not a positive integer {HELP}",
+    ),
     (
       "visage_jax.cli.train",
       "run_cli",
@@ -292,8 +308,8 @@ PRESETS = os.path.join(REPO, "configs", "visage.py")
   ],
 )
 def test_a_command_line_mistake_is_one_line(module, entry, prog, args, says, tmp_path):
-  """An unknown flag, a value of the wrong type, a required flag left out (absl's two lines and
-  exit 1), a --config file that cannot be loaded or an unknown preset (ml_collections'
+  """An unknown flag, a value of the wrong type or out of range, a required flag left out (absl's
+  two lines and exit 1), a --config file that cannot be loaded or an unknown preset (ml_collections'
   traceback), an output that is a file or a value out of range: the commands' one line, exit 2,
   nothing written."""
   (tmp_path / "a_file").write_text("notes")

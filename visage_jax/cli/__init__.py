@@ -77,6 +77,15 @@ def config_file_error_line(error: OSError) -> str:
   return f"cannot load the config file: {reason}; the presets are in {presets}"
 
 
+def must_be_positive(*names: str) -> None:
+  """Validators that refuse a value ≤ 0 of these flags at parsing (one line, exit 2); a flag left
+  out (None) passes."""
+  from absl import flags
+
+  for name in names:
+    flags.register_validator(name, lambda v: v is None or v > 0, message="must be > 0")
+
+
 def fail(prog: str, msg: str) -> NoReturn:
   """The commands' one way to refuse: `PROG: error: MSG` on stderr, exit code 2."""
   print(f"{prog}: error: {msg}", file=sys.stderr)

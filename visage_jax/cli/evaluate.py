@@ -30,7 +30,7 @@ import sys
 
 from absl import flags
 
-from visage_jax.cli import check_output, fail, run_app
+from visage_jax.cli import check_output, fail, must_be_positive, run_app
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_string("data", None, "Dataset root, as distributed")
@@ -41,15 +41,22 @@ flags.DEFINE_string(
   "split", None, "Split (default: public_test; dhf1k: validation; hollywood2, ucf_sports: test)"
 )
 flags.DEFINE_float("source_fps", None, "Frame rate of videos given as folders of frames")
-flags.DEFINE_integer("sauc_frames", 10, "s-AUC negatives: frames of other videos (Borji's M)")
+must_be_positive("source_fps")
+flags.DEFINE_integer(
+  "sauc_frames", 10, "s-AUC negatives: frames of other videos (Borji's M)", lower_bound=1
+)
 flags.DEFINE_integer("sauc_seed", 0, "s-AUC negatives and splits: the seed")
 flags.DEFINE_string("output", None, "Output directory")
 flags.DEFINE_bool("save_maps", False, "Also write the fused maps as a submission")
-flags.DEFINE_integer("batch_size", 2, "Windows per step on each device")
-flags.DEFINE_integer("stride", 0, "Source frames per model frame (0: round(fps / 5))")
-flags.DEFINE_string("dtype", None, "Override the backbone's activation dtype (e.g. bfloat16)")
+flags.DEFINE_integer("batch_size", 2, "Windows per step on each device", lower_bound=1)
+flags.DEFINE_integer(
+  "stride", 0, "Source frames per model frame (0: round(fps / 5))", lower_bound=0
+)
+flags.DEFINE_enum(
+  "dtype", None, ["float32", "bfloat16"], "Override the backbone's activation dtype"
+)
 flags.DEFINE_bool("quantize_uint8", True, "Score the maps as 8-bit images, as a submission is")
-flags.DEFINE_integer("max_videos", 0, "Evaluate only the first N videos (0: all)")
+flags.DEFINE_integer("max_videos", 0, "Evaluate only the first N videos (0: all)", lower_bound=0)
 flags.DEFINE_bool("overwrite", False, "Score again videos scored with other settings")
 FLAGS = flags.FLAGS
 
@@ -68,8 +75,6 @@ def main(_):
   for name in ("checkpoint", "data", "output"):
     if not getattr(FLAGS, name):
       fail("visage-eval", f"--{name} is required")
-  if FLAGS.batch_size < 1 or FLAGS.stride < 0 or FLAGS.sauc_frames < 1:
-    fail("visage-eval", "--batch_size and --sauc_frames must be ≥ 1 and --stride ≥ 0")
   check_output("visage-eval", FLAGS.output)
   try:
     parallel.initialize_distributed()

@@ -28,7 +28,7 @@ import sys
 
 from absl import flags
 
-from visage_jax.cli import check_output, fail, run_app
+from visage_jax.cli import check_output, fail, must_be_positive, run_app
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_multi_string(
@@ -39,10 +39,15 @@ flags.DEFINE_enum(
   "map_size", "source", ["source", "model"], "Write maps at the video's size or 224"
 )
 flags.DEFINE_bool("save_experts", False, "Also write each expert's maps")
-flags.DEFINE_integer("batch_size", 1, "Windows per step on each device")
-flags.DEFINE_integer("stride", 0, "Source frames per model frame (0: round(fps / 5))")
+flags.DEFINE_integer("batch_size", 1, "Windows per step on each device", lower_bound=1)
+flags.DEFINE_integer(
+  "stride", 0, "Source frames per model frame (0: round(fps / 5))", lower_bound=0
+)
 flags.DEFINE_float("source_fps", None, "Frame rate of inputs that are folders of frames")
-flags.DEFINE_string("dtype", None, "Override the backbone's activation dtype (e.g. bfloat16)")
+must_be_positive("source_fps")
+flags.DEFINE_enum(
+  "dtype", None, ["float32", "bfloat16"], "Override the backbone's activation dtype"
+)
 flags.DEFINE_bool("overwrite", False, "Recompute finished videos made with other settings")
 FLAGS = flags.FLAGS
 
@@ -84,8 +89,6 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.checkpoint or not FLAGS.input or not FLAGS.output:
     fail("visage-predict", "--checkpoint, --input and --output are required")
-  if FLAGS.batch_size < 1 or FLAGS.stride < 0:
-    fail("visage-predict", "--batch_size must be ≥ 1 and --stride ≥ 0")
   videos = find_videos(FLAGS.input)
   if not videos:
     fail("visage-predict", f"no videos in {FLAGS.input}")
