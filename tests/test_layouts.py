@@ -101,6 +101,13 @@ def test_frame_folders(tmp_path):
   write_png(str(folder / "frame_13.png"), frames[0][:10])
   with pytest.raises(VideoError, match="frame_13.png: 10×64, the first frame is 36×64"):
     open_video(str(folder), fps=25.0).frames([12])
+  deep = (frames[0, ..., 0].astype(np.uint16) * 257).astype(np.uint16)  # a 16-bit grey frame
+  Image.fromarray(deep).save(folder / "frame_13.png")
+  assert Image.open(folder / "frame_13.png").mode == "I;16"
+  with pytest.raises(
+    VideoError, match="frame_13.png: a I;16 image; frames and maps are read as 8-bit"
+  ):
+    open_video(str(folder), fps=25.0).frames([12])
 
 
 def test_shuffled_negatives_come_from_other_videos_reproducibly():

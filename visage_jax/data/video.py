@@ -150,6 +150,7 @@ class SequentialReader:
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
 
 
 def numbered_images(folder: str) -> list[str]:
@@ -194,11 +195,14 @@ class FrameFolderReader:
 
     try:
       with Image.open(self.files[i]) as img:
-        rgb = np.asarray(img.convert("RGB"))
+        mode = img.mode
+        rgb = np.asarray(img.convert("RGB")) if mode in EIGHT_BIT_MODES else None
     except Exception as e:
       raise VideoError(
         f"{self.files[i]}: cannot read frame {i}: {_first_line(e, self.files[i])}"
       ) from None
+    if rgb is None:  # PIL would clip a 16-bit or float image to 255: a white frame
+      raise VideoError(f"{self.files[i]}: a {mode} image; frames and maps are read as 8-bit")
     if i and rgb.shape[:2] != (self.height, self.width):
       raise VideoError(
         f"{self.files[i]}: {rgb.shape[0]}×{rgb.shape[1]}, the first frame is "
