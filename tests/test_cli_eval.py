@@ -117,6 +117,27 @@ def test_check_submission_accepts_and_rejects(evaluated, dataset, tmp_path):
     assert res.returncode == 1 and res.stdout.startswith(f"{path}: {why}\n"), res.stdout
 
 
+def test_check_submission_takes_the_videos_visage_predict_finds(tmp_path):
+  """A folder of videos: every file visage-predict would predict (not only .mp4), by its name."""
+  import av
+
+  from visage_jax.cli.check_submission import expected_videos
+  from visage_jax.writers import write_mp4
+
+  write_mp4(str(tmp_path / "a.mp4"), np.zeros((2, 16, 16), np.uint8), 25.0)
+  with av.open(str(tmp_path / "b.avi"), "w") as container:  # MJPEG in AVI, as cameras write
+    stream = container.add_stream("mjpeg", rate=25)
+    stream.width = stream.height = 16
+    stream.pix_fmt = "yuvj420p"
+    container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8))))
+    container.mux(stream.encode())
+  (tmp_path / "notes.txt").write_text("not a video")
+  assert expected_videos(str(tmp_path), "public_test") == {
+    "a": str(tmp_path / "a.mp4"),
+    "b": str(tmp_path / "b.avi"),
+  }
+
+
 def test_eval_names_a_missing_video(dataset, ckpt_plain, tmp_path):
   broken = str(tmp_path / "ds")
   shutil.copytree(dataset, broken)

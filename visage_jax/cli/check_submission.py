@@ -3,15 +3,14 @@
     visage-check-submission --predictions=DIR --videos=ROOT [--split=public_test]
 
 ROOT is a challenge-layout dataset (its TrainTestSplit.json names the videos of --split) or a
-folder of mp4 videos. For every video, DIR must hold `<name>/eyeMap_%05d.png` (1-based, one per
-frame, 8-bit, readable, the video's width × height) and/or `<name>.mp4` with the video's frame
-count. Every problem is printed naming the video and the frame; the exit code is 1 if there was
-any.
+folder of video files (those visage-predict finds there: mp4, avi, mkv, ...). For every video,
+DIR must hold `<name>/eyeMap_%05d.png` (1-based, one per frame, 8-bit, readable, the video's
+width × height) and/or `<name>.mp4` with the video's frame count. Every problem is printed
+naming the video and the frame; the exit code is 1 if there was any.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import sys
@@ -21,7 +20,7 @@ from absl import flags
 from visage_jax.cli import fail, run_app
 
 flags.DEFINE_string("predictions", None, "Folder with the predictions")
-flags.DEFINE_string("videos", None, "Dataset root (challenge layout) or a folder of mp4 videos")
+flags.DEFINE_string("videos", None, "Dataset root (challenge layout) or a folder of videos")
 flags.DEFINE_string("split", "public_test", "Split to check when --videos is a dataset root")
 FLAGS = flags.FLAGS
 
@@ -34,9 +33,10 @@ def expected_videos(root: str, split: str) -> dict[str, str]:
 
   if os.path.isfile(os.path.join(root, "TrainTestSplit.json")):
     return {e.name: e.video for e in ChallengeLayout(root).entries(split, require_gt=False)}
+  from visage_jax.predict import find_videos, video_name
+
   folder = os.path.join(root, "Videos") if os.path.isdir(os.path.join(root, "Videos")) else root
-  paths = sorted(glob.glob(os.path.join(folder, "*.mp4")))
-  return {os.path.splitext(os.path.basename(p))[0]: p for p in paths}
+  return {video_name(p): p for p in find_videos([folder]) if os.path.isfile(p)}
 
 
 def check(predictions: str, videos: dict[str, str]) -> tuple[list[str], int]:
