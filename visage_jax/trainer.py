@@ -75,7 +75,7 @@ def preflight(cfg) -> None:
   """Everything about a run that can be checked before any work (no workdir made, no weights
   read): a one-line `TrainError` for each mistake."""
   from visage_jax.data.challenge import DataError
-  from visage_jax.data.prepare import prepared_splits
+  from visage_jax.data.prepare import prepared_size, prepared_splits
 
   t = cfg.train
   if t.expert not in (1, 2) or t.stage not in (1, 2):
@@ -90,9 +90,14 @@ def preflight(cfg) -> None:
         f"train.{key}={t[key]}: neither a visage-convert output nor a training workdir"
       )
   try:
-    splits = prepared_splits(cfg.data.dir)
+    splits, size = prepared_splits(cfg.data.dir), prepared_size(cfg.data.dir)
   except DataError as e:
     raise TrainError(f"data.dir: {e}") from None
+  if size != cfg.model.backbone.img_size:
+    raise TrainError(
+      f"data.dir: {cfg.data.dir} was prepared at {size}×{size}, the model takes "
+      f"{cfg.model.backbone.img_size}×{cfg.model.backbone.img_size} (visage-prepare --size)"
+    )
   for key in ("train_split", "val_split"):
     if cfg.data[key] and cfg.data[key] not in splits:
       raise TrainError(f"data.{key}={cfg.data[key]!r}: {cfg.data.dir} has splits {splits}")

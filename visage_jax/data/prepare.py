@@ -132,12 +132,21 @@ def dataset_dir(prepared: str) -> str:
 
 def prepared_splits(prepared: str) -> list[str]:
   """The split names of a `visage-prepare` output, from its dataset_info.json (no TFDS import)."""
-  info = os.path.join(dataset_dir(prepared), "dataset_info.json")
+  return _read_json(prepared, "dataset_info.json", lambda info: [s["name"] for s in info["splits"]])
+
+
+def prepared_size(prepared: str) -> int:
+  """The frame size (pixels a side) a `visage-prepare` output was made at (its --size)."""
+  return _read_json(prepared, "metadata.json", lambda meta: int(meta["size"]))
+
+
+def _read_json(prepared: str, name: str, take):
+  path = os.path.join(dataset_dir(prepared), name)
   try:
-    with open(info) as f:
-      return [s["name"] for s in json.load(f)["splits"]]
+    with open(path) as f:
+      return take(json.load(f))
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise challenge.DataError(f"{info}: unreadable ({e})") from None
+    raise challenge.DataError(f"{path}: unreadable ({e})") from None
 
 
 def data_source(prepared: str, split: str):
