@@ -23,12 +23,12 @@ flags.DEFINE_float("fps", 5.0, "Training frame rate: every round(source_fps / fp
 flags.DEFINE_float(
   "source_fps", None, "The videos' frame rate (frame folders have none; files: overrides theirs)"
 )
+must_be_positive("fps", "source_fps")
 flags.DEFINE_integer("offset", 0, "First source frame of the sampled sequence", lower_bound=0)
 flags.DEFINE_integer("size", 224, "Model input size", lower_bound=1)
 flags.DEFINE_list(
   "splits", None, "Splits to prepare (default: train and the test/validation split)"
 )
-must_be_positive("fps", "source_fps")
 flags.DEFINE_bool("skip_bad", False, "Skip broken videos and list them in OUTPUT/skipped.json")
 FLAGS = flags.FLAGS
 
