@@ -334,6 +334,7 @@ def test_two_processes_train_like_one(trainset, tmp_path):
     (["--config.train.stage=2", "--config.train.init=/nonexistent"], "train.init=/nonexistent: "),
     (["malformed config.json"], "config.json: not valid JSON"),
     (["--config.train.expert=3"], "train.expert and train.stage are 1 or 2, got 3 and 1"),
+    (["--config.train.checkpoint_every=0"], "train.checkpoint_every=0 must be at least 1"),
     (["--config.model.backbone.img_size=112"], "was prepared at 56×56, the model takes 112×112"),
     (["a file as workdir"], "w is an existing file, not a folder"),
   ],

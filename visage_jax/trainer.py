@@ -71,6 +71,21 @@ def train_mesh(cfg):
   return parallel.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
 
 
+# The least value of each count in cfg.train (eval_every: -1 each epoch, 0 at the end only).
+LEAST = {
+  "batch_size": 1,
+  "grad_accum_steps": 1,
+  "num_steps": 0,
+  "checkpoint_every": 1,
+  "keep": 1,
+  "best_k": 0,
+  "log_every": 1,
+  "eval_every": -1,
+  "warmup_steps": 0,
+  "cosine_steps": 0,
+}
+
+
 def preflight(cfg) -> None:
   """Everything about a run that can be checked before any work (no workdir made, no weights
   read): a one-line `TrainError` for each mistake."""
@@ -80,6 +95,9 @@ def preflight(cfg) -> None:
   t = cfg.train
   if t.expert not in (1, 2) or t.stage not in (1, 2):
     raise TrainError(f"train.expert and train.stage are 1 or 2, got {t.expert} and {t.stage}")
+  for key, least in LEAST.items():
+    if t[key] < least:
+      raise TrainError(f"train.{key}={t[key]} must be at least {least}")
   if t.stage == 2 and not t.init:
     raise TrainError("stage 2 needs train.init: a stage-1 workdir or a visage-convert output")
   for key in ("init", "partner"):
@@ -117,8 +135,6 @@ def preflight(cfg) -> None:
       f"train.profile_steps={t.profile_steps}: give (first, last) with 1 ≤ first ≤ last"
     )
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if t.grad_accum_steps < 1:
-    raise TrainError(f"train.grad_accum_steps={t.grad_accum_steps} must be at least 1")
   if t.grad_accum_steps > 1 and cfg.loss.nss_weight:
     raise TrainError(
       "train.grad_accum_steps > 1 with loss.nss_weight: the NSS term averages over the frames "
