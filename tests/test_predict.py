@@ -162,6 +162,11 @@ def test_predict_video_arrays(ckpt_plain, videos):
   streamed = list(p.stream_video(os.path.join(videos, "clip0.mp4")))
   assert [f.index for f in streamed] == list(range(FRAMES))
   np.testing.assert_array_equal(np.stack([f.maps["fused"] for f in streamed]), out["fused"])
+  with pytest.raises(ValueError, match=r"clip has shape \(1, 8, 224, 224\); this model takes"):
+    p.predict_clip(first.clip[..., 0])
+  pixels = np.zeros(first.clip.shape, np.uint8)  # frames not normalised: a mistake, not a clip
+  with pytest.raises(ValueError, match="clip is uint8: predict_clip takes CLIP-normalised float"):
+    p.predict_clip(pixels)
 
 
 def test_pngs_equal_the_pinned_maps_of_the_previous_video_path(ckpt_plain, tmp_path):
