@@ -1,7 +1,7 @@
 """`visage-convert`: the original PyTorch weights → one Orbax checkpoint plus its resolved config.
 
-    visage-convert --config=configs/visage.py:6b --backbone=FILE.pt \
-        --expert1=expert1.pth --expert2=expert2.pth --output=DIR [--merge_lora]
+    visage-convert --config=configs/visage.py:6b --backbone=FILE.pt
+        [--expert1=expert1.pth] [--expert2=expert2.pth] --output=DIR [--merge_lora]
 
 Streams tensor by tensor from memory-mapped files into preallocated arrays of the target dtype;
 checks every name, shape and LoRA rank against the model the config describes; reports what it

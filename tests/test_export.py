@@ -6,6 +6,8 @@ ones are written as documented; the 6B names and shapes are those of ../shared/s
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import re
 import shutil
@@ -217,7 +219,7 @@ def test_refused_configs_name_the_field(ckpt_plain, tmp_path):
 def test_help_lists_the_commands_own_flags(module, entry, flags):
   """absl lists only the flags of the file that sys.argv[0] names; run_app registers the command's
   own there, so `--help` of an installed script (here: a file that calls the entry point) lists
-  them."""
+  them, after the command's module docstring (its synopsis)."""
   script = f"from {module} import {entry}; {entry}()"
   res = subprocess.run(
     [sys.executable, "-c", script, "--help"],
@@ -229,6 +231,9 @@ def test_help_lists_the_commands_own_flags(module, entry, flags):
   assert res.returncode == 0, res.stderr[-2000:]  # where absl's --help exits with 1
   for flag in flags:
     assert f"  {flag}" in res.stdout, (flag, res.stdout)
+  source = open(importlib.util.find_spec(module).origin).read()  # not imported: its flags
+  synopsis = ast.get_docstring(ast.parse(source)).splitlines()[0]
+  assert res.stdout.startswith(synopsis), res.stdout[:300]
 
 
 HELP = "(--help lists the flags)"

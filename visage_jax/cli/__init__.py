@@ -11,9 +11,10 @@ from typing import NoReturn
 
 
 def run_app(main, prog: str, argv=None, flags_parser=None) -> None:
-  """absl's `app.run`, with `--help` listing the command's own flags. absl lists the flags of the
-  module that `sys.argv[0]` names, which for an installed console script is the script file, not
-  the module that defined them: so they are registered as that file's key flags too.
+  """absl's `app.run`, with `--help` listing the command's own flags after its module's docstring.
+  absl lists the flags of the module that `sys.argv[0]` names, which for an installed console
+  script is the script file, not the module that defined them: so they are registered as that
+  file's key flags too; and it shows `__main__`'s docstring, which the script file lacks.
   `prog`: the command's name, for its messages. `flags_parser(argv)`: instead of `parse_flags`.
 
   SIGTERM (a scheduler's preemption, `timeout`, `kill`) stops the command as Ctrl-C does: what
@@ -21,9 +22,12 @@ def run_app(main, prog: str, argv=None, flags_parser=None) -> None:
   killed outright would leave its temporary files. Either ends in one line, exit code 130."""
   from absl import app, flags
 
-  caller = sys._getframe(1).f_globals["__name__"]  # "__main__" under `python -m`: nothing to do
-  for flag in flags.FLAGS.flags_by_module_dict().get(caller, []):
+  caller = sys._getframe(1).f_globals  # the module of "__main__" under `python -m`: nothing to do
+  for flag in flags.FLAGS.flags_by_module_dict().get(caller["__name__"], []):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  script = sys.modules["__main__"]
+  if not script.__doc__:  # --help shows __main__'s docstring: the command's, with its synopsis
+    script.__doc__ = caller.get("__doc__")
   signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
   try:
     app.run(main, argv=argv, flags_parser=flags_parser or (lambda a: parse_flags(a, prog)))
@@ -49,7 +53,9 @@ def parse_flags(argv, prog: str):
     return rest
   except flags.Error as e:
     fail(prog, f"{flag_error_line(e)} (--help lists the flags)")
-  except OSError as e:  # ml_collections: a --config file that cannot be read
+  except OSError as e:
+    if "config file" not in str(e):  # not ml_collections failing to load --config (a pipe...)
+      raise
     fail(prog, f"--config: {config_file_error_line(e)}")
   except SystemExit as e:
     asked_for_help = any(a.split("=")[0] in HELP_FLAGS for a in argv[1:])
