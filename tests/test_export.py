@@ -259,6 +259,13 @@ PRESETS = os.path.join(REPO, "configs", "visage.py")
       f"must have a value other than None. {HELP}",
     ),
     ("visage_jax.cli.predict", "run", "visage-predict", ["--source_fps=0"], f"must be > 0 {HELP}"),
+    (
+      "visage_jax.cli.predict",
+      "run",
+      "visage-predict",
+      ["--checkpoint=c", "--input=a_file", "--input=clips/*.mp4", "--output=o"],
+      "--input=clips/*.mp4: no such file or folder",
+    ),
     ("visage_jax.cli.prepare", "run", "visage-prepare", ["--fps=-5"], f"must be > 0 {HELP}"),
     (
       "visage_jax.cli.evaluate",

@@ -89,6 +89,9 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.checkpoint or not FLAGS.input or not FLAGS.output:
     fail("visage-predict", "--checkpoint, --input and --output are required")
+  missing = [path for path in FLAGS.input if not os.path.exists(path)]
+  if missing:
+    fail("visage-predict", f"--input={missing[0]}: no such file or folder")
   videos = find_videos(FLAGS.input)
   if not videos:
     fail("visage-predict", f"no videos in {FLAGS.input}")
