@@ -303,6 +303,13 @@ PRESETS = os.path.join(REPO, "configs", "visage.py")
       [f"--config={PRESETS}:tiny", "--workdir=a_file", "--config.data.dir=d"],
       "--workdir=a_file is an existing file, not a folder",
     ),
+    (  # refused before the workdir (here: none) is read
+      "visage_jax.cli.train",
+      "run_export",
+      "visage-export",
+      ["--workdir=w", "--output=a_file"],
+      "a_file: output already exists; remove it or choose another --output",
+    ),
     (
       "visage_jax.cli.prepare",
       "run",

@@ -68,6 +68,13 @@ def export_main(_):
     fail("visage-export", f"--format={fmt} takes either --checkpoint or --workdir (repeatable)")
   if not FLAGS.checkpoint and not FLAGS.workdir:
     fail("visage-export", "--workdir (once per expert) is required")
+  from conversion.convert import new_output
+  from conversion.torch_io import ConversionError
+
+  try:  # before any weights are read (minutes at 6B)
+    new_output(FLAGS.output)
+  except ConversionError as e:
+    fail("visage-export", str(e))
   try:
     if fmt == "orbax":
       from visage_jax.provenance import export
