@@ -87,6 +87,15 @@ def interpolate_pos_embed(tensor, *, pretrained_frames: int, frames: int, grid: 
   return torch.cat([extra, tokens], dim=1)
 
 
+# A key that only one kind of file holds: how a file given in another's place is recognised.
+# Expert files may hold the backbone too (whole state dicts), so the experts' markers come first.
+MARKERS = (
+  ("expert1", "film_gamma.weight", "Expert 1's decoder"),
+  ("expert2", "decoder.main_head.", "Expert 2's decoder"),
+  ("backbone", "vision_encoder.", "an InternVideo2 backbone"),
+)
+
+
 class _Source:
   """One checkpoint file with its canonical names."""
 
@@ -121,6 +130,16 @@ class _Source:
 
   def has_lora(self) -> bool:
     return any(".lora_" in n for n in self.tensors)
+
+  def check_role(self) -> None:
+    """Refuse a file that holds another role's tensors (--expert1 and --expert2 swapped)."""
+    for role, marker, holds in MARKERS:
+      if any(marker in key for key in self.sd.keys()):
+        if role != self.role:
+          raise ConversionError(
+            f"{self.path}: given as --{self.role}, but it holds {holds}; pass it as --{role}"
+          )
+        return
 
 
 def _check_rank(src: _Source, rank: int) -> None:
@@ -168,6 +187,8 @@ def convert(
   for name, path in zip(EXPERT_NAMES, (expert1, expert2)):
     if path:
       sources[name] = _Source(name, path, unsafe_pickle)
+  for src in sources.values():
+    src.check_role()
   experts = tuple(n for n in EXPERT_NAMES if n in sources)
   with config.unlocked():
     mcfg.experts = experts

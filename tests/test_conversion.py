@@ -90,6 +90,29 @@ def test_missing_expert_tensor(tmp_path):
   _assert_clean_failure(res, out, str(bad), "decoder.fuse11.norm1.weight")
 
 
+@pytest.mark.parametrize(
+  "flag, name, holds, belongs",
+  [
+    ("--expert1", "expert2.pth", "Expert 2's decoder", "--expert2"),
+    ("--expert2", "full_expert1.pth", "Expert 1's decoder", "--expert1"),
+    ("--expert1", "backbone_t4.pt", "an InternVideo2 backbone", "--backbone"),
+  ],
+)
+def test_a_file_given_in_another_files_place_is_named(tmp_path, flag, name, holds, belongs):
+  """Swapped --expert1/--expert2 (or the backbone given as an expert): named before any work,
+  where the conversion used to stop at the first tensor the file lacked."""
+  out = str(tmp_path / "out")
+  res = run_convert(
+    f"--config={CONFIG}:tiny",
+    f"--backbone={golden('backbone_t4.pt')}",
+    f"{flag}={golden(name)}",
+    f"--output={out}",
+  )
+  want = f"{golden(name)}: given as {flag}, but it holds {holds}; pass it as {belongs}"
+  _assert_clean_failure(res, out, want)
+  assert "converting" not in res.stderr
+
+
 def test_existing_output_is_not_overwritten(tmp_path):
   out = tmp_path / "out"
   out.mkdir()
