@@ -336,12 +336,18 @@ def test_two_processes_train_like_one(trainset, tmp_path):
     (["--config.train.expert=3"], "train.expert and train.stage are 1 or 2, got 3 and 1"),
     (["--config.train.checkpoint_every=0"], "train.checkpoint_every=0 must be at least 1"),
     (["--config.model.backbone.img_size=112"], "was prepared at 56×56, the model takes 112×112"),
+    (
+      ["--config.train.init=CKPT_PLAIN"],  # the golden conversion: 224, 8 frames, 8 blocks
+      "was made for another model: model.backbone.img_size=224 there, 56 here; "
+      "model.backbone.num_frames=8 there, 4 here; model.backbone.depth=8 there, 4 here; ",
+    ),
     (["a file as workdir"], "w is an existing file, not a folder"),
   ],
 )
-def test_user_mistakes_fail_first_in_one_line(trainset, tmp_path, extra, message):
+def test_user_mistakes_fail_first_in_one_line(trainset, ckpt_plain, tmp_path, extra, message):
   """Before any work: one line on stderr, exit 2, no workdir made (or nothing added to one that
   exists), in under 5 s."""
+  extra = [e.replace("CKPT_PLAIN", ckpt_plain) for e in extra]
   workdir = tmp_path / "w"
   premade = extra == ["malformed config.json"]
   a_file = extra == ["a file as workdir"]

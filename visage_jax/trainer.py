@@ -86,6 +86,46 @@ LEAST = {
 }
 
 
+# The config fields that fix the weights' shapes (model.*): a train.init or train.partner must
+# have been made with the run's.
+SHAPE_FIELDS = (
+  "backbone.img_size",
+  "backbone.patch_size",
+  "backbone.tubelet_size",
+  "backbone.num_frames",
+  "backbone.embed_dim",
+  "backbone.depth",
+  "backbone.num_heads",
+  "backbone.mlp_ratio",
+  "backbone.taps",
+  "neck_dim",
+  "decoder_dim",
+)
+
+
+def _check_same_shapes(cfg, key: str) -> None:
+  """A one-line `TrainError` naming the fields where train.`key`'s model differs from the run's
+  (its weights would not fit: a converted backbone's position embedding is made for its frames)."""
+  source = cfg.train[key]
+  try:
+    theirs = ckpt.read_config(source).model
+  except ckpt.CheckpointError as e:
+    raise TrainError(f"train.{key}: {e}") from None
+
+  def value(model, field):
+    for part in field.split("."):
+      model = model[part]
+    return tuple(model) if isinstance(model, (list, tuple)) else model
+
+  differ = [
+    f"model.{f}={value(theirs, f)} there, {value(cfg.model, f)} here"
+    for f in SHAPE_FIELDS
+    if value(theirs, f) != value(cfg.model, f)
+  ]
+  if differ:
+    raise TrainError(f"train.{key}={source} was made for another model: {'; '.join(differ)}")
+
+
 def preflight(cfg) -> None:
   """Everything about a run that can be checked before any work (no workdir made, no weights
   read): a one-line `TrainError` for each mistake."""
@@ -107,6 +147,8 @@ def preflight(cfg) -> None:
       raise TrainError(
         f"train.{key}={t[key]}: neither a visage-convert output nor a training workdir"
       )
+    if t[key]:
+      _check_same_shapes(cfg, key)
   try:
     splits, size = prepared_splits(cfg.data.dir), prepared_size(cfg.data.dir)
   except DataError as e:
