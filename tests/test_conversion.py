@@ -101,13 +101,7 @@ def test_missing_expert_tensor(tmp_path):
 def test_a_file_given_in_another_files_place_is_named(tmp_path, flag, name, holds, belongs):
   """Swapped --expert1/--expert2 (or the backbone given as an expert): named before any work,
   where the conversion used to stop at the first tensor the file lacked."""
-  out = str(tmp_path / "out")
-  res = run_convert(
-    f"--config={CONFIG}:tiny",
-    f"--backbone={golden('backbone_t4.pt')}",
-    f"{flag}={golden(name)}",
-    f"--output={out}",
-  )
+  res, out = _convert(tmp_path, golden("backbone_t4.pt"), extra=[f"{flag}={golden(name)}"])
   want = f"{golden(name)}: given as {flag}, but it holds {holds}; pass it as {belongs}"
   _assert_clean_failure(res, out, want)
   assert "converting" not in res.stderr
