@@ -53,12 +53,13 @@ class Predictor:
 
   def predict_clip(self, clip) -> dict[str, np.ndarray]:
     """clip: float32 (B, T, H, W, 3) normalised frames → float32 (B, T, S, S) maps per name."""
-    if np.asarray(clip).dtype.kind in "uib":
+    clip = np.asarray(clip)
+    if clip.dtype.kind in "uib":
       raise ValueError(
-        f"clip is {np.asarray(clip).dtype}: predict_clip takes CLIP-normalised float frames "
+        f"clip is {clip.dtype}: predict_clip takes CLIP-normalised float frames "
         "(visage_jax.data.video.normalize), not pixel values"
       )
-    clip = np.asarray(clip, np.float32)
+    clip = clip.astype(np.float32, copy=False)
     if clip.ndim != 5 or tuple(clip.shape[1:]) != self.clip_shape:
       raise ValueError(
         f"clip has shape {clip.shape}; this model takes (B, {', '.join(map(str, self.clip_shape))})"
