@@ -453,18 +453,46 @@ def test_a_workdir_keeps_the_metrics_that_rank_its_best_checkpoints(tmp_path):
   written before the key existed was ranked by the challenge's."""
   from helpers.small import small_config
 
-  from visage_jax.trainer import TrainError, _check_workdir_config
+  from visage_jax.trainer import TrainError, _start_or_restart
 
-  cfg = small_config(2, 1)
+  cfg, said = small_config(2, 1), []
   ckpt.write_config(str(tmp_path), cfg)
-  _check_workdir_config(str(tmp_path), cfg)
+  (tmp_path / "best" / "3").mkdir(parents=True)  # a finished best checkpoint's folder
+  _start_or_restart(str(tmp_path), cfg, said.append)
   cfg.train.val_metrics = "original"
-  with pytest.raises(TrainError, match=r"train.val_metrics='challenge', not 'original'"):
-    _check_workdir_config(str(tmp_path), cfg)
+  with pytest.raises(TrainError, match=r"train.val_metrics='challenge', not 'original'; use a new"):
+    _start_or_restart(str(tmp_path), cfg, said.append)
   older = json.loads((tmp_path / "config.json").read_text())
   del older["train"]["val_metrics"]
   (tmp_path / "config.json").write_text(json.dumps(older))
   with pytest.raises(TrainError, match=r"train.val_metrics='challenge', not 'original'"):
-    _check_workdir_config(str(tmp_path), cfg)
+    _start_or_restart(str(tmp_path), cfg, said.append)
   cfg.train.val_metrics = "challenge"
-  _check_workdir_config(str(tmp_path), cfg)
+  _start_or_restart(str(tmp_path), cfg, said.append)
+  assert said == []
+
+
+def test_a_workdir_that_saved_no_checkpoint_starts_again_with_another_config(tmp_path):
+  """A first run that failed before its first checkpoint (out of memory, say) does not bind the
+  workdir: the corrected command replaces its config and its random backbone. A checkpoint still
+  being written (Orbax's temporary folder) is not a saved one; a finished one binds."""
+  from helpers.small import small_config
+
+  from visage_jax.trainer import TrainError, _start_or_restart
+
+  first, second, said = small_config(2, 1), small_config(2, 1), []
+  first.train.batch_size, second.train.batch_size = 4, 8
+  ckpt.write_config(str(tmp_path), first)
+  (tmp_path / "init_backbone").mkdir()
+  (tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-17").mkdir(parents=True)
+  _start_or_restart(str(tmp_path), second, said.append)
+  assert said == [
+    f"{tmp_path}: was started with train.batch_size=4, not 8, but saved no checkpoint: it starts "
+    "again"
+  ]
+  assert ckpt.read_config(str(tmp_path)).train.batch_size == 8
+  assert not (tmp_path / "init_backbone").exists()
+  (tmp_path / "checkpoints" / "5").mkdir()
+  with pytest.raises(TrainError, match=r"was started with train.batch_size=8, not 4; use a new"):
+    _start_or_restart(str(tmp_path), first, said.append)
+  assert len(said) == 1

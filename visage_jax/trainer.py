@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -189,21 +190,49 @@ def preflight(cfg) -> None:
     )
 
 
-def _check_workdir_config(workdir: str, cfg) -> None:
-  """A workdir keeps the model and stage it was started with, and the metrics that rank its best
-  checkpoints; the rest (more steps, another validation interval) may change between runs."""
+def _workdir_change(workdir: str, cfg) -> str | None:
+  """What in `cfg` differs from the config `workdir` was started with, in what a workdir keeps:
+  the model and loss, stage, expert, batch, seed, init, and the metrics that rank its best
+  checkpoints (the rest, more steps or another validation interval, may change between runs).
+  None when nothing does or the workdir is new."""
   path = os.path.join(workdir, ckpt.CONFIG_FILE)
   if not os.path.isfile(path):
-    return
+    return None
   old = ckpt.read_config(workdir)
   for key in ("model", "loss"):
     if old[key].to_json(sort_keys=True) != cfg[key].to_json(sort_keys=True):
-      raise TrainError(f"{workdir}: was started with another config.{key}; use a new --workdir")
+      return f"another config.{key}"
   defaults = {"val_metrics": "challenge"}  # for workdirs started before the key existed
   for key in ("stage", "expert", "batch_size", "seed", "init", "val_metrics"):
     was = old.train.get(key, defaults.get(key))
     if was != cfg.train[key]:
-      raise TrainError(f"{workdir}: was started with train.{key}={was!r}, not {cfg.train[key]!r}")
+      return f"train.{key}={was!r}, not {cfg.train[key]!r}"
+  return None
+
+
+def _saved_a_step(workdir: str) -> bool:
+  """Whether `workdir` holds a finished checkpoint, latest or best (Orbax names a finished one by
+  its step alone; one still being written carries a suffix)."""
+  for sub in (STATE_DIR, BEST_DIR):
+    folder = os.path.join(workdir, sub)
+    if os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder)):
+      return True
+  return False
+
+
+def _start_or_restart(workdir: str, cfg, say) -> None:
+  """A workdir that has saved a checkpoint keeps its config (`_workdir_change`). One that has
+  saved none (its run failed in setup or its first steps, out of memory, say) starts again with
+  the new config: the config is replaced and a random backbone saved there is made anew."""
+  change = _workdir_change(workdir, cfg)
+  if change is None:
+    return
+  if _saved_a_step(workdir):
+    raise TrainError(f"{workdir}: was started with {change}; use a new --workdir")
+  say(f"{workdir}: was started with {change}, but saved no checkpoint: it starts again")
+  if jax.process_index() == 0:  # replaced, never removed: the other processes may be reading it
+    shutil.rmtree(os.path.join(workdir, INIT_DIR), ignore_errors=True)
+    ckpt.write_config(workdir, cfg)
 
 
 def _write_init_backbone(path: str, cfg, model, log) -> None:
@@ -349,7 +378,7 @@ def _set_up(cfg, workdir: str, say):
     if jax.process_count() > 1:
       raise TrainError("a multi-process run needs train.init (a visage-convert output or workdir)")
     cfg.train.init = os.path.join(workdir, INIT_DIR)
-  _check_workdir_config(workdir, cfg)  # before any weights are read
+  _start_or_restart(workdir, cfg, say)  # before any weights are read
   mesh = train_mesh(cfg)
   model = train_step.init_model(cfg, seed=t.seed)
   if random_backbone:
