@@ -11,7 +11,13 @@ import pytest
 
 from visage_jax.data import challenge
 from visage_jax.data.pipeline import make_loader, video_names
-from visage_jax.data.prepare import data_source, prepare
+from visage_jax.data.prepare import (
+  data_source,
+  dataset_dir,
+  prepare,
+  prepared_size,
+  prepared_splits,
+)
 from visage_jax.data.synth import make_video, write_dataset
 from visage_jax.data.video import VideoError, open_video, resize_frames
 from visage_jax.writers import write_mp4
@@ -31,6 +37,10 @@ def prepared(synth, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("prep") / "out")
   report = prepare("ntire2026", synth, out, size=64)
   assert report["splits"] == {"train": 3, "public_test": 1} and report["stride"] == 6
+  # the output and the dataset folder inside it (the path reported) are the same dataset
+  for path in (out, report["path"]):
+    assert dataset_dir(path) == report["path"]
+    assert prepared_splits(path) == report["splits"] and prepared_size(path) == 64
   return out
 
 

@@ -324,6 +324,7 @@ def test_two_processes_train_like_one(trainset, tmp_path):
     (["--config.train.nmu_steps=5"], "--config.train.nmu_steps: no such field; did you mean "),
     (["--config.data.dir=/nonexistent"], "data.dir: /nonexistent: no prepared dataset"),
     (["--config.train.batch_size=3", "2 devices"], "train.batch_size=3 does not divide over "),
+    (["--config.train.batch_size=8"], "the 'train' split of PREP has 4 videos, fewer than one "),
     # issue 13's item 5 (not one of the listed mistakes, so not timed: it traces the model)
     (
       ["--config.mesh.tensor=3", "3 devices", "untimed"],
@@ -348,6 +349,7 @@ def test_user_mistakes_fail_first_in_one_line(trainset, ckpt_plain, tmp_path, ex
   """Before any work: one line on stderr, exit 2, no workdir made (or nothing added to one that
   exists), in under 5 s."""
   extra = [e.replace("CKPT_PLAIN", ckpt_plain) for e in extra]
+  message = message.replace("PREP", trainset)
   workdir = tmp_path / "w"
   premade = extra == ["malformed config.json"]
   a_file = extra == ["a file as workdir"]

@@ -161,7 +161,12 @@ def preflight(cfg) -> None:
     )
   for key in ("train_split", "val_split"):
     if cfg.data[key] and cfg.data[key] not in splits:
-      raise TrainError(f"data.{key}={cfg.data[key]!r}: {cfg.data.dir} has splits {splits}")
+      raise TrainError(f"data.{key}={cfg.data[key]!r}: {cfg.data.dir} has splits {list(splits)}")
+  if splits.get(cfg.data.train_split, t.batch_size) < t.batch_size:
+    raise TrainError(
+      f"train.batch_size={t.batch_size}: the {cfg.data.train_split!r} split of {cfg.data.dir} "
+      f"has {splits[cfg.data.train_split]} videos, fewer than one batch"
+    )
   try:
     mesh = train_mesh(cfg)
     rules = parallel.ShardingRules.from_config(cfg.mesh)

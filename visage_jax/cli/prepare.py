@@ -62,7 +62,10 @@ def main(_):
     fail("visage-prepare", str(e))
   for item in report["skipped"]:
     print(f"skipped {item['video']}: {item['error']}", file=sys.stderr)
-  print(f"prepared {report['splits']} videos into {report['path']}")
+  print(
+    f"prepared {report['splits']} videos into {report['path']} "
+    f"(visage-train --config.data.dir={FLAGS.output})"
+  )
 
 
 def run():

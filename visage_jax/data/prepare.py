@@ -121,7 +121,10 @@ def prepare(
 
 
 def dataset_dir(prepared: str) -> str:
-  """The one `<name>/<config>/<version>` directory under a `visage-prepare` output."""
+  """The one `<name>/<config>/<version>` directory under a `visage-prepare` output (or that
+  directory itself, the path `visage-prepare` reports)."""
+  if os.path.isfile(os.path.join(prepared, "dataset_info.json")):
+    return prepared
   infos = glob.glob(os.path.join(prepared, "*", "*", "*", "dataset_info.json"))
   if not infos:
     raise challenge.DataError(f"{prepared}: no prepared dataset (run visage-prepare)")
@@ -130,9 +133,14 @@ def dataset_dir(prepared: str) -> str:
   return os.path.dirname(infos[0])
 
 
-def prepared_splits(prepared: str) -> list[str]:
-  """The split names of a `visage-prepare` output, from its dataset_info.json (no TFDS import)."""
-  return _read_json(prepared, "dataset_info.json", lambda info: [s["name"] for s in info["splits"]])
+def prepared_splits(prepared: str) -> dict[str, int]:
+  """The splits of a `visage-prepare` output and their videos, from its dataset_info.json (no
+  TFDS import)."""
+  return _read_json(
+    prepared,
+    "dataset_info.json",
+    lambda info: {s["name"]: sum(map(int, s["shardLengths"])) for s in info["splits"]},
+  )
 
 
 def prepared_size(prepared: str) -> int:
