@@ -169,6 +169,29 @@ def test_predict_video_arrays(ckpt_plain, videos):
     p.predict_clip(pixels)
 
 
+def test_save_experts_writes_each_experts_maps(ckpt_plain, videos, tmp_path):
+  """--save_experts: OUT/experts/<expert>/<video>/ beside the fused maps, each the 8-bit form of
+  `Predictor.predict_video`'s map of that name (at model size here, no resize between)."""
+  from PIL import Image
+
+  from visage_jax.inference import Predictor
+  from visage_jax.writers import map_to_uint8
+
+  clip = os.path.join(videos, "clip0.mp4")
+  res = _predict(ckpt_plain, str(tmp_path), clip, "--save_experts", "--map_size=model")
+  assert res.returncode == 0, res.stderr[-3000:]
+  want = Predictor.load(ckpt_plain).predict_video(clip)
+  folders = {"fused": tmp_path / "clip0"}
+  folders.update({e: tmp_path / "experts" / e / "clip0" for e in ("expert1", "expert2")})
+  for name, folder in folders.items():
+    assert sorted(os.listdir(folder)) == [f"eyeMap_{k:05d}.png" for k in range(1, FRAMES + 1)]
+    for k in (0, FRAMES - 1):
+      png = np.asarray(Image.open(folder / f"eyeMap_{k + 1:05d}.png"))
+      np.testing.assert_array_equal(png, map_to_uint8(want[name][k]), err_msg=f"{name} {k}")
+  assert not np.array_equal(want["expert1"], want["expert2"])
+  assert sorted(os.listdir(tmp_path / "experts")) == ["expert1", "expert2"]
+
+
 def test_pngs_equal_the_pinned_maps_of_the_previous_video_path(ckpt_plain, tmp_path):
   """tests/data/pinned_maps.npz: maps the whole-video path (before the stream, d9fe953) wrote for
   tests/data/pinned_clip.mp4 (25 frames, 25 fps: stride 5) with this checkpoint. Re-pinned when

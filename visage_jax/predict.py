@@ -158,16 +158,16 @@ def write_video_outputs(
       raise RuntimeError(f"{path}: internal: {out.frames} maps for {video.num_frames} frames")
     with open(tmp_settings, "w") as f:
       json.dump(settings, f, indent=2)
-    final = os.path.join(output, name)
-    shutil.rmtree(final, ignore_errors=True)  # an overwritten video is incomplete from here on
+    fused = os.path.join(output, name)
+    shutil.rmtree(fused, ignore_errors=True)  # an overwritten video is incomplete from here on
     for sub in experts:
-      final = os.path.join(output, "experts", sub, name)
-      shutil.rmtree(final, ignore_errors=True)
-      os.rename(tmp[sub], final)
+      expert = os.path.join(output, "experts", sub, name)
+      shutil.rmtree(expert, ignore_errors=True)
+      os.rename(tmp[sub], expert)
     os.replace(tmp_overlay, os.path.join(output, "overlays", name + ".mp4"))
     os.replace(tmp_mp4, os.path.join(output, name + ".mp4"))
     os.replace(tmp_settings, settings_path(output, name))
-    os.rename(tmp["fused"], final)  # last: marks the video complete
+    os.rename(tmp["fused"], fused)  # last: marks the video complete
   except BaseException:
     out.abort()
     for d in tmp.values():
