@@ -304,6 +304,9 @@ def test_bad_output_paths_are_one_line(videos, ckpt_plain, tmp_path, output, why
 def test_a_refused_run_leaves_no_output_folder(videos, tmp_path):
   output = tmp_path / "new" / "out"
   res = _predict(str(tmp_path / "no-checkpoint"), str(output), videos)
-  assert res.returncode == 2 and "not a visage-jax checkpoint" in res.stderr
+  assert res.returncode == 2 and "no-checkpoint: no such checkpoint folder" in res.stderr
   assert len(res.stderr.strip().splitlines()) == 1
+  assert not os.path.exists(tmp_path / "new")
+  res = _predict(videos, str(output), videos)  # a folder, but not a checkpoint
+  assert res.returncode == 2 and "not a visage-jax checkpoint (no config.json)" in res.stderr
   assert not os.path.exists(tmp_path / "new")

@@ -69,6 +69,16 @@ def test_one_map_per_frame_in_order_with_a_bounded_buffer(frames, stride):
   assert max(held) <= (-(-4 // stride) + 1) * 20 * stride
 
 
+@pytest.mark.parametrize("batch_size", [0, -2])
+def test_a_batch_of_no_windows_is_refused(batch_size):
+  """Not read as "all of them": the whole video would go to the devices as one batch."""
+  batches = stream.window_batches(
+    stream.VideoSource(FakeVideo(30), 1), window=20, size=4, batch_size=batch_size
+  )
+  with pytest.raises(ValueError, match=f"batch_size must be at least 1 window, got {batch_size}"):
+    next(batches)
+
+
 def test_buffer_does_not_grow_with_length():
   def peak(frames):
     source = stream.VideoSource(FakeVideo(frames), 6)

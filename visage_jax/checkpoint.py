@@ -120,6 +120,8 @@ ADDED_FIELDS = {"model.backbone.drop_path_rate": 0.0}
 
 def read_config(directory: str) -> ml_collections.ConfigDict:
   path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"{directory}: no such checkpoint folder")
   if not os.path.isfile(path):
     raise CheckpointError(f"{directory}: not a visage-jax checkpoint (no {CONFIG_FILE})")
   try:

@@ -209,6 +209,8 @@ def window_batches(
   source: VideoSource, *, window: int, size: int, batch_size: int, keep_frames: bool = False
 ) -> Iterator[WindowBatch]:
   """Batches of exactly `batch_size` windows in group order, the last padded."""
+  if batch_size < 1:  # else every window would go into one batch: the whole video at once
+    raise ValueError(f"batch_size must be at least 1 window, got {batch_size}")
   readers = [sequential(r) for r in (source.video, source.saliency) if r is not None]
   try:
     items, frames = [], {}
