@@ -324,7 +324,7 @@ def test_bad_inputs_raise_naming_the_argument():
     metrics.cc(np.where(pred > 0.5, np.nan, pred), gt, variant="mit")
   with pytest.raises(ValueError, match="^fixations: negative counts"):
     metrics.auc_judd(pred, -fix, variant="mit")
-  with pytest.raises(ValueError, match="^fixations: counts must be integers"):
+  with pytest.raises(ValueError, match=r"^fixations: counts must be integers, got float32 \("):
     metrics.nss(pred, fix.astype(np.float32))
   with pytest.raises(ValueError, match="^negatives: negative counts"):
     metrics.sauc(pred, fix, -neg, variant="mit")

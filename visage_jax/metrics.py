@@ -77,7 +77,10 @@ def _validate(pred, maps: dict | None = None, counts: dict | None = None):
       )
   for name, x in counts.items():
     if _dtype_of(x).kind not in "biu":
-      raise ValueError(f"{name}: counts must be integers, got {_dtype_of(x)}")
+      raise ValueError(
+        f"{name}: counts must be integers, got {_dtype_of(x)} (a float map may be a density: "
+        "give a binary fixation map as bool or integers, e.g. .astype(np.int32))"
+      )
   every = [("pred", pred, False), *[(n, x, False) for n, x in maps.items()]]
   every += [(n, x, True) for n, x in counts.items()]
   if not any(isinstance(x, jax.core.Tracer) for _, x, _ in every):
