@@ -310,3 +310,9 @@ def test_a_refused_run_leaves_no_output_folder(videos, tmp_path):
   res = _predict(videos, str(output), videos)  # a folder, but not a checkpoint
   assert res.returncode == 2 and "not a visage-jax checkpoint (no config.json)" in res.stderr
   assert not os.path.exists(tmp_path / "new")
+  (tmp_path / "by_topic" / "sports").mkdir(parents=True)  # videos one level down: not found
+  res = _predict(videos, str(output), str(tmp_path / "by_topic"))
+  assert res.returncode == 2 and res.stderr.splitlines() == [
+    f"visage-predict: not searched: {tmp_path}/by_topic/sports (give it as an --input)",
+    f"visage-predict: error: no videos in ['{tmp_path}/by_topic']",
+  ]

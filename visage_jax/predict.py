@@ -75,6 +75,17 @@ def find_videos(inputs) -> list[str]:
   return out
 
 
+def folders_not_searched(inputs) -> list[str]:
+  """The folders inside the named folders of videos: `find_videos` does not look into them."""
+  return sorted(
+    os.path.join(item, name)
+    for item in inputs
+    if os.path.isdir(item) and not is_frame_folder(item)
+    for name in os.listdir(item)
+    if os.path.isdir(os.path.join(item, name)) and not name.startswith(".")
+  )
+
+
 def is_frame_folder(path: str) -> bool:
   return any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(path))
 

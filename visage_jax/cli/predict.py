@@ -6,7 +6,7 @@
 
 An input folder that holds numbered images (frame_0001.png, …) is one video, its frames
 (--source_fps gives its frame rate; a folder called images/ takes its parent's name); any other
-folder is searched for video files.
+folder is searched for video files (not its subfolders: each is named on stderr).
 
 For each video: OUT/<video>/eyeMap_%05d.png (8-bit fused maps, one per frame,
 1-based), OUT/<video>.mp4 (the maps at the source frame rate and frame count) and
@@ -84,7 +84,13 @@ def main(_):
   from visage_jax.data.challenge import DataError
   from visage_jax.data.video import VideoError
   from visage_jax.inference import Predictor
-  from visage_jax.predict import find_videos, run_settings, video_name, write_video_outputs
+  from visage_jax.predict import (
+    find_videos,
+    folders_not_searched,
+    run_settings,
+    video_name,
+    write_video_outputs,
+  )
 
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.checkpoint or not FLAGS.input or not FLAGS.output:
@@ -93,6 +99,9 @@ def main(_):
   if missing:
     fail("visage-predict", f"--input={missing[0]}: no such file or folder")
   videos = find_videos(FLAGS.input)
+  for folder in folders_not_searched(FLAGS.input):
+    if os.path.abspath(folder) != os.path.abspath(FLAGS.output):
+      print(f"visage-predict: not searched: {folder} (give it as an --input)", file=sys.stderr)
   if not videos:
     fail("visage-predict", f"no videos in {FLAGS.input}")
   folders = [v for v in videos if os.path.isdir(v)]
