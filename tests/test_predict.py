@@ -107,7 +107,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, videos, ckpt_
   assert res.returncode == 0, res.stderr[-3000:]
   assert "already complete" in res.stdout
   assert _tree(out) == _tree(reference)
-  assert not [p for p in os.listdir(out) if ".partial" in p]
+  records = sorted(os.listdir(os.path.join(out, ".visage-predict")))
+  assert records == ["clip0.json", "clip1.json", "clip2.json"]  # the killed video's staging gone
 
 
 def test_sigterm_removes_the_video_being_written(ckpt_plain, tmp_path):
@@ -117,7 +118,8 @@ def test_sigterm_removes_the_video_being_written(ckpt_plain, tmp_path):
   write_mp4(long, frames, 30)
   out = str(tmp_path / "out")
   proc = _predict(ckpt_plain, out, long, wait=False)
-  partial, deadline = os.path.join(out, ".long.partial"), time.time() + 300
+  partial = os.path.join(out, ".visage-predict", "long.partial", "fused")
+  deadline = time.time() + 300
   while not (os.path.isdir(partial) and os.listdir(partial)) and time.time() < deadline:
     time.sleep(0.05)
   assert os.listdir(partial), "visage-predict never began writing"
@@ -127,8 +129,7 @@ def test_sigterm_removes_the_video_being_written(ckpt_plain, tmp_path):
   assert err.strip().splitlines()[-1].endswith("interrupted: unfinished outputs removed"), err
   assert "Traceback" not in err
   left = [os.path.join(d, f) for d, dirs, files in os.walk(out) for f in dirs + files]
-  assert not [p for p in left if ".partial" in p], left
-  assert not os.path.exists(os.path.join(out, "long"))
+  assert left == [os.path.join(out, ".visage-predict")], left  # the staging folder's parent
 
 
 def test_a_broken_video_is_reported_and_skipped(videos, ckpt_plain, tmp_path):

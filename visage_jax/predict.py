@@ -130,28 +130,23 @@ def write_video_outputs(
   """Predict one video and write its files while the model runs; returns the number of frames.
 
   `settings` (made by `run_settings`) says what to write and is recorded beside the outputs.
-  Everything goes to temporary names first; the maps folder is renamed into place last."""
+  Everything is written into one staging folder, OUT/.visage-predict/<video>.partial, and moved
+  into place when whole: a failure or a kill leaves nothing of the video among the outputs."""
   name = video_name(path)
   video = open_video(path, fps=settings["source_fps"])
   experts = [k for k in predictor.expert_names if settings["save_experts"]]
-  tmp = {"fused": os.path.join(output, f".{name}.partial")}
-  for sub in experts:
-    tmp[sub] = os.path.join(output, "experts", sub, f".{name}.partial")
-  tmp_mp4 = os.path.join(output, f".{name}.partial.mp4")
-  tmp_overlay = os.path.join(output, "overlays", f".{name}.partial.mp4")
-  tmp_settings = settings_path(output, f".{name}.partial")
-  for d in tmp.values():
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
-  for d in (os.path.dirname(tmp_overlay), os.path.dirname(tmp_settings)):
-    os.makedirs(d, exist_ok=True)
+  stage = os.path.join(output, SETTINGS_DIR, f"{name}.partial")
+  shutil.rmtree(stage, ignore_errors=True)  # what a killed run left
+  png_dirs = {sub: os.path.join(stage, sub) for sub in ["fused", *experts]}
+  for folder in png_dirs.values():
+    os.makedirs(folder)
   out = writers.VideoOutputs(
-    tmp,
+    png_dirs,
     source_hw=(video.height, video.width),
     fps=video.fps,
     map_size=settings["map_size"],
-    maps_mp4=tmp_mp4,
-    overlay_mp4=tmp_overlay,
+    maps_mp4=os.path.join(stage, "maps.mp4"),
+    overlay_mp4=os.path.join(stage, "overlay.mp4"),
   )
   try:
     frames = frame_stream(
@@ -167,27 +162,35 @@ def write_video_outputs(
     out.close()
     if out.frames != video.num_frames:
       raise RuntimeError(f"{path}: internal: {out.frames} maps for {video.num_frames} frames")
-    with open(tmp_settings, "w") as f:
+    with open(os.path.join(stage, "settings.json"), "w") as f:
       json.dump(settings, f, indent=2)
-    fused = os.path.join(output, name)
-    shutil.rmtree(fused, ignore_errors=True)  # an overwritten video is incomplete from here on
-    for sub in experts:
-      expert = os.path.join(output, "experts", sub, name)
-      shutil.rmtree(expert, ignore_errors=True)
-      os.rename(tmp[sub], expert)
-    os.replace(tmp_overlay, os.path.join(output, "overlays", name + ".mp4"))
-    os.replace(tmp_mp4, os.path.join(output, name + ".mp4"))
-    os.replace(tmp_settings, settings_path(output, name))
-    os.rename(tmp["fused"], fused)  # last: marks the video complete
+    _move_into_place(stage, output, name, experts)
   except BaseException:
     out.abort()
-    for d in tmp.values():
-      shutil.rmtree(d, ignore_errors=True)
-    for p in (tmp_mp4, tmp_overlay, tmp_settings):
-      if os.path.exists(p):
-        os.remove(p)
+    shutil.rmtree(stage, ignore_errors=True)
     raise
   return video.num_frames
+
+
+def _move_into_place(stage: str, output: str, name: str, experts) -> None:
+  """A finished video's files from its staging folder to their places. Its maps' folder goes
+  first (an overwritten video is incomplete from here on) and comes back last: its appearance
+  marks the video complete (`is_complete`)."""
+  fused = os.path.join(output, name)
+  shutil.rmtree(fused, ignore_errors=True)
+  moves = [(os.path.join(stage, e), os.path.join(output, "experts", e, name)) for e in experts]
+  moves += [
+    (os.path.join(stage, "overlay.mp4"), os.path.join(output, "overlays", name + ".mp4")),
+    (os.path.join(stage, "maps.mp4"), os.path.join(output, name + ".mp4")),
+    (os.path.join(stage, "settings.json"), settings_path(output, name)),
+    (os.path.join(stage, "fused"), fused),
+  ]
+  for staged, final in moves:
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    if os.path.isdir(final):  # an overwritten video's expert maps
+      shutil.rmtree(final)
+    os.replace(staged, final)
+  os.rmdir(stage)
 
 
 def run_settings(

@@ -11,8 +11,8 @@ folder is searched for video files (not its subfolders: each is named on stderr)
 For each video: OUT/<video>/eyeMap_%05d.png (8-bit fused maps, one per frame,
 1-based), OUT/<video>.mp4 (the maps at the source frame rate and frame count) and
 OUT/overlays/<video>.mp4 (the map as a heat map over the frames); with --save_experts also
-OUT/experts/<expert>/<video>/. Outputs are written while the model runs, each video under
-temporary names renamed into place when whole. Each finished video records its settings (the
+OUT/experts/<expert>/<video>/. Outputs are written while the model runs, each video into
+OUT/.visage-predict/<video>.partial/, moved into place when whole. Each finished video records its settings (the
 checkpoint and when it was written, --dtype, --stride, --source_fps, --map_size, --save_experts)
 in OUT/.visage-predict/<video>.json: a rerun skips videos made with the same settings (so an
 interrupted command finishes the job) and refuses, naming them, videos made with other settings
