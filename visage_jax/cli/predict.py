@@ -8,17 +8,17 @@ An input folder that holds numbered images (frame_0001.png, …) is one video, i
 (--source_fps gives its frame rate; a folder called images/ takes its parent's name); any other
 folder is searched for video files (not its subfolders: each is named on stderr).
 
-For each video: OUT/<video>/eyeMap_%05d.png (8-bit fused maps, one per frame,
-1-based), OUT/<video>.mp4 (the maps at the source frame rate and frame count) and
-OUT/overlays/<video>.mp4 (the map as a heat map over the frames); with --save_experts also
-OUT/experts/<expert>/<video>/. Outputs are written while the model runs, each video into
-OUT/.visage-predict/<video>.partial/, moved into place when whole. Each finished video records its settings (the
-checkpoint and when it was written, --dtype, --stride, --source_fps, --map_size, --save_experts)
-in OUT/.visage-predict/<video>.json: a rerun skips videos made with the same settings (so an
+For each video: OUT/<video>/eyeMap_%05d.png (8-bit fused maps, one per frame, 1-based),
+OUT/<video>.mp4 (the maps at the source frame rate and frame count) and OUT/overlays/<video>.mp4
+(the map as a heat map over the frames); with --save_experts also OUT/experts/<expert>/<video>/.
+Outputs are written while the model runs, each video into OUT/.visage-predict/<video>.partial/,
+moved into place when whole. Each finished video records its settings (the checkpoint and when it
+was written, --dtype, --stride, --source_fps, --map_size, --save_experts) in
+OUT/.visage-predict/<video>.json: a rerun skips videos made with the same settings (so an
 interrupted command finishes the job) and refuses, naming them, videos made with other settings
 unless --overwrite. A video that cannot be read is reported and skipped; the exit code is 1 if any
-failed. Batches are split over every local device; with JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES and JAX_PROCESS_ID set (as for visage-train) the processes share the videos.
+failed. Batches are split over every local device; with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+and JAX_PROCESS_ID set (as for visage-train) the processes share the videos.
 """
 
 from __future__ import annotations
