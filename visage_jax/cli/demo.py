@@ -142,21 +142,29 @@ def main(_):
   from absl import logging
 
   logging.set_verbosity(logging.WARNING)
-
-  import jax
-
-  from visage_jax import provenance, trainer
-  from visage_jax.data import challenge
-  from visage_jax.data.prepare import prepare
-  from visage_jax.data.synth import write_dataset
-  from visage_jax.evaluate import evaluate_dataset, write_json
-  from visage_jax.inference import Predictor
-  from visage_jax.predict import run_settings, write_video_outputs
-
-  t0 = time.time()
+  start = time.time()
   out = os.path.abspath(FLAGS.output)
   _prepare_output(out)
-  lap = lambda: f"{(time.time() - t0) / 60:.1f} min"  # noqa: E731
+  lap = lambda: f"{(time.time() - start) / 60:.1f} min"  # noqa: E731
+
+  data, prep = _make_data(out, lap)
+  checkpoint = _train_and_export(out, prep, lap)
+  model, prior = _evaluate(checkpoint, data, out, lap)
+  pred_dir, videos = _predict(checkpoint, data, out)
+  _report(out, model, prior, videos, minutes=(time.time() - start) / 60)
+  _say(
+    f"done in {lap()}: {out}/metrics.json, {out}/overlay.mp4, {out}/contact_sheet.png, "
+    f"maps in {pred_dir}, checkpoint in {checkpoint}"
+  )
+  sys.stdout.flush()
+
+
+def _make_data(out: str, lap) -> tuple[str, str]:
+  """Step 1: the synthetic dataset and its prepared form: (data, prepared)."""
+  import jax
+
+  from visage_jax.data.prepare import prepare
+  from visage_jax.data.synth import write_dataset
 
   data, prep = os.path.join(out, "data"), os.path.join(out, "prepared")
   split = write_dataset(data, videos=12, frames=90, size=(72, 128), seed=FLAGS.seed)
@@ -165,37 +173,63 @@ def main(_):
     f"synthetic data: {len(split['train'])} training and {len(split['public_test'])} held-out "
     f"videos in {data} ({lap()}); {jax.device_count()} {jax.default_backend()} devices"
   )
+  return data, prep
+
+
+def _train_and_export(out: str, prep: str, lap) -> str:
+  """Steps 2 and 3: Expert 1, then Expert 2 validated fused against it, exported together."""
+  from visage_jax import provenance, trainer
 
   quiet = lambda m: None  # noqa: E731  (the trainer's progress bar still shows)
   w1, w2 = os.path.join(out, "train_expert1"), os.path.join(out, "train_expert2")
   r1 = trainer.run(_config(1, FLAGS.steps1, prep, FLAGS.seed), w1, log=quiet)
-  v1 = json.loads(open(os.path.join(w1, "validation.jsonl")).readlines()[-1])
+  v1 = _last_validation(w1)
   _say(f"Expert 1 trained, {r1['step']} steps: validation CC {v1['cc']:.3f} ({lap()})")
   cfg2 = _config(2, FLAGS.steps2, prep, FLAGS.seed)
   cfg2.train.init = os.path.join(w1, trainer.INIT_DIR)  # the same backbone
   cfg2.train.partner = w1
   r2 = trainer.run(cfg2, w2, log=quiet)
-  v2 = json.loads(open(os.path.join(w2, "validation.jsonl")).readlines()[-1])
+  v2 = _last_validation(w2)
   _say(
     f"Expert 2 trained, {r2['step']} steps: validation CC {v2['expert2']['cc']:.3f}, "
     f"fused {v2['cc']:.3f} ({lap()})"
   )
+  checkpoint = os.path.join(out, "checkpoint")
+  provenance.export([w1, w2], checkpoint, log=quiet)
+  return checkpoint
 
-  ckpt_dir = os.path.join(out, "checkpoint")
-  provenance.export([w1, w2], ckpt_dir, log=quiet)
-  result = evaluate_dataset(ckpt_dir, data, "public_test", os.path.join(out, "eval"))
+
+def _last_validation(workdir: str) -> dict:
+  with open(os.path.join(workdir, "validation.jsonl")) as f:
+    return json.loads(f.readlines()[-1])
+
+
+def _evaluate(checkpoint: str, data: str, out: str, lap) -> tuple[dict, dict]:
+  """Step 4: the headline metrics of the fused map and of a centre prior: (model, prior)."""
+  from visage_jax.evaluate import evaluate_dataset
+
+  result = evaluate_dataset(checkpoint, data, "public_test", os.path.join(out, "eval"))
   fused = result["overall"]["fused"]["ntire2026"]
   model = {k: fused[k]["challenge"] for k in HEADLINE}
   prior = center_prior_scores(data, "public_test", SIZE)
   _say(f"evaluated on the held-out videos ({lap()})")
+  return model, prior
 
-  predictor = Predictor.load(ckpt_dir)
+
+def _predict(checkpoint: str, data: str, out: str) -> tuple[str, list]:
+  """Step 5, and the overlay and contact sheet of the first held-out video: (the predictions'
+  folder, the held-out videos)."""
+  from visage_jax.data import challenge
+  from visage_jax.inference import Predictor
+  from visage_jax.predict import run_settings, write_video_outputs
+
+  predictor = Predictor.load(checkpoint)
   pred_dir = os.path.join(out, "predictions")
   os.makedirs(pred_dir, exist_ok=True)
   entries = challenge.ChallengeLayout(data).entries("public_test")
   for entry in entries:
     write_video_outputs(
-      predictor, entry.video, pred_dir, settings=run_settings(ckpt_dir), batch_size=2
+      predictor, entry.video, pred_dir, settings=run_settings(checkpoint), batch_size=2
     )
   first = entries[0]
   shutil.copyfile(
@@ -207,6 +241,13 @@ def main(_):
     first.saliency,
     os.path.join(pred_dir, first.name),
   )
+  return pred_dir, entries
+
+
+def _report(out: str, model: dict, prior: dict, videos: list, *, minutes: float) -> None:
+  """Step 6: OUTPUT/metrics.json and the table of the model against the centre prior."""
+  from visage_jax.evaluate import write_json
+
   beats = {k: model[k] > prior[k] for k in ("cc", "nss")}
   write_json(
     os.path.join(out, "metrics.json"),
@@ -215,9 +256,9 @@ def main(_):
       "center_prior": prior,
       "map": "fused",
       "variant": "ntire2026 (challenge): per-video means, then the mean over videos",
-      "videos": len(entries),
+      "videos": len(videos),
       "model_beats_center_prior": beats,
-      "minutes": round((time.time() - t0) / 60, 2),
+      "minutes": round(minutes, 2),
     },
   )
   print(f"\n{'':<14}" + "".join(f"{k:>10}" for k in HEADLINE))
@@ -225,11 +266,6 @@ def main(_):
     print(f"{name:<14}" + "".join(f"{row[k]:>10.4f}" for k in HEADLINE))
   verdict = "beats" if all(beats.values()) else "does NOT beat"
   _say(f"the trained model {verdict} the centre prior on CC and NSS")
-  _say(
-    f"done in {lap()}: {out}/metrics.json, {out}/overlay.mp4, {out}/contact_sheet.png, "
-    f"maps in {pred_dir}, checkpoint in {ckpt_dir}"
-  )
-  sys.stdout.flush()
 
 
 def run():
