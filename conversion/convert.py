@@ -175,20 +175,41 @@ def convert(
   unsafe_pickle: bool = False,
 ) -> dict:
   """Convert and write `output`; returns the conversion report. Writes nothing on failure."""
-  from visage_jax import checkpoint as ckpt
-  from visage_jax.models.lora import fold_lora
-
   t0 = time.time()
   output = new_output(output)
-
   config = config.copy_and_resolve_references()
-  mcfg = config.model
+  sources = _open_sources(backbone, expert1, expert2, unsafe_pickle)
+  experts, stage1 = _configure(config, sources)
+  arrays = _filled_arrays(config.model, sources, experts, stage1, output, t0)
+  notes = [
+    f"{sources[n].path} holds no LoRA (a stage-1 file): {n}'s adapters are zero" for n in stage1
+  ]
+  report = _report(sources, config.model, notes)
+  report["without_lora"] = stage1
+  for line in report["summary"]:
+    _say(line)
+  if merge_lora and config.model.lora.enabled and experts:
+    arrays = _merged(arrays, config)
+  _write(output, config, arrays, sources, report)
+  _say(f"wrote {output} in {time.time() - t0:.1f} s")
+  return report
+
+
+def _open_sources(backbone: str, expert1, expert2, unsafe_pickle: bool) -> dict:
+  """{role: _Source} for the files given, each checked to be the kind of file its flag names."""
   sources = {"backbone": _Source("backbone", backbone, unsafe_pickle)}
   for name, path in zip(EXPERT_NAMES, (expert1, expert2)):
     if path:
       sources[name] = _Source(name, path, unsafe_pickle)
   for src in sources.values():
     src.check_role()
+  return sources
+
+
+def _configure(config, sources) -> tuple[tuple, list]:
+  """Set the model config's experts and LoRA from the files: (experts, the experts whose files
+  hold no LoRA while another's does: stage-1 files, their adapters left at zero)."""
+  mcfg = config.model
   experts = tuple(n for n in EXPERT_NAMES if n in sources)
   with config.unlocked():
     mcfg.experts = experts
@@ -197,47 +218,54 @@ def convert(
   for n in experts:
     if sources[n].has_lora():
       _check_rank(sources[n], mcfg.lora.rank)
+  stage1 = [n for n in experts if mcfg.lora.enabled and not sources[n].has_lora()]
+  return experts, stage1
+
+
+def _filled_arrays(mcfg, sources, experts, stage1, output: str, t0: float) -> dict:
+  """Every tensor of the model, filled from the files, each index of its stacked axes (blocks,
+  experts) exactly once."""
+  from visage_jax import checkpoint as ckpt
 
   abstract = ckpt.abstract_flat_state(mcfg)
   slots = slots_for(abstract, experts, mcfg.backbone.depth)
   arrays = {path: np.empty(sds.shape, np.dtype(sds.dtype)) for path, sds in abstract.items()}
   filled = defaultdict(int)
-  notes = []
-  stage1 = [n for n in experts if mcfg.lora.enabled and not sources[n].has_lora()]
-  for n in stage1:
-    notes.append(f"{sources[n].path} holds no LoRA (a stage-1 file): {n}'s adapters are zero")
-
   b = mcfg.backbone
-  grid = b.img_size // b.patch_size
-  frames = b.num_frames // b.tubelet_size
+  pos = (b.pretrained_num_frames, b.num_frames // b.tubelet_size, b.img_size // b.patch_size)
   _say(f"converting {len(slots)} tensors from {len(sources)} file(s) into {output}")
   step = max(len(slots) // 10, 1)
   for k, slot in enumerate(slots):
-    _fill(slot, sources, arrays, filled, stage1, pos=(b.pretrained_num_frames, frames, grid))
+    _fill(slot, sources, arrays, filled, stage1, pos=pos)
     if (k + 1) % step == 0 or k + 1 == len(slots):
       _say(f"  {k + 1}/{len(slots)} tensors ({time.time() - t0:.0f} s)")
-
-  # every index along a parameter's stacked axes (blocks, experts) must have been filled once
   stack_rank = {slot.path: len(slot.index) for slot in slots}
   for path, sds in abstract.items():
     stacked = int(np.prod(sds.shape[: stack_rank.get(path, 0)]))
     if filled[path] != stacked:
       raise ConversionError(f"internal: {'.'.join(map(str, path))} filled {filled[path]} times")
+  return arrays
 
-  report = _report(sources, mcfg, notes)
-  report["without_lora"] = stage1
-  for line in report["summary"]:
-    _say(line)
 
-  if merge_lora and mcfg.lora.enabled and experts:
-    arrays = fold_lora(arrays, float(mcfg.lora.alpha) / float(mcfg.lora.rank))
-    with config.unlocked():
-      mcfg.lora_merged = True
-    merged_abstract = ckpt.abstract_flat_state(mcfg)
-    for path, sds in merged_abstract.items():
-      if arrays[path].shape != tuple(sds.shape):
-        raise ConversionError(f"internal: merged {path} has shape {arrays[path].shape}")
-    _say("merged every expert's LoRA into its own copy of the backbone kernels")
+def _merged(arrays: dict, config) -> dict:
+  """--merge_lora: each expert's LoRA folded into its own copy of the backbone kernels."""
+  from visage_jax import checkpoint as ckpt
+  from visage_jax.models.lora import fold_lora
+
+  mcfg = config.model
+  arrays = fold_lora(arrays, float(mcfg.lora.alpha) / float(mcfg.lora.rank))
+  with config.unlocked():
+    mcfg.lora_merged = True
+  for path, sds in ckpt.abstract_flat_state(mcfg).items():
+    if arrays[path].shape != tuple(sds.shape):
+      raise ConversionError(f"internal: merged {path} has shape {arrays[path].shape}")
+  _say("merged every expert's LoRA into its own copy of the backbone kernels")
+  return arrays
+
+
+def _write(output: str, config, arrays: dict, sources, report: dict) -> None:
+  """The weights, the tensors kept beside them, the config and the report, all or nothing."""
+  from visage_jax import checkpoint as ckpt
 
   with ckpt.staged_directory(output) as tmp:
     ckpt.save_params(os.path.join(tmp, ckpt.PARAMS_DIR), arrays)
@@ -247,8 +275,6 @@ def convert(
     ckpt.write_config(tmp, config)
     with open(os.path.join(tmp, "conversion_report.json"), "w") as f:
       json.dump({k: v for k, v in report.items() if k != "summary"}, f, indent=2)
-  _say(f"wrote {output} in {time.time() - t0:.1f} s")
-  return report
 
 
 def _fill(slot: Slot, sources, arrays, filled, stage1, *, pos):
