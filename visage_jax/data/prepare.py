@@ -56,10 +56,31 @@ def prepare(
   output = os.path.abspath(output)
   if os.path.exists(output) and os.listdir(output):
     raise challenge.DataError(f"{output}: already exists and is not empty")
+  layouts.check_frame_rate(layout, source_fps)
+  splits = splits or ["train", layouts.EVAL_SPLIT[layout]]
   skipped: list[dict] = []
+  check = _checker(skipped, skip_bad=skip_bad, source_fps=source_fps, progress=progress)
+  sources = _openers(layouts.open_layout(layout, root), splits, check, source_fps)
+  stride = _stride(sources, root, fps=fps, source_fps=source_fps)
+  builder = BUILDERS[layout]
+  _build(builder, sources, output, skipped, size=size, stride=stride, offset=offset)
+  return {
+    "layout": layout,
+    "path": dataset_dir(output),
+    "splits": {s: len(o) for s, o in sources.items()},
+    "stride": stride,
+    "offset": offset,
+    "size": size,
+    "skipped": skipped,
+  }
+
+
+def _checker(skipped: list, *, skip_bad: bool, source_fps, progress):
+  """What `_openers` applies to a split's openers: each video opened once (the checks live in the
+  openers), the good ones kept with their frame rates; a bad one raises its error, or with
+  `skip_bad` is left out and appended to `skipped`."""
 
   def check(openers):
-    """Open each video once (the checks live in the openers); keep the good ones."""
     good = []
     for name, opener in openers:
       try:
@@ -76,26 +97,33 @@ def prepare(
         progress(f"checked {name}")
     return good
 
-  layouts.check_frame_rate(layout, source_fps)
-  splits = splits or ["train", layouts.EVAL_SPLIT[layout]]
-  sources = _openers(layouts.open_layout(layout, root), splits, check, source_fps)
+  return check
+
+
+def _stride(sources, root: str, *, fps: float, source_fps) -> int:
+  """Source frames per training frame at `fps`: the videos share one frame rate (or
+  `source_fps` is given)."""
   rates = {round(r, 3) for openers in sources.values() for _, r in openers}
   if len(rates) > 1 and not source_fps:
     raise challenge.DataError(
       f"{root}: videos have different frame rates {sorted(rates)}; pass --source_fps to force one"
     )
   rate = rates.pop() if rates else 30.0
-  stride = max(1, int(round(rate / fps)))
+  return max(1, int(round(rate / fps)))
+
+
+def _build(builder, sources, output: str, skipped, *, size: int, stride: int, offset: int):
+  """The TFDS dataset and skipped.json, built in a temporary folder beside `output` and moved
+  into it when whole."""
   tmp = f"{output}.partial-{os.getpid()}"
   try:
-    builder = BUILDERS[layout](
+    builder(
       sources={s: [o for o, _ in openers] for s, openers in sources.items()},
       size=size,
       stride=stride,
       offset=offset,
       data_dir=tmp,
-    )
-    builder.download_and_prepare()
+    ).download_and_prepare()
     with open(os.path.join(tmp, "skipped.json"), "w") as f:
       json.dump({"skipped": skipped}, f, indent=2)
     os.makedirs(output, exist_ok=True)
@@ -103,21 +131,8 @@ def prepare(
       if item == "downloads":  # TFDS's empty download cache
         continue
       shutil.move(os.path.join(tmp, item), os.path.join(output, item))
-  except BaseException:
+  finally:
     shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  shutil.rmtree(tmp, ignore_errors=True)
-  path = dataset_dir(output)
-  report = {
-    "layout": layout,
-    "path": path,
-    "splits": {s: len(o) for s, o in sources.items()},
-    "stride": stride,
-    "offset": offset,
-    "size": size,
-    "skipped": skipped,
-  }
-  return report
 
 
 def dataset_dir(prepared: str) -> str:
