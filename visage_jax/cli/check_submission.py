@@ -41,72 +41,91 @@ def expected_videos(root: str, split: str) -> dict[str, str]:
 
 def check(predictions: str, videos: dict[str, str]) -> tuple[list[str], int]:
   """(problems, number of videos that passed)."""
-  from PIL import Image
-
-  from visage_jax.data.video import VideoError, open_video
-
-  problems: list[str] = []
-  ok = 0
   if not os.path.isdir(predictions):
     what = "not a folder" if os.path.exists(predictions) else "no such folder"
     return [f"{predictions}: {what}"], 0
+  problems: list[str] = []
+  ok = 0
   for name, src in sorted(videos.items()):
-    before = len(problems)
+    found = _video_problems(predictions, name, src)
+    problems += found
+    ok += not found
+  return problems + _strays(predictions, videos), ok
+
+
+def _video_problems(predictions: str, name: str, src: str) -> list[str]:
+  """What is wrong with one video's maps (its folder of PNGs, its mp4, or both)."""
+  from visage_jax.data.video import VideoError, open_video
+
+  try:
+    source = open_video(src)
+    n, size = source.num_frames, (source.width, source.height)
+  except VideoError as e:
+    return [f"{name}: cannot read the source video to count its frames: {e}"]
+  folder = os.path.join(predictions, name)
+  mp4 = os.path.join(predictions, name + ".mp4")
+  if not os.path.isdir(folder) and not os.path.isfile(mp4):
+    return [f"{name}: no predictions (neither {name}/ nor {name}.mp4)"]
+  problems = _folder_problems(name, folder, n, size) if os.path.isdir(folder) else []
+  if os.path.isfile(mp4):
     try:
-      source = open_video(src)
-      n, size = source.num_frames, (source.width, source.height)
+      m = open_video(mp4).num_frames
+      if m != n:
+        problems.append(f"{name}: {name}.mp4 has {m} frames, the video has {n}")
     except VideoError as e:
-      problems.append(f"{name}: cannot read the source video to count its frames: {e}")
-      continue
-    folder = os.path.join(predictions, name)
-    mp4 = os.path.join(predictions, name + ".mp4")
-    if not os.path.isdir(folder) and not os.path.isfile(mp4):
-      problems.append(f"{name}: no predictions (neither {name}/ nor {name}.mp4)")
-      continue
-    if os.path.isdir(folder):
-      files = set(os.listdir(folder))
-      numbered = {int(m.group(1)) for f in files if (m := _MAP.match(f))}
-      missing = [i for i in range(1, n + 1) if i not in numbered]
-      if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        problems.append(f"{name}: missing frame {missing[0]} (eyeMap_{missing[0]:05d}.png){more}")
-      extra = sorted(f for f in files if not _MAP.match(f) or int(_MAP.match(f).group(1)) > n)
-      if extra:
-        problems.append(f"{name}: unexpected files beyond its {n} frames: {', '.join(extra[:3])}")
-      for i in sorted(numbered):
-        if i > n:
-          continue
-        path = os.path.join(folder, f"eyeMap_{i:05d}.png")
-        try:
-          with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("L", "RGB", "RGBA", "P"):
-              problems.append(f"{name}: frame {i} ({path}) is {img.mode}, not an 8-bit image")
-            if img.size != size:
-              problems.append(
-                f"{name}: frame {i} ({path}) is {img.size[0]}×{img.size[1]}, the video is "
-                f"{size[0]}×{size[1]}"
-              )
-              break  # one line a video: the others are almost always the same size
-        except Exception as e:  # PIL raises many kinds
-          problems.append(f"{name}: frame {i} ({path}) is not a readable PNG: {e}")
-          break
-    if os.path.isfile(mp4):
-      try:
-        m = open_video(mp4).num_frames
-        if m != n:
-          problems.append(f"{name}: {name}.mp4 has {m} frames, the video has {n}")
-      except VideoError as e:
-        problems.append(f"{name}: {name}.mp4 is not readable: {e}")
-    ok += len(problems) == before
-  known = set(videos)
-  # what visage-eval and visage-predict write beside the maps
+      problems.append(f"{name}: {name}.mp4 is not readable: {e}")
+  return problems
+
+
+def _folder_problems(name: str, folder: str, n: int, size: tuple[int, int]) -> list[str]:
+  """A folder of maps: one 8-bit PNG of the video's `size` (W, H) for each of its `n` frames."""
+  problems = []
+  files = set(os.listdir(folder))
+  numbered = {int(m.group(1)) for f in files if (m := _MAP.match(f))}
+  missing = [i for i in range(1, n + 1) if i not in numbered]
+  if missing:
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    problems.append(f"{name}: missing frame {missing[0]} (eyeMap_{missing[0]:05d}.png){more}")
+  extra = sorted(f for f in files if not _MAP.match(f) or int(_MAP.match(f).group(1)) > n)
+  if extra:
+    problems.append(f"{name}: unexpected files beyond its {n} frames: {', '.join(extra[:3])}")
+  for i in sorted(k for k in numbered if k <= n):
+    path = os.path.join(folder, f"eyeMap_{i:05d}.png")
+    found, stop = _map_problems(path, size)
+    problems += [f"{name}: frame {i} ({path}) {problem}" for problem in found]
+    if stop:
+      break
+  return problems
+
+
+def _map_problems(path: str, size: tuple[int, int]) -> tuple[list[str], bool]:
+  """What is wrong with one map, and whether to stop at it: a wrong size or an unreadable file
+  is said once a video (its other maps are almost always the same)."""
+  from PIL import Image
+
+  try:
+    with Image.open(path) as img:
+      img.load()
+      mode, got = img.mode, img.size
+  except Exception as e:  # PIL raises many kinds
+    return [f"is not a readable PNG: {e}"], True
+  found = [] if mode in ("L", "RGB", "RGBA", "P") else [f"is {mode}, not an 8-bit image"]
+  if got != size:
+    return [*found, f"is {got[0]}×{got[1]}, the video is {size[0]}×{size[1]}"], True
+  return found, False
+
+
+def _strays(predictions: str, videos) -> list[str]:
+  """Entries of the predictions folder that belong to no video of the split (besides what
+  visage-eval and visage-predict write beside the maps, and hidden ones)."""
   auxiliary = {"overlays", "experts", "metrics.json"}
-  for entry in sorted(os.listdir(predictions)):
-    stem = entry[:-4] if entry.endswith(".mp4") else entry
-    if stem not in known and not entry.startswith(".") and entry not in auxiliary:
-      problems.append(f"{entry}: not a video of this split (would be ignored or rejected)")
-  return problems, ok
+  return [
+    f"{entry}: not a video of this split (would be ignored or rejected)"
+    for entry in sorted(os.listdir(predictions))
+    if (entry[:-4] if entry.endswith(".mp4") else entry) not in videos
+    and not entry.startswith(".")
+    and entry not in auxiliary
+  ]
 
 
 def main(_):
