@@ -77,40 +77,16 @@ def videos_to_do(videos, settings) -> tuple[list[str], int]:
 
 def main(_):
   from absl import logging
-  from tqdm import tqdm
 
   from visage_jax import parallel
   from visage_jax.checkpoint import CheckpointError
-  from visage_jax.data.challenge import DataError
-  from visage_jax.data.video import VideoError
   from visage_jax.inference import Predictor
-  from visage_jax.predict import (
-    find_videos,
-    folders_not_searched,
-    run_settings,
-    video_name,
-    write_video_outputs,
-  )
+  from visage_jax.predict import run_settings
 
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.checkpoint or not FLAGS.input or not FLAGS.output:
     fail("visage-predict", "--checkpoint, --input and --output are required")
-  missing = [path for path in FLAGS.input if not os.path.exists(path)]
-  if missing:
-    fail("visage-predict", f"--input={missing[0]}: no such file or folder")
-  videos = find_videos(FLAGS.input)
-  for folder in folders_not_searched(FLAGS.input):
-    if os.path.abspath(folder) != os.path.abspath(FLAGS.output):
-      print(f"visage-predict: not searched: {folder} (give it as an --input)", file=sys.stderr)
-  if not videos:
-    fail("visage-predict", f"no videos in {FLAGS.input}")
-  folders = [v for v in videos if os.path.isdir(v)]
-  if folders and not FLAGS.source_fps:
-    fail("visage-predict", f"{folders[0]} is a folder of frames: give their rate (--source_fps)")
-  names = [video_name(v) for v in videos]
-  dupes = sorted({n for n in names if names.count(n) > 1})
-  if dupes:
-    fail("visage-predict", f"several inputs are named {dupes[0]}")
+  videos = _input_videos()
   check_output("visage-predict", FLAGS.output)
   settings = run_settings(
     FLAGS.checkpoint,
@@ -132,30 +108,63 @@ def main(_):
     predictor = Predictor.load(FLAGS.checkpoint, **({"dtype": FLAGS.dtype} if FLAGS.dtype else {}))
   except CheckpointError as e:
     fail("visage-predict", str(e))
-  failed, done = [], 0
-  overall = tqdm(videos, desc="videos", unit="video", position=0)
-  for path in overall:
-    bar = tqdm(desc=video_name(path), unit="frame", position=1, leave=False)
-    try:
-      write_video_outputs(
-        predictor,
-        path,
-        FLAGS.output,
-        settings=settings,
-        batch_size=FLAGS.batch_size,
-        progress=bar.update,
-      )
-      done += 1
-    except (VideoError, DataError) as e:
-      failed.append(_naming(path, str(e)))
-      tqdm.write(f"visage-predict: skipped {failed[-1]}", file=sys.stderr)
-    finally:
-      bar.close()
-  overall.close()
+  done, failed = _predict_each(predictor, videos, settings)
   print(f"{done} predicted, {skipped} already complete, {len(failed)} failed -> {FLAGS.output}")
   for message in failed:
     print(f"failed: {message}", file=sys.stderr)
   sys.exit(1 if failed else 0)
+
+
+def _input_videos() -> list[str]:
+  """The videos that --input names, or one line and exit 2 for a mistake in them; the folders
+  not searched are named on stderr."""
+  from visage_jax.predict import find_videos, folders_not_searched, video_name
+
+  missing = [path for path in FLAGS.input if not os.path.exists(path)]
+  if missing:
+    fail("visage-predict", f"--input={missing[0]}: no such file or folder")
+  videos = find_videos(FLAGS.input)
+  for folder in folders_not_searched(FLAGS.input):
+    if os.path.abspath(folder) != os.path.abspath(FLAGS.output):
+      print(f"visage-predict: not searched: {folder} (give it as an --input)", file=sys.stderr)
+  if not videos:
+    fail("visage-predict", f"no videos in {FLAGS.input}")
+  folders = [v for v in videos if os.path.isdir(v)]
+  if folders and not FLAGS.source_fps:
+    fail("visage-predict", f"{folders[0]} is a folder of frames: give their rate (--source_fps)")
+  names = [video_name(v) for v in videos]
+  dupes = sorted({n for n in names if names.count(n) > 1})
+  if dupes:
+    fail("visage-predict", f"several inputs are named {dupes[0]}")
+  return videos
+
+
+def _predict_each(predictor, videos, settings) -> tuple[int, list[str]]:
+  """Each video's outputs, under a bar of the videos and one of the current video's frames; a
+  video that cannot be read is said and skipped: (videos done, the failures' messages)."""
+  from tqdm import tqdm
+
+  from visage_jax.data.challenge import DataError
+  from visage_jax.data.video import VideoError
+  from visage_jax.predict import video_name, write_video_outputs
+
+  failed, done = [], 0
+  for path in tqdm(videos, desc="videos", unit="video", position=0):
+    with tqdm(desc=video_name(path), unit="frame", position=1, leave=False) as bar:
+      try:
+        write_video_outputs(
+          predictor,
+          path,
+          FLAGS.output,
+          settings=settings,
+          batch_size=FLAGS.batch_size,
+          progress=bar.update,
+        )
+        done += 1
+      except (VideoError, DataError) as e:
+        failed.append(_naming(path, str(e)))
+        tqdm.write(f"visage-predict: skipped {failed[-1]}", file=sys.stderr)
+  return done, failed
 
 
 def _naming(path: str, error: str) -> str:
