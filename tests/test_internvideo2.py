@@ -118,3 +118,23 @@ def test_auto_attention_by_platform(monkeypatch, backend, dtype, tokens, differe
   got = resolve_attention_impl("auto", dtype, tokens, 1024, differentiated=differentiated)
   assert got == expected
   assert resolve_attention_impl("xla", dtype, tokens, 1024, differentiated=differentiated) == "xla"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_block_keeps_the_activation_dtype_over_float32_weights(dtype):
+  """`Predictor.load(ckpt, dtype="bfloat16")` of a float32 checkpoint: RMSNorm's float32 weight
+  promoted the residual stream to float32, which the tap buffer (in the activation dtype) then
+  refused inside the scan."""
+  from configs.visage import get_config
+  from visage_jax.models.internvideo2 import Block
+
+  cfg = get_config("tiny").model
+  cfg.dtype = dtype
+  assert cfg.param_dtype == "float32"
+  block = Block(cfg, num_experts=1, lora_targets=(), with_lora=False, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (1, 2, 5, cfg.backbone.embed_dim)).astype(dtype)
+  assert block.norm1(x).dtype == block(x).dtype == jnp.dtype(dtype)
+  x32 = x.astype(jnp.float32)
+  var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+  normed = x32 * jax.lax.rsqrt(var + cfg.backbone.norm_eps)
+  np.testing.assert_array_equal(block.norm1(x), normed.astype(dtype))  # weight 1 at init

@@ -249,10 +249,10 @@ def test_other_settings_are_refused_then_recomputed_and_checked(
   assert "clip0 (map_size 'source' → 'model')" in res.stderr and "--overwrite" in res.stderr
   res = _predict(ckpt_plain, out, videos, "--dtype=bfloat16")
   assert res.returncode == 2 and "clip0 (dtype None → 'bfloat16')" in res.stderr
-  # recompute one video (the refusal above needs no model; this run does)
-  res = _predict(
-    ckpt_plain, out, os.path.join(videos, "clip0.mp4"), "--map_size=model", "--overwrite"
-  )
+  # recompute one video (the refusal above needs no model; this run does), in bfloat16 over the
+  # checkpoint's float32 weights
+  clip0 = os.path.join(videos, "clip0.mp4")
+  res = _predict(ckpt_plain, out, clip0, "--map_size=model", "--dtype=bfloat16", "--overwrite")
   assert res.returncode == 0, res.stderr[-3000:]
   assert "recomputing clip0" in res.stderr
   from PIL import Image

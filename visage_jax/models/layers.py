@@ -16,7 +16,9 @@ from visage_jax.models.precision import high
 
 
 class RMSNorm(nnx.Module):
-  """x / sqrt(mean(x²) + eps) · weight, normalised in float32 and cast back before the weight."""
+  """x / sqrt(mean(x²) + eps) · weight, normalised in float32 and cast back before the weight;
+  the weight is taken in x's dtype (the original's when the two dtypes are one, as converted;
+  activations in bfloat16 over float32 weights stay bfloat16)."""
 
   def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs | None = None):
     del rngs
@@ -28,7 +30,7 @@ class RMSNorm(nnx.Module):
     x32 = x.astype(high())
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     normed = (x32 * jax.lax.rsqrt(var + self.eps)).astype(in_dtype)
-    return self.weight[...] * normed
+    return self.weight[...].astype(in_dtype) * normed
 
 
 class LayerScale(nnx.Module):
