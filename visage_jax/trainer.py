@@ -130,50 +130,20 @@ def _check_same_shapes(cfg, key: str) -> None:
 def preflight(cfg) -> None:
   """Everything about a run that can be checked before any work (no workdir made, no weights
   read): a one-line `TrainError` for each mistake."""
-  from visage_jax.data.challenge import DataError
-  from visage_jax.data.prepare import prepared_size, prepared_splits
+  _check_train_values(cfg)
+  _check_weights_sources(cfg)
+  _check_data(cfg)
+  _check_mesh_and_batch(cfg)
 
+
+def _check_train_values(cfg) -> None:
+  """`cfg.train`'s values on their own: expert, stage, counts, metrics, profile steps."""
   t = cfg.train
   if t.expert not in (1, 2) or t.stage not in (1, 2):
     raise TrainError(f"train.expert and train.stage are 1 or 2, got {t.expert} and {t.stage}")
   for key, least in LEAST.items():
     if t[key] < least:
       raise TrainError(f"train.{key}={t[key]} must be at least {least}")
-  if t.stage == 2 and not t.init:
-    raise TrainError("stage 2 needs train.init: a stage-1 workdir or a visage-convert output")
-  for key in ("init", "partner"):
-    if t[key] and not os.path.isdir(t[key]):
-      raise TrainError(f"train.{key}={t[key]}: no such checkpoint or workdir")
-    if t[key] and not os.path.isfile(os.path.join(t[key], ckpt.CONFIG_FILE)):
-      raise TrainError(
-        f"train.{key}={t[key]}: neither a visage-convert output nor a training workdir"
-      )
-    if t[key]:
-      _check_same_shapes(cfg, key)
-  try:
-    splits, size = prepared_splits(cfg.data.dir), prepared_size(cfg.data.dir)
-  except DataError as e:
-    raise TrainError(f"data.dir: {e}") from None
-  if size != cfg.model.backbone.img_size:
-    raise TrainError(
-      f"data.dir: {cfg.data.dir} was prepared at {size}×{size}, the model takes "
-      f"{cfg.model.backbone.img_size}×{cfg.model.backbone.img_size} (visage-prepare --size)"
-    )
-  for key in ("train_split", "val_split"):
-    if cfg.data[key] and cfg.data[key] not in splits:
-      raise TrainError(f"data.{key}={cfg.data[key]!r}: {cfg.data.dir} has splits {list(splits)}")
-  if splits.get(cfg.data.train_split, t.batch_size) < t.batch_size:
-    raise TrainError(
-      f"train.batch_size={t.batch_size}: the {cfg.data.train_split!r} split of {cfg.data.dir} "
-      f"has {splits[cfg.data.train_split]} videos, fewer than one batch"
-    )
-  try:
-    mesh = train_mesh(cfg)
-    rules = parallel.ShardingRules.from_config(cfg.mesh)
-    abstract = nnx.eval_shape(lambda: train_step.init_model(cfg, seed=0))
-    parallel.state_shardings(nnx.state(abstract), mesh, rules)
-  except ValueError as e:  # parallel.ShardingError too
-    raise TrainError(f"mesh: {e}") from None
   if t.val_metrics not in VARIANTS:
     raise TrainError(f"train.val_metrics={t.val_metrics!r}: one of {', '.join(VARIANTS)}")
   if t.profile_steps and (
@@ -182,12 +152,66 @@ def preflight(cfg) -> None:
     raise TrainError(
       f"train.profile_steps={t.profile_steps}: give (first, last) with 1 ≤ first ≤ last"
     )
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if t.grad_accum_steps > 1 and cfg.loss.nss_weight:
     raise TrainError(
       "train.grad_accum_steps > 1 with loss.nss_weight: the NSS term averages over the frames "
       "with fixations, which micro-batches cannot weight as the whole batch does"
     )
+
+
+def _check_weights_sources(cfg) -> None:
+  """`train.init` and `train.partner`: checkpoints or workdirs of a model of this shape."""
+  t = cfg.train
+  if t.stage == 2 and not t.init:
+    raise TrainError("stage 2 needs train.init: a stage-1 workdir or a visage-convert output")
+  for key in ("init", "partner"):
+    if not t[key]:
+      continue
+    if not os.path.isdir(t[key]):
+      raise TrainError(f"train.{key}={t[key]}: no such checkpoint or workdir")
+    if not os.path.isfile(os.path.join(t[key], ckpt.CONFIG_FILE)):
+      raise TrainError(
+        f"train.{key}={t[key]}: neither a visage-convert output nor a training workdir"
+      )
+    _check_same_shapes(cfg, key)
+
+
+def _check_data(cfg) -> None:
+  """`data.dir`: prepared, at the model's size, with the splits named and a batch of videos."""
+  from visage_jax.data.challenge import DataError
+  from visage_jax.data.prepare import prepared_size, prepared_splits
+
+  d, batch = cfg.data, cfg.train.batch_size
+  try:
+    splits, size = prepared_splits(d.dir), prepared_size(d.dir)
+  except DataError as e:
+    raise TrainError(f"data.dir: {e}") from None
+  if size != cfg.model.backbone.img_size:
+    raise TrainError(
+      f"data.dir: {d.dir} was prepared at {size}×{size}, the model takes "
+      f"{cfg.model.backbone.img_size}×{cfg.model.backbone.img_size} (visage-prepare --size)"
+    )
+  for key in ("train_split", "val_split"):
+    if d[key] and d[key] not in splits:
+      raise TrainError(f"data.{key}={d[key]!r}: {d.dir} has splits {list(splits)}")
+  if splits.get(d.train_split, batch) < batch:
+    raise TrainError(
+      f"train.batch_size={batch}: the {d.train_split!r} split of {d.dir} has "
+      f"{splits[d.train_split]} videos, fewer than one batch"
+    )
+
+
+def _check_mesh_and_batch(cfg) -> None:
+  """The mesh fits the devices and the weights' shapes, and the batch divides over it."""
+  t = cfg.train
+  try:
+    mesh = train_mesh(cfg)
+    rules = parallel.ShardingRules.from_config(cfg.mesh)
+    abstract = nnx.eval_shape(lambda: train_step.init_model(cfg, seed=0))
+    parallel.state_shardings(nnx.state(abstract), mesh, rules)
+  except ValueError as e:  # parallel.ShardingError too
+    raise TrainError(f"mesh: {e}") from None
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if t.batch_size % (shards * t.grad_accum_steps):
     raise TrainError(
       f"train.batch_size={t.batch_size} does not divide over the mesh's data × fsdp = {shards} "
