@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -498,3 +499,25 @@ def test_a_workdir_that_saved_no_checkpoint_starts_again_with_another_config(tmp
   with pytest.raises(TrainError, match=r"was started with train.batch_size=8, not 4; use a new"):
     _start_or_restart(str(tmp_path), first, said.append)
   assert len(said) == 1
+
+
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
+    ("train.grad_accum_steps", 2, "train.grad_accum_steps > 1 with loss.nss_weight: the NSS term"),
+    ("train.profile_steps", (3, 2), "train.profile_steps=(3, 2): give (first, last) with 1 ≤ "),
+    ("train.profile_steps", (0, 2), "train.profile_steps=(0, 2): give (first, last) with 1 ≤ "),
+  ],
+)
+def test_value_mistakes_need_no_data_or_model(field, value, message):
+  """The checks of `cfg.train`'s own values come first and read nothing (here: no data.dir)."""
+  from helpers.small import small_config
+
+  from visage_jax.trainer import TrainError, preflight
+
+  cfg = small_config(1, 1)
+  cfg.loss.nss_weight = 1.0
+  section, key = field.split(".")
+  cfg[section][key] = value
+  with pytest.raises(TrainError, match=re.escape(message)):
+    preflight(cfg)
