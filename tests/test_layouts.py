@@ -262,10 +262,12 @@ def test_frame_folder_predicts_like_the_mp4(ckpt_plain, tmp_path):
 
 
 def test_predict_takes_frame_folders(datasets, ckpt_plain, tmp_path):
-  from visage_jax.predict import find_videos, video_name
+  from visage_jax.predict import find_videos, folders_not_searched, video_name
 
   images = os.path.join(datasets["hollywood2"], "testing", "synth_002", "images")
   assert find_videos([images]) == [images] and video_name(images) == "synth_002"
+  testing = os.path.join(datasets["hollywood2"], "testing")  # a split of <clip>/images folders
+  assert find_videos([testing]) == [images] and folders_not_searched([testing]) == []
   videos = os.path.join(datasets["dhf1k"], "video")
   assert [video_name(v) for v in find_videos([videos])] == [
     f"{k:03d}" for k in (1, 2, 3, 4, 601, 602)

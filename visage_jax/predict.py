@@ -58,31 +58,50 @@ def video_maps(
 
 
 def find_videos(inputs) -> list[str]:
-  """Video files named directly, or found (non-recursively) in named folders, sorted; a folder
-  holding numbered images is itself one video (its frames)."""
+  """Video files named directly, or found in named folders, sorted; a folder holding numbered
+  images is itself one video (its frames), and so is, inside a named folder, a subfolder that
+  holds them itself or in images/ or frames/ (a Hollywood-2 or UCF-Sports split's clips)."""
   out = []
   for item in inputs:
     if os.path.isdir(item) and is_frame_folder(item):
       out.append(item)
     elif os.path.isdir(item):
-      out.extend(
-        sorted(
-          os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(VIDEO_EXTENSIONS)
-        )
-      )
+      out.extend(_videos_in(item))
     else:
       out.append(item)
   return out
 
 
+def _videos_in(folder: str) -> list[str]:
+  found = []
+  for name in sorted(os.listdir(folder)):
+    path = os.path.join(folder, name)
+    if os.path.isfile(path) and name.lower().endswith(VIDEO_EXTENSIONS):
+      found.append(path)
+    elif os.path.isdir(path) and not name.startswith(".") and _frames_of(path):
+      found.append(_frames_of(path))
+  return found
+
+
+def _frames_of(folder: str) -> str | None:
+  """`folder` if it holds numbered images, else its images/ or frames/ if that does."""
+  for path in (folder, os.path.join(folder, "images"), os.path.join(folder, "frames")):
+    if os.path.isdir(path) and is_frame_folder(path):
+      return path
+  return None
+
+
 def folders_not_searched(inputs) -> list[str]:
-  """The folders inside the named folders of videos: `find_videos` does not look into them."""
+  """The folders inside the named folders of videos that are not videos themselves:
+  `find_videos` looks no deeper."""
   return sorted(
     os.path.join(item, name)
     for item in inputs
     if os.path.isdir(item) and not is_frame_folder(item)
     for name in os.listdir(item)
-    if os.path.isdir(os.path.join(item, name)) and not name.startswith(".")
+    if os.path.isdir(os.path.join(item, name))
+    and not name.startswith(".")
+    and not _frames_of(os.path.join(item, name))
   )
 
 

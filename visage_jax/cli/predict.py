@@ -6,7 +6,8 @@
 
 An input folder that holds numbered images (frame_0001.png, …) is one video, its frames
 (--source_fps gives its frame rate; a folder called images/ takes its parent's name); any other
-folder is searched for video files (not its subfolders: each is named on stderr).
+folder is searched for video files and for subfolders of numbered images (in the subfolder or in
+its images/ or frames/); other subfolders are named on stderr, not searched.
 
 For each video: OUT/<video>/eyeMap_%05d.png (8-bit fused maps, one per frame, 1-based),
 OUT/<video>.mp4 (the maps at the source frame rate and frame count) and OUT/overlays/<video>.mp4
