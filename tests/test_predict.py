@@ -140,6 +140,8 @@ def test_a_broken_video_is_reported_and_skipped(videos, ckpt_plain, tmp_path):
   assert res.returncode == 1
   (line,) = [x for x in res.stderr.splitlines() if x.startswith("failed: ")]
   assert line.count(str(broken)) == 1, line  # the path named once
+  assert line.endswith("cannot open video: Invalid data found when processing input"), line
+  assert "video_reader.cc" not in res.stderr  # decord's own log line, printed before it raises
   assert os.path.isdir(os.path.join(out, "clip1")) and not os.path.exists(
     os.path.join(out, "broken")
   )

@@ -59,8 +59,14 @@ class DecordReader:
       raise VideoError(f"{path}: empty file")
 
     def open_():
+      import av
       import decord
 
+      # PyAV first: it refuses a file FFmpeg cannot read without a word on stderr, where decord
+      # logs a line of its own before raising, and says more ("Invalid data found ...")
+      with av.open(path) as container:
+        if not container.streams.video:
+          raise VideoError(f"{path}: no video stream")
       return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
 
     try:
@@ -247,6 +253,8 @@ def _first_line(e: Exception, path: str) -> str:
   """A library's error, its first line, for a message that begins with `path`: where the
   library names the path again, it is "the file" there; decord's log prefix ("[12:51:54]
   /src/video/video_reader.cc:486: Error: ") is dropped and FFmpeg's error codes named."""
+  if getattr(e, "strerror", None):  # FFmpeg's errors through PyAV, and the OS's: no errno, path
+    return str(e.strerror)
   text = str(e).strip()
   if not text:
     return type(e).__name__
