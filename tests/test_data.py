@@ -61,6 +61,31 @@ def test_synth_is_deterministic_and_decodes_to_what_was_encoded(synth, tmp_path)
   assert np.abs(to_gray(gt.frames(range(FRAMES))).astype(int) - sal).max() <= 1  # lossless
 
 
+def test_visage_prepare_says_each_video_and_where_the_dataset_is(synth, tmp_path):
+  """stdout: one line, naming the data.dir to train on; stderr: each video checked, then written;
+  nothing of TFDS's (its temporary folder, progress bars, the custom-config warning)."""
+  import subprocess
+  import sys
+
+  from conftest import REPO
+
+  out = str(tmp_path / "prep")
+  res = subprocess.run(
+    [sys.executable, "-m", "visage_jax.cli.prepare", "--layout=ntire2026", f"--root={synth}",
+     f"--output={out}", "--size=32"],
+    capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=300,
+  )  # fmt: skip
+  assert res.returncode == 0, res.stderr
+  assert res.stdout == (
+    f"prepared {{'train': 3, 'public_test': 1}} videos into {dataset_dir(out)} "
+    f"(visage-train --config.data.dir={out})\n"
+  )
+  lines = res.stderr.splitlines()  # checked split by split; written in the order TFDS takes
+  names = {f"synth_{k:03d}" for k in range(4)}
+  assert {x.removeprefix("checked ") for x in lines[:4]} == names
+  assert {x.removeprefix("writing ") for x in lines[4:]} == names and len(lines) == 8
+
+
 def test_prepared_examples_read_back(prepared, synth):
   ds, info = data_source(prepared, "train")
   assert info.metadata["stride"] == 6 and len(ds) == 3

@@ -41,6 +41,7 @@ def main(_):
   from visage_jax.data.video import VideoError
 
   logging.set_verbosity(logging.WARNING)
+  _no_tfds_progress_bars()  # this command says which video it checks and writes
   for name in ("layout", "root", "output"):
     if not getattr(FLAGS, name):
       fail("visage-prepare", f"--{name} is required")
@@ -66,6 +67,12 @@ def main(_):
     f"prepared {report['splits']} videos into {report['path']} "
     f"(visage-train --config.data.dir={FLAGS.output})"
   )
+
+
+def _no_tfds_progress_bars() -> None:
+  import tensorflow_datasets as tfds
+
+  tfds.disable_progress_bar()
 
 
 def run():

@@ -8,8 +8,11 @@ the output. The dataset is built in a temporary directory and moved into place o
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import json
+import logging
 import os
 import shutil
 
@@ -92,12 +95,24 @@ def _checker(skipped: list, *, skip_bad: bool, source_fps, progress):
           raise
         skipped.append({"video": name, "error": str(e)})
         continue
-      good.append((opener, rate))
+      good.append((_announced(opener, f"writing {name}", progress), rate))
       if progress:
         progress(f"checked {name}")
     return good
 
   return check
+
+
+def _announced(opener, message: str, progress):
+  """`opener` that first says `message` through `progress` (when the builder reaches it)."""
+  if not progress:
+    return opener
+
+  def announce_then_open():
+    progress(message)
+    return opener()
+
+  return announce_then_open
 
 
 def _stride(sources, root: str, *, fps: float, source_fps) -> int:
@@ -117,13 +132,14 @@ def _build(builder, sources, output: str, skipped, *, size: int, stride: int, of
   into it when whole."""
   tmp = f"{output}.partial-{os.getpid()}"
   try:
-    builder(
-      sources={s: [o for o, _ in openers] for s, openers in sources.items()},
-      size=size,
-      stride=stride,
-      offset=offset,
-      data_dir=tmp,
-    ).download_and_prepare()
+    with _tfds_notes_dropped():
+      builder(
+        sources={s: [o for o, _ in openers] for s, openers in sources.items()},
+        size=size,
+        stride=stride,
+        offset=offset,
+        data_dir=tmp,
+      ).download_and_prepare()
     with open(os.path.join(tmp, "skipped.json"), "w") as f:
       json.dump({"skipped": skipped}, f, indent=2)
     os.makedirs(output, exist_ok=True)
@@ -133,6 +149,32 @@ def _build(builder, sources, output: str, skipped, *, size: int, stride: int, of
       shutil.move(os.path.join(tmp, item), os.path.join(output, item))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _tfds_notes_dropped():
+  """Without what TFDS says while it builds: on stdout, the temporary folder it writes to (gone
+  once the dataset is moved into place), and a warning that the builder's config is not one of
+  its presets (ours never are: they are made from size, stride and offset)."""
+  custom_config = _Dropping("Using custom data configuration")
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(custom_config)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    absl_logger.removeFilter(custom_config)
+
+
+class _Dropping(logging.Filter):
+  """Drops the log records whose message starts with `prefix`."""
+
+  def __init__(self, prefix: str):
+    super().__init__()
+    self.prefix = prefix
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(self.prefix)
 
 
 def dataset_dir(prepared: str) -> str:
