@@ -521,3 +521,27 @@ def test_value_mistakes_need_no_data_or_model(field, value, message):
   cfg[section][key] = value
   with pytest.raises(TrainError, match=re.escape(message)):
     preflight(cfg)
+
+
+def test_step_time_counts_the_steps_and_their_data_only(tmp_path):
+  """A validation or a checkpoint between two logs is not step time (the line said 1.82 s/step
+  for 0.15 s steps after a 3 s validation); the first step, compiled, is not counted either."""
+  from helpers.small import small_config
+
+  from visage_jax.reporting import Goodput, Reporter
+
+  cfg, lines, goodput = small_config(1, 1), [], Goodput()
+  cfg.train.log_every, cfg.train.peak_flops = 2, 1e12
+  say = lines.append
+  report = Reporter(cfg, workdir=str(tmp_path), start=0, lead=False, say=say, goodput=goodput)
+  parts = {"total": np.float32(1.0), "finite": True}
+  for step, spent in enumerate(
+    [{"data": 0.5, "compile": 9.0}, {"data": 0.1, "step": 0.2},
+     {"step": 0.25, "validation": 30.0}, {"data": 0.05, "checkpoint": 7.0, "step": 0.3}],
+    start=1,
+  ):  # fmt: skip
+    for what, seconds in spent.items():
+      goodput.seconds[what] += seconds
+    report.step(step, parts)
+  report.bar.close()
+  assert [line.split(", ")[-3] for line in lines] == ["0.3 s/step", "0.3 s/step"], lines

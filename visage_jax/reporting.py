@@ -75,13 +75,15 @@ class Reporter:
       mininterval=1.0,
       dynamic_ncols=True,
     )
-    self.mark, self.mark_step = None, start  # the interval timed for step time (after compiling)
+    # step time: the seconds in steps and their data since the mark, over the steps since then
+    # (validation and checkpoints are not steps; the first step, compiled, is not counted)
+    self.mark, self.mark_step = None, start
     self.skipped = 0  # non-finite steps skipped (train.skip_nonfinite)
 
   def step(self, step: int, parts: dict) -> None:
     self.bar.update(1)
-    if self.mark is None:  # the first step includes compilation: time from its end
-      self.mark, self.mark_step = time.perf_counter(), step
+    if self.mark is None:
+      self.mark, self.mark_step = self._stepping_s(), step
     t = self.cfg.train
     if step % t.log_every and step != t.num_steps:
       return
@@ -106,11 +108,14 @@ class Reporter:
       for k, v in self.goodput.split().items():
         self.writer.add_scalar(f"goodput/{k}", v, step)
 
+  def _stepping_s(self) -> float:
+    return self.goodput.seconds["step"] + self.goodput.seconds["data"]
+
   def _rate(self, step: int) -> dict:
     if step <= self.mark_step:
       return {}
-    now = time.perf_counter()
-    dt = (now - self.mark) / (step - self.mark_step)
+    now = self._stepping_s()
+    dt = max(now - self.mark, 1e-9) / (step - self.mark_step)
     self.mark, self.mark_step = now, step
     rate = {
       "step_time_s": dt,
