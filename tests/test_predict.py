@@ -147,6 +147,28 @@ def test_a_broken_video_is_reported_and_skipped(videos, ckpt_plain, tmp_path):
   )
 
 
+def test_writers_that_fail_to_start_leave_no_staging_folder(videos, tmp_path, monkeypatch):
+  """An encoder that cannot start (here: made to raise) is an error like any other mid-video:
+  the video's staging folder goes too."""
+  from visage_jax import predict, writers
+
+  def no_encoder(*args, **kwargs):
+    raise OSError("no H.264 encoder")
+
+  monkeypatch.setattr(writers, "VideoOutputs", no_encoder)
+
+  class NoModel:
+    expert_names = ("expert1", "expert2")
+
+  settings = {"source_fps": None, "save_experts": True, "map_size": "source", "stride": 0}
+  with pytest.raises(OSError, match="no H.264 encoder"):
+    predict.write_video_outputs(
+      NoModel(), os.path.join(videos, "clip0.mp4"), str(tmp_path), settings=settings
+    )
+  assert os.listdir(tmp_path) == [".visage-predict"]
+  assert os.listdir(tmp_path / ".visage-predict") == []
+
+
 def test_predict_video_arrays(ckpt_plain, videos):
   from visage_jax.inference import Predictor
 

@@ -157,17 +157,18 @@ def write_video_outputs(
   stage = os.path.join(output, SETTINGS_DIR, f"{name}.partial")
   shutil.rmtree(stage, ignore_errors=True)  # what a killed run left
   png_dirs = {sub: os.path.join(stage, sub) for sub in ["fused", *experts]}
-  for folder in png_dirs.values():
-    os.makedirs(folder)
-  out = writers.VideoOutputs(
-    png_dirs,
-    source_hw=(video.height, video.width),
-    fps=video.fps,
-    map_size=settings["map_size"],
-    maps_mp4=os.path.join(stage, "maps.mp4"),
-    overlay_mp4=os.path.join(stage, "overlay.mp4"),
-  )
+  out = None
   try:
+    for folder in png_dirs.values():
+      os.makedirs(folder)
+    out = writers.VideoOutputs(
+      png_dirs,
+      source_hw=(video.height, video.width),
+      fps=video.fps,
+      map_size=settings["map_size"],
+      maps_mp4=os.path.join(stage, "maps.mp4"),
+      overlay_mp4=os.path.join(stage, "overlay.mp4"),
+    )
     frames = frame_stream(
       predictor,
       video,
@@ -185,7 +186,8 @@ def write_video_outputs(
       json.dump(settings, f, indent=2)
     _move_into_place(stage, output, name, experts)
   except BaseException:
-    out.abort()
+    if out is not None:
+      out.abort()
     shutil.rmtree(stage, ignore_errors=True)
     raise
   return video.num_frames
