@@ -274,7 +274,7 @@ def test_eval_resumes_and_refuses_other_settings(dataset, ckpt_plain, tmp_path):
   redo = _run("visage_jax.cli.evaluate", *args, "--stride=1", "--overwrite")
   assert redo.returncode == 0, redo.stderr[-3000:]
   assert f"visage-eval: scoring again {names[1]} (stride 4 → 1)" in redo.stderr
-  from visage_jax.evaluate import read_record
+  from visage_jax.eval_records import read_record
 
   assert all(read_record(os.path.join(records, n + ".npz"))[0]["stride"] == 1 for n in names)
   cc = lambda r: r["overall"]["fused"]["ntire2026"]["cc"]["challenge"]  # noqa: E731

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from conftest import run_helper
 
-from visage_jax import evaluate
+from visage_jax import eval_records, evaluate
 
 
 def test_sharded_eval_step_matches_single_device(ckpt_plain):
@@ -57,18 +57,18 @@ def test_a_record_read_back_reports_what_was_scored(tmp_path):
   settings = {"checkpoint": "/c", "stride": 6, "dtype": None, "source_fps": 25.0}
   read = evaluate.Aggregator()
   for video in scored.videos():
-    path = evaluate.record_path(str(tmp_path), video)
-    evaluate.write_record(path, settings, scored.frames_of(video))
-    got_settings, frames = evaluate.read_record(path)
+    path = eval_records.record_path(str(tmp_path), video)
+    eval_records.write_record(path, settings, scored.frames_of(video))
+    got_settings, frames = eval_records.read_record(path)
     assert got_settings == settings
-    assert evaluate.read_record(path, numbers=False) == (settings, None)
+    assert eval_records.read_record(path, numbers=False) == (settings, None)
     read.add_frames(video, frames)
   assert read.report() == scored.report()  # == on floats: the same bits
-  assert sorted(os.listdir(tmp_path / evaluate.RECORDS_DIR)) == ["a.npz", "b.npz"]
-  path = evaluate.record_path(str(tmp_path), "a")
+  assert sorted(os.listdir(tmp_path / eval_records.RECORDS_DIR)) == ["a.npz", "b.npz"]
+  path = eval_records.record_path(str(tmp_path), "a")
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) // 2)
-  assert evaluate.read_record(path) is None
+  assert eval_records.read_record(path) is None
 
 
 def test_fixation_maps_count_points_as_the_host_does():
