@@ -169,11 +169,21 @@ def test_writers_that_fail_to_start_leave_no_staging_folder(videos, tmp_path, mo
   assert os.listdir(tmp_path / ".visage-predict") == []
 
 
-def test_predict_video_arrays(ckpt_plain, videos):
+@pytest.fixture(scope="module")
+def predictor(ckpt_plain):
   from visage_jax.inference import Predictor
 
-  p = Predictor.load(ckpt_plain)
-  out = p.predict_video(os.path.join(videos, "clip0.mp4"))
+  return Predictor.load(ckpt_plain)
+
+
+@pytest.fixture(scope="module")
+def clip0_maps(predictor, videos):
+  """`Predictor.predict_video` of clip0."""
+  return predictor.predict_video(os.path.join(videos, "clip0.mp4"))
+
+
+def test_predict_video_arrays(predictor, clip0_maps, videos):
+  p, out = predictor, clip0_maps
   assert out["fused"].shape == (FRAMES, 224, 224) and out["source_size"] == SIZE
   assert set(out) >= {"expert1", "expert2", "fused"}
   assert 0 <= out["fused"].min() and out["fused"].max() <= 1
@@ -194,18 +204,17 @@ def test_predict_video_arrays(ckpt_plain, videos):
     p.predict_clip(pixels)
 
 
-def test_save_experts_writes_each_experts_maps(ckpt_plain, videos, tmp_path):
+def test_save_experts_writes_each_experts_maps(ckpt_plain, videos, clip0_maps, tmp_path):
   """--save_experts: OUT/experts/<expert>/<video>/ beside the fused maps, each the 8-bit form of
   `Predictor.predict_video`'s map of that name (at model size here, no resize between)."""
   from PIL import Image
 
-  from visage_jax.inference import Predictor
   from visage_jax.writers import map_to_uint8
 
   clip = os.path.join(videos, "clip0.mp4")
   res = _predict(ckpt_plain, str(tmp_path), clip, "--save_experts", "--map_size=model")
   assert res.returncode == 0, res.stderr[-3000:]
-  want = Predictor.load(ckpt_plain).predict_video(clip)
+  want = clip0_maps
   folders = {"fused": tmp_path / "clip0"}
   folders.update({e: tmp_path / "experts" / e / "clip0" for e in ("expert1", "expert2")})
   for name, folder in folders.items():
