@@ -178,6 +178,31 @@ def merged_weights(workdirs: list[str], *, log=print):
   report's `without_lora`."""
   if not workdirs:
     raise TrainError("export: no workdir given")
+  parts, sources = _experts_of(workdirs, log)
+  base = _shared_backbone(workdirs)
+  bcfg, backbone = ckpt.load_model(base)
+  names = tuple(n for n in ("expert1", "expert2") if n in parts)
+  out_cfg = _merged_config(bcfg, {n: parts[n][0] for n in names})
+  backbone_flat = {
+    tuple(str(q) for q in p): to_host(v.get_value())
+    for p, v in nnx.to_flat_state(nnx.state(backbone))
+  }
+  flat = {
+    path: _merged_tensor(path, sds, parts, names, backbone_flat)
+    for path, sds in ckpt.abstract_flat_state(out_cfg.model).items()
+  }
+  report = {
+    "workdirs": [os.path.abspath(w) for w in workdirs],
+    "backbone": os.path.abspath(base),
+    "weights": sources,
+    "without_lora": [n for n in names if parts[n][0].train.stage != 2],
+  }
+  return out_cfg, flat, report
+
+
+def _experts_of(workdirs, log) -> tuple[dict, dict]:
+  """({expert: (workdir config, its flat weights)}, {expert: where its weights come from}), one
+  workdir an expert."""
   parts, sources = {}, {}
   for w in workdirs:
     if not is_workdir(w):
@@ -189,46 +214,47 @@ def merged_weights(workdirs: list[str], *, log=print):
     parts[name] = (wcfg, flat)
     sources[name] = desc
     log(f"{name}: {desc}")
+  return parts, sources
+
+
+def _shared_backbone(workdirs) -> str:
+  """The checkpoint at the root of every workdir's init chain: one, or a `TrainError`."""
   base = root_init(workdirs[0])
   for w in workdirs[1:]:
     if os.path.abspath(root_init(w)) != os.path.abspath(base):
       raise TrainError(f"{w}: starts from {root_init(w)}, not {base}; the backbone must be shared")
-  bcfg, backbone = ckpt.load_model(base)
-  names = tuple(n for n in ("expert1", "expert2") if n in parts)
-  first = parts[names[0]][0]
+  return base
+
+
+def _merged_config(bcfg, expert_cfgs: dict):
+  """The backbone's model config with the experts' heads (from the first expert's workdir), LoRA
+  if any expert trained it (stage 2)."""
+  first = next(iter(expert_cfgs.values()))
   out_cfg = first.copy_and_resolve_references()
   out_cfg.model = bcfg.model.copy_and_resolve_references()
   for k in ("neck_dim", "decoder_dim", "fusion_alpha", "fusion_eps", "output_size"):
     out_cfg.model[k] = first.model[k]
-  out_cfg.model.experts = names
-  out_cfg.model.lora.enabled = any(p[0].train.stage == 2 for p in parts.values())
+  out_cfg.model.experts = tuple(expert_cfgs)
+  out_cfg.model.lora.enabled = any(c.train.stage == 2 for c in expert_cfgs.values())
   out_cfg.model.lora_merged = False
-  want = ckpt.abstract_flat_state(out_cfg.model)
-  src = {
-    tuple(str(q) for q in p): to_host(v.get_value())
-    for p, v in nnx.to_flat_state(nnx.state(backbone))
-  }
-  flat = {}
-  for path, sds in want.items():
-    key = tuple(str(q) for q in path)
-    if key[0] == "backbone" and key[-1] in ("lora_a", "lora_b"):
-      pieces = []
-      for n in names:
-        v = parts[n][1].get(key)
-        if v is None:  # no LoRA for this expert: B = 0 makes any A a no-op
-          shape = list(sds.shape)
-          shape[1 if "blocks" in key else 0] = 1
-          v = np.zeros(shape, sds.dtype)
-        pieces.append(v)
-      flat[path] = np.concatenate(pieces, axis=1 if "blocks" in key else 0)
-    elif key[0] in parts:
-      flat[path] = parts[key[0]][1][key]
-    else:
-      flat[path] = src[key]
-  report = {
-    "workdirs": [os.path.abspath(w) for w in workdirs],
-    "backbone": os.path.abspath(base),
-    "weights": sources,
-    "without_lora": [n for n in names if parts[n][0].train.stage != 2],
-  }
-  return out_cfg, flat, report
+  return out_cfg
+
+
+def _merged_tensor(path, sds, parts: dict, names, backbone_flat: dict) -> np.ndarray:
+  """One tensor of the merged model: the experts' LoRA side by side (zero B for an expert
+  without), an expert's own weights, or the backbone's."""
+  key = tuple(str(q) for q in path)
+  if key[0] == "backbone" and key[-1] in ("lora_a", "lora_b"):
+    axis = 1 if "blocks" in key else 0  # the experts' axis
+    pieces = []
+    for n in names:
+      v = parts[n][1].get(key)
+      if v is None:  # no LoRA for this expert: B = 0 makes any A a no-op
+        shape = list(sds.shape)
+        shape[axis] = 1
+        v = np.zeros(shape, sds.dtype)
+      pieces.append(v)
+    return np.concatenate(pieces, axis=axis)
+  if key[0] in parts:
+    return parts[key[0]][1][key]
+  return backbone_flat[key]
