@@ -240,6 +240,9 @@ def main():
   ap.add_argument("--rss", default="", help="';'-separated WxH,seconds,fps videos: peak RSS")
   ap.add_argument("--workdir", default="", help="where videos and outputs go (default: temp)")
   args = ap.parse_args()
+  for flag, command in (("eval_data", "visage-eval"), ("rss", "visage-predict")):
+    if getattr(args, flag) and not args.checkpoint:  # said before the minutes of the runs
+      ap.error(f"--{flag} runs {command}, which needs --checkpoint")
 
   import jax
 
@@ -274,8 +277,6 @@ def main():
       args.checkpoint, args.eval_data, args.batch_size, os.path.join(work, "eval")
     )
   if args.rss:
-    if not args.checkpoint:
-      raise SystemExit("--rss runs visage-predict, which needs --checkpoint")
     record["peak_rss_gib"] = {}
     shutil.rmtree(os.path.join(work, "rss_out"), ignore_errors=True)  # else predict skips them
     for spec in args.rss.split(";"):
