@@ -66,21 +66,34 @@ def find_videos(inputs) -> list[str]:
     if os.path.isdir(item) and is_frame_folder(item):
       out.append(item)
     elif os.path.isdir(item):
-      out.extend(_videos_in(item))
+      out.extend(_scan(item)[0])
     else:
       out.append(item)
   return out
 
 
-def _videos_in(folder: str) -> list[str]:
-  found = []
+def folders_not_searched(inputs) -> list[str]:
+  """The folders inside the named folders of videos that are not videos themselves:
+  `find_videos` looks no deeper."""
+  return sorted(
+    folder
+    for item in inputs
+    if os.path.isdir(item) and not is_frame_folder(item)
+    for folder in _scan(item)[1]
+  )
+
+
+def _scan(folder: str) -> tuple[list[str], list[str]]:
+  """(the videos in a folder of videos, its other subfolders), each sorted by name."""
+  videos, others = [], []
   for name in sorted(os.listdir(folder)):
     path = os.path.join(folder, name)
     if os.path.isfile(path) and name.lower().endswith(VIDEO_EXTENSIONS):
-      found.append(path)
-    elif os.path.isdir(path) and not name.startswith(".") and _frames_of(path):
-      found.append(_frames_of(path))
-  return found
+      videos.append(path)
+    elif os.path.isdir(path) and not name.startswith("."):
+      frames = _frames_of(path)
+      (videos if frames else others).append(frames or path)
+  return videos, others
 
 
 def _frames_of(folder: str) -> str | None:
@@ -89,20 +102,6 @@ def _frames_of(folder: str) -> str | None:
     if os.path.isdir(path) and is_frame_folder(path):
       return path
   return None
-
-
-def folders_not_searched(inputs) -> list[str]:
-  """The folders inside the named folders of videos that are not videos themselves:
-  `find_videos` looks no deeper."""
-  return sorted(
-    os.path.join(item, name)
-    for item in inputs
-    if os.path.isdir(item) and not is_frame_folder(item)
-    for name in os.listdir(item)
-    if os.path.isdir(os.path.join(item, name))
-    and not name.startswith(".")
-    and not _frames_of(os.path.join(item, name))
-  )
 
 
 def is_frame_folder(path: str) -> bool:
