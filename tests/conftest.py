@@ -32,6 +32,24 @@ def pytest_unconfigure(config):
     shutil.rmtree(_MADE_CACHE, ignore_errors=True)
 
 
+def pytest_configure(config):
+  """`--dist loadgroup` (pyproject's addopts) keeps each xdist_group module on one worker, so that
+  its costly module fixtures are built once. pytest 9.2 with pytest-xdist 3.8 ignores the groups
+  without a word (pytest-dev/pytest-xdist#1386): refuse that pair rather than run slower."""
+  from importlib.metadata import version
+
+  from packaging.version import Version
+
+  if config.getoption("dist", "no") != "loadgroup":
+    return
+  xdist = Version(version("pytest-xdist"))
+  if Version(pytest.__version__) >= Version("9.2") and xdist <= Version("3.8.0"):
+    raise pytest.UsageError(
+      f"pytest {pytest.__version__} with pytest-xdist {xdist} ignores xdist_group marks "
+      "(pytest-dev/pytest-xdist#1386); install the test extra's pytest (<9.2)"
+    )
+
+
 GOLDEN = os.path.join(os.path.dirname(REPO), "shared", "golden")
 SPEC = os.path.join(os.path.dirname(REPO), "shared", "spec")
 CONFIG = os.path.join(REPO, "configs", "visage.py")
