@@ -20,9 +20,6 @@ from conftest import CONFIG, REPO, free_port, run_convert
 from visage_jax import checkpoint as ckpt
 from visage_jax import provenance
 
-# one worker runs the whole module: its reference run (a visage-train run) is made once
-pytestmark = pytest.mark.xdist_group("trainer")
-
 SMALL = [
   "--config.model.backbone.img_size=56",
   "--config.model.output_size=56",
