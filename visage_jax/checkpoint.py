@@ -6,7 +6,6 @@ A directory written here loads with no other argument: `load_model(DIR)`.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import shutil
@@ -17,18 +16,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from visage_jax.files import written_whole
+from visage_jax.config_file import (  # noqa: F401 (ckpt.read_config, ckpt.write_config…)
+  CONFIG_FILE,
+  CheckpointError,
+  read_config,
+  write_config,
+  written_at,
+)
 from visage_jax.models.visage import ViSAGE
 
-CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 # Tensors of the original files that the model does not use (written by visage-convert, see
 # conversion/convert.py), kept so that an export writes the original's files back exactly.
 KEPT_FILE = "kept_tensors.safetensors"
-
-
-class CheckpointError(Exception):
-  """A checkpoint directory is missing, incomplete or does not fit its config."""
 
 
 def _key(path) -> tuple[str, ...]:
@@ -92,56 +92,6 @@ def save_params(directory: str, flat: dict) -> None:
   )
   with ocp.Checkpointer(handler) as ckptr:
     ckptr.save(os.path.abspath(directory), args=ocp.args.PyTreeSave(nested_from_flat(flat)))
-
-
-def write_config(directory: str, config: ml_collections.ConfigDict) -> None:
-  """Written whole or not at all (another process may be reading it)."""
-  with written_whole(os.path.join(directory, CONFIG_FILE)) as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-    f.write("\n")
-
-
-def written_at(directory: str) -> str | None:
-  """When the checkpoint at `directory` was written: its config.json's modification time (UTC, to
-  the microsecond), None without one. A checkpoint written again in place (retrained, converted
-  anew) is another checkpoint, though its path is the same."""
-  try:
-    stamp_ns = os.stat(os.path.join(directory, CONFIG_FILE)).st_mtime_ns
-  except OSError:
-    return None
-  stamp = datetime.datetime.fromtimestamp(stamp_ns // 1000 / 1e6, datetime.UTC)
-  return stamp.isoformat(timespec="microseconds")
-
-
-# Model fields added after checkpoints were first written, each with the value that means what
-# the code did before it: a config.json written without one reads as the model it was made with.
-ADDED_FIELDS = {"model.backbone.drop_path_rate": 0.0}
-
-
-def read_config(directory: str) -> ml_collections.ConfigDict:
-  path = os.path.join(directory, CONFIG_FILE)
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"{directory}: no such checkpoint folder")
-  if not os.path.isfile(path):
-    raise CheckpointError(f"{directory}: not a visage-jax checkpoint (no {CONFIG_FILE})")
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-  cfg = ml_collections.ConfigDict(data)
-  for dotted, value in ADDED_FIELDS.items():
-    *parents, leaf = dotted.split(".")
-    node = cfg
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      node[leaf] = value
-  # JSON has no tuples; the model treats these as sequences either way, but keep them immutable.
-  cfg.model.experts = tuple(cfg.model.experts)
-  cfg.model.backbone.taps = tuple(cfg.model.backbone.taps)
-  cfg.model.lora.targets = tuple(cfg.model.lora.targets)
-  return cfg
 
 
 def _restore(directory: str, handler, args) -> dict:

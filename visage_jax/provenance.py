@@ -13,13 +13,10 @@ from flax import nnx
 
 from visage_jax import checkpoint as ckpt
 from visage_jax import train_step
+from visage_jax.preflight import TrainError
 from visage_jax.trees import named, to_host
 
 STATE_DIR, BEST_DIR, INIT_DIR = "checkpoints", "best", "init_backbone"
-
-
-class TrainError(Exception):
-  """A bad workdir, init or partner: the message names the path and the problem."""
 
 
 def is_workdir(path: str) -> bool:

@@ -42,11 +42,11 @@ from flax import nnx
 from visage_jax import checkpoint as ckpt
 from visage_jax import parallel, train_step
 from visage_jax.files import written_whole
+from visage_jax.preflight import TrainError, check_batch, check_config, resolved, train_mesh
 from visage_jax.provenance import (
   BEST_DIR,
   INIT_DIR,
   STATE_DIR,
-  TrainError,
   best_options,
   load_init,
   partner_model,
@@ -54,169 +54,28 @@ from visage_jax.provenance import (
 from visage_jax.reporting import Goodput, Reporter
 from visage_jax.train_step import TrainState
 from visage_jax.trees import named, to_host
-from visage_jax.validation import VARIANTS
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def _resolve_paths(cfg):
-  cfg = cfg.copy_and_resolve_references()
-  for section, key in (("train", "init"), ("train", "partner"), ("data", "dir")):
-    if cfg[section][key]:
-      cfg[section][key] = os.path.abspath(cfg[section][key])
-  return cfg
-
-
-def train_mesh(cfg):
-  m = cfg.mesh
-  return parallel.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
-
-
-# The least value of each count in cfg.train (eval_every: -1 each epoch, 0 at the end only).
-LEAST = {
-  "batch_size": 1,
-  "grad_accum_steps": 1,
-  "num_steps": 0,
-  "checkpoint_every": 1,
-  "keep": 1,
-  "best_k": 0,
-  "log_every": 1,
-  "eval_every": -1,
-  "warmup_steps": 0,
-  "cosine_steps": 0,
-}
-
-
-# The config fields that fix the weights' shapes (model.*): a train.init or train.partner must
-# have been made with the run's.
-SHAPE_FIELDS = (
-  "backbone.img_size",
-  "backbone.patch_size",
-  "backbone.tubelet_size",
-  "backbone.num_frames",
-  "backbone.embed_dim",
-  "backbone.depth",
-  "backbone.num_heads",
-  "backbone.mlp_ratio",
-  "backbone.taps",
-  "neck_dim",
-  "decoder_dim",
-)
-
-
-def _check_same_shapes(cfg, key: str) -> None:
-  """A one-line `TrainError` naming the fields where train.`key`'s model differs from the run's
-  (its weights would not fit: a converted backbone's position embedding is made for its frames)."""
-  source = cfg.train[key]
+def _check_sharding(cfg, mesh) -> None:
+  """The weights' shapes divide over the mesh as `cfg.mesh.rules` shard them."""
   try:
-    theirs = ckpt.read_config(source).model
-  except ckpt.CheckpointError as e:
-    raise TrainError(f"train.{key}: {e}") from None
-
-  def value(model, field):
-    for part in field.split("."):
-      model = model[part]
-    return tuple(model) if isinstance(model, (list, tuple)) else model
-
-  differ = [
-    f"model.{f}={value(theirs, f)} there, {value(cfg.model, f)} here"
-    for f in SHAPE_FIELDS
-    if value(theirs, f) != value(cfg.model, f)
-  ]
-  if differ:
-    raise TrainError(f"train.{key}={source} was made for another model: {'; '.join(differ)}")
-
-
-def preflight(cfg) -> None:
-  """Everything about a run that can be checked before any work (no workdir made, no weights
-  read): a one-line `TrainError` for each mistake."""
-  _check_train_values(cfg)
-  _check_weights_sources(cfg)
-  _check_data(cfg)
-  _check_mesh_and_batch(cfg)
-
-
-def _check_train_values(cfg) -> None:
-  """`cfg.train`'s values on their own: expert, stage, counts, metrics, profile steps."""
-  t = cfg.train
-  if t.expert not in (1, 2) or t.stage not in (1, 2):
-    raise TrainError(f"train.expert and train.stage are 1 or 2, got {t.expert} and {t.stage}")
-  for key, least in LEAST.items():
-    if t[key] < least:
-      raise TrainError(f"train.{key}={t[key]} must be at least {least}")
-  if t.val_metrics not in VARIANTS:
-    raise TrainError(f"train.val_metrics={t.val_metrics!r}: one of {', '.join(VARIANTS)}")
-  if t.profile_steps and (
-    len(t.profile_steps) != 2 or not 1 <= t.profile_steps[0] <= t.profile_steps[1]
-  ):
-    raise TrainError(
-      f"train.profile_steps={t.profile_steps}: give (first, last) with 1 ≤ first ≤ last"
-    )
-  if t.grad_accum_steps > 1 and cfg.loss.nss_weight:
-    raise TrainError(
-      "train.grad_accum_steps > 1 with loss.nss_weight: the NSS term averages over the frames "
-      "with fixations, which micro-batches cannot weight as the whole batch does"
-    )
-
-
-def _check_weights_sources(cfg) -> None:
-  """`train.init` and `train.partner`: checkpoints or workdirs of a model of this shape."""
-  t = cfg.train
-  if t.stage == 2 and not t.init:
-    raise TrainError("stage 2 needs train.init: a stage-1 workdir or a visage-convert output")
-  for key in ("init", "partner"):
-    if not t[key]:
-      continue
-    if not os.path.isdir(t[key]):
-      raise TrainError(f"train.{key}={t[key]}: no such checkpoint or workdir")
-    if not os.path.isfile(os.path.join(t[key], ckpt.CONFIG_FILE)):
-      raise TrainError(
-        f"train.{key}={t[key]}: neither a visage-convert output nor a training workdir"
-      )
-    _check_same_shapes(cfg, key)
-
-
-def _check_data(cfg) -> None:
-  """`data.dir`: prepared, at the model's size, with the splits named and a batch of videos."""
-  from visage_jax.data.challenge import DataError
-  from visage_jax.data.prepare import prepared_size, prepared_splits
-
-  d, batch = cfg.data, cfg.train.batch_size
-  try:
-    splits, size = prepared_splits(d.dir), prepared_size(d.dir)
-  except DataError as e:
-    raise TrainError(f"data.dir: {e}") from None
-  if size != cfg.model.backbone.img_size:
-    raise TrainError(
-      f"data.dir: {d.dir} was prepared at {size}×{size}, the model takes "
-      f"{cfg.model.backbone.img_size}×{cfg.model.backbone.img_size} (visage-prepare --size)"
-    )
-  for key in ("train_split", "val_split"):
-    if d[key] and d[key] not in splits:
-      raise TrainError(f"data.{key}={d[key]!r}: {d.dir} has splits {list(splits)}")
-  if splits.get(d.train_split, batch) < batch:
-    raise TrainError(
-      f"train.batch_size={batch}: the {d.train_split!r} split of {d.dir} has "
-      f"{splits[d.train_split]} videos, fewer than one batch"
-    )
-
-
-def _check_mesh_and_batch(cfg) -> None:
-  """The mesh fits the devices and the weights' shapes, and the batch divides over it."""
-  t = cfg.train
-  try:
-    mesh = train_mesh(cfg)
     rules = parallel.ShardingRules.from_config(cfg.mesh)
     abstract = nnx.eval_shape(lambda: train_step.init_model(cfg, seed=0))
     parallel.state_shardings(nnx.state(abstract), mesh, rules)
   except ValueError as e:  # parallel.ShardingError too
     raise TrainError(f"mesh: {e}") from None
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if t.batch_size % (shards * t.grad_accum_steps):
-    raise TrainError(
-      f"train.batch_size={t.batch_size} does not divide over the mesh's data × fsdp = {shards} "
-      f"devices × train.grad_accum_steps = {t.grad_accum_steps}"
-    )
+
+
+def preflight(cfg) -> None:
+  """Everything about a run that can be checked before any work (no workdir made, no weights
+  read): a one-line `TrainError` for each mistake; those of `visage_jax.preflight` first, as they
+  cost no tracing of the model."""
+  check_config(cfg)
+  mesh = train_mesh(cfg)
+  check_batch(cfg, mesh)
+  _check_sharding(cfg, mesh)
 
 
 def _workdir_change(workdir: str, cfg) -> str | None:
@@ -526,7 +385,7 @@ def _final_weights(workdir: str, state: TrainState) -> None:
 def run(cfg, workdir: str, *, log=print) -> dict:
   """Train `cfg.train.num_steps` steps into `workdir`, resuming from its latest checkpoint."""
   say, goodput = _above_the_bar(log), Goodput()
-  cfg, workdir = _resolve_paths(cfg), os.path.abspath(workdir)
+  cfg, workdir = resolved(cfg), os.path.abspath(workdir)
   preflight(cfg)
   t, lead = cfg.train, jax.process_index() == 0
   mesh, graphdef, frozen, step_fn, state = _set_up(cfg, workdir, say)

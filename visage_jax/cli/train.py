@@ -29,22 +29,35 @@ FLAGS = flags.FLAGS
 def main(_):
   from absl import logging
 
-  from visage_jax import parallel
+  from visage_jax.preflight import (
+    TrainError,
+    check_batch,
+    check_config,
+    check_workdir,
+    resolved,
+    train_mesh,
+  )
 
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.workdir or not FLAGS.config.data.dir:
     fail("visage-train", "--workdir and --config.data.dir are required")
   check_output("visage-train", FLAGS.workdir, flag="--workdir")
-  try:
+  cfg = resolved(FLAGS.config)
+  try:  # the config's own mistakes before JAX is imported (seconds), then the batch's split
+    check_config(cfg)
+    check_workdir(FLAGS.workdir)
+    from visage_jax import parallel
+
     parallel.initialize_distributed()
-  except ValueError as e:
+    check_batch(cfg, train_mesh(cfg))
+  except (TrainError, ValueError) as e:
     fail("visage-train", str(e))
   from visage_jax import checkpoint as ckpt
   from visage_jax.data.challenge import DataError
-  from visage_jax.trainer import TrainError, run
+  from visage_jax.trainer import run
 
   try:
-    result = run(FLAGS.config, FLAGS.workdir, log=lambda m: print(m, flush=True))
+    result = run(cfg, FLAGS.workdir, log=lambda m: print(m, flush=True))
   except (TrainError, ckpt.CheckpointError, DataError, ValueError, FileNotFoundError) as e:
     fail("visage-train", str(e))
   best = f", best validation at step {result['best_step']}" if result["best_step"] else ""
@@ -55,7 +68,7 @@ def export_main(_):
   from absl import logging
 
   from visage_jax import checkpoint as ckpt
-  from visage_jax.provenance import TrainError
+  from visage_jax.preflight import TrainError
 
   logging.set_verbosity(logging.WARNING)
   fmt = FLAGS.format
