@@ -42,6 +42,14 @@ def test_aggregator_challenge_and_pooled():
   assert "fused" in evaluate.format_table(rep, "ntire2026")
 
 
+def test_the_table_counts_its_videos_in_words():
+  agg = evaluate.Aggregator()
+  agg.add("a", {"fused": {"ntire2026": {"cc": np.asarray([0.5])}}}, [True])
+  assert "(1 video)" in evaluate.format_table(agg.report(), "ntire2026").splitlines()[0]
+  agg.add("b", {"fused": {"ntire2026": {"cc": np.asarray([0.7])}}}, [True])
+  assert "(2 videos)" in evaluate.format_table(agg.report(), "ntire2026").splitlines()[0]
+
+
 def test_a_record_read_back_reports_what_was_scored(tmp_path):
   """A video's numbers written to its record and read back (as a rerun, or process 0 merging
   every process's videos, does) give the same report to the last bit: NaNs, padding left out,

@@ -331,6 +331,11 @@ AGGREGATIONS = {
 }
 
 
+def counted(n: int, noun: str) -> str:
+  """A count for a message: "1 video", "3 videos"."""
+  return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def format_table(
   report: dict,
   variant: str = "ntire2026",
@@ -339,7 +344,7 @@ def format_table(
 ) -> str:
   """One row per map: `columns` of `variant` under `aggregation` ("challenge" or "pooled")."""
   overall = report["overall"]
-  lines = [f"{variant}: {AGGREGATIONS[aggregation]} ({overall['videos']} videos)"]
+  lines = [f"{variant}: {AGGREGATIONS[aggregation]} ({counted(overall['videos'], 'video')})"]
   lines.append(f"{'map':<9}" + "".join(f"{HEADERS[c]:>10}" for c in columns))
   for source in [s for s in ("expert1", "expert2", "fused") if s in overall]:
     row = overall[source][variant]

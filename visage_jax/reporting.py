@@ -11,7 +11,7 @@ import time
 import jax
 
 from visage_jax import perf, train_step
-from visage_jax.evaluate import METRICS
+from visage_jax.evaluate import METRICS, counted
 from visage_jax.trees import to_host
 
 # What `Goodput` tells apart; "step" is the training step itself (dispatch and device work: the
@@ -144,7 +144,7 @@ class Reporter:
         self.writer.add_scalar(f"val/{scores['map']}/{k}", scores[k], step)
     self.say(
       f"validation at step {step} ({scores['map']} map, {scores['metrics']} metrics, "
-      f"{scores['videos']} videos): " + ", ".join(f"{k} {scores[k]:.4f}" for k in shown)
+      f"{counted(scores['videos'], 'video')}): " + ", ".join(f"{k} {scores[k]:.4f}" for k in shown)
     )
 
   def close(self) -> None:
