@@ -77,13 +77,17 @@ def test_visage_prepare_says_each_video_and_where_the_dataset_is(synth, tmp_path
   )  # fmt: skip
   assert res.returncode == 0, res.stderr
   assert res.stdout == (
-    f"prepared {{'train': 3, 'public_test': 1}} videos into {dataset_dir(out)} "
+    f"prepared 4 videos (train 3, public_test 1) into {dataset_dir(out)} "
     f"(visage-train --config.data.dir={out})\n"
   )
   lines = res.stderr.splitlines()  # checked split by split; written in the order TFDS takes
   names = {f"synth_{k:03d}" for k in range(4)}
-  assert {x.removeprefix("checked ") for x in lines[:4]} == names
-  assert {x.removeprefix("writing ") for x in lines[4:]} == names and len(lines) == 8
+  checked = [x.removeprefix("checked ").split(" (") for x in lines[:4]]
+  assert {n for n, _ in checked} == names
+  assert [c for _, c in checked] == ["1 of 3)", "2 of 3)", "3 of 3)", "1 of 1)"]
+  written = [x.removeprefix("writing ").split(" (") for x in lines[4:]]
+  assert {n for n, _ in written} == names and len(lines) == 8
+  assert [c for _, c in written] == [f"{i} of 4)" for i in (1, 2, 3, 4)]
 
 
 def test_prepared_examples_read_back(prepared, synth):

@@ -63,8 +63,9 @@ def main(_):
     fail("visage-prepare", str(e))
   for item in report["skipped"]:
     print(f"skipped {item['video']}: {item['error']}", file=sys.stderr)
+  splits = ", ".join(f"{name} {n}" for name, n in report["splits"].items())
   print(
-    f"prepared {report['splits']} videos into {report['path']} "
+    f"prepared {sum(report['splits'].values())} videos ({splits}) into {report['path']} "
     f"(visage-train --config.data.dir={FLAGS.output})"
   )
 

@@ -81,11 +81,13 @@ def prepare(
 def _checker(skipped: list, *, skip_bad: bool, source_fps, progress):
   """What `_openers` applies to a split's openers: each video opened once (the checks live in the
   openers), the good ones kept with their frame rates; a bad one raises its error, or with
-  `skip_bad` is left out and appended to `skipped`."""
+  `skip_bad` is left out and appended to `skipped`. `progress` hears "checked NAME (i of n)" for
+  each video of a split, then "writing NAME (i of n)" over all splits as the builder opens each."""
+  tally = {"kept": 0, "written": 0}
 
   def check(openers):
     good = []
-    for name, opener in openers:
+    for i, (name, opener) in enumerate(openers, 1):
       try:
         src = opener()
         rate = source_fps or src.video.fps
@@ -95,21 +97,24 @@ def _checker(skipped: list, *, skip_bad: bool, source_fps, progress):
           raise
         skipped.append({"video": name, "error": str(e)})
         continue
-      good.append((_announced(opener, f"writing {name}", progress), rate))
+      good.append((_announced(opener, name, tally, progress), rate))
+      tally["kept"] += 1
       if progress:
-        progress(f"checked {name}")
+        progress(f"checked {name} ({i} of {len(openers)})")
     return good
 
   return check
 
 
-def _announced(opener, message: str, progress):
-  """`opener` that first says `message` through `progress` (when the builder reaches it)."""
+def _announced(opener, name: str, tally: dict, progress):
+  """`opener` that first says "writing `name` (i of n)" through `progress` (when the builder
+  reaches it): the i-th opened of the n that `tally` kept."""
   if not progress:
     return opener
 
   def announce_then_open():
-    progress(message)
+    tally["written"] += 1
+    progress(f"writing {name} ({tally['written']} of {tally['kept']})")
     return opener()
 
   return announce_then_open
