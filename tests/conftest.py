@@ -86,6 +86,24 @@ def run_helper(script: str, *args: str) -> dict:
   return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def refused_without_jax(module: str, *args: str) -> tuple[str, bool]:
+  """Run command `module`'s main with `args` in a child that must exit 2: (its stderr, whether
+  JAX had been imported by then). A user's mistake is told before the seconds JAX costs."""
+  code = (
+    "import runpy, sys\n"
+    f"sys.argv = {[module, *args]!r}\n"
+    "try:\n"
+    f"  runpy.run_module({module!r}, run_name='__main__')\n"
+    "except SystemExit as e:\n"
+    "  assert e.code == 2, e.code\n"
+    "  print('jax' in sys.modules)\n"
+  )
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+  assert res.returncode == 0 and res.stdout.strip() in ("True", "False"), res.stdout + res.stderr
+  return res.stderr, res.stdout.strip() == "True"
+
+
 def golden(name: str) -> str:
   path = os.path.join(GOLDEN, name)
   if not os.path.exists(path):

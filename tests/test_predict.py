@@ -335,6 +335,18 @@ def test_bad_output_paths_are_one_line(videos, ckpt_plain, tmp_path, output, why
   assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_mistakes_are_told_before_jax_is_imported(videos, tmp_path):
+  from conftest import refused_without_jax
+
+  module, out = "visage_jax.cli.predict", f"--output={tmp_path / 'out'}"
+  stderr, imported_jax = refused_without_jax(
+    module, f"--checkpoint={videos}", f"--input={videos}", out
+  )
+  assert "not a visage-jax checkpoint (no config.json)" in stderr and not imported_jax
+  stderr, imported_jax = refused_without_jax(module, f"--checkpoint={videos}", "--input=none", out)
+  assert "--input=none: no such file or folder" in stderr and not imported_jax
+
+
 def test_a_refused_run_leaves_no_output_folder(videos, tmp_path):
   output = tmp_path / "new" / "out"
   res = _predict(str(tmp_path / "no-checkpoint"), str(output), videos)

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from visage_jax import resume, stream, writers
+from visage_jax import resume, writers
 from visage_jax.data.video import IMAGE_EXTENSIONS, open_video
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -20,6 +20,8 @@ SETTINGS_DIR = ".visage-predict"  # one JSON record per finished video: what mad
 
 def frame_stream(predictor, video, *, batch_size=1, stride=0, keep_frames=False, progress=None):
   """`stream.FrameMaps` for every frame of an open video, in order, as the model finishes them."""
+  from visage_jax import stream  # JAX: this module's file handling is used before it is imported
+
   b = predictor.config.model.backbone
   source = stream.VideoSource(video, stride or stream.stride_for(video.fps))
   batches = stream.window_batches(

@@ -11,11 +11,11 @@ def model_settings(checkpoint: str, *, dtype=None, stride=0, source_fps=None) ->
   """What decides a video's maps, recorded with every finished video (by `visage-predict` and
   `visage-eval`): the checkpoint (its path and when it was written), the activation dtype, the
   stride, and the frame rate of videos given as folders of frames."""
-  from visage_jax import checkpoint as ckpt
+  from visage_jax.config_file import written_at
 
   return {
     "checkpoint": os.path.abspath(checkpoint),
-    "checkpoint_written": ckpt.written_at(checkpoint),
+    "checkpoint_written": written_at(checkpoint),
     "dtype": dtype,
     "stride": int(stride),
     "source_fps": None if source_fps is None else float(source_fps),

@@ -79,9 +79,7 @@ def videos_to_do(videos, settings) -> tuple[list[str], int]:
 def main(_):
   from absl import logging
 
-  from visage_jax import parallel
-  from visage_jax.checkpoint import CheckpointError
-  from visage_jax.inference import Predictor
+  from visage_jax.config_file import CheckpointError, read_config
   from visage_jax.predict import run_settings
 
   logging.set_verbosity(logging.WARNING)
@@ -89,6 +87,10 @@ def main(_):
     fail("visage-predict", "--checkpoint, --input and --output are required")
   videos = _input_videos()
   check_output("visage-predict", FLAGS.output)
+  try:
+    read_config(FLAGS.checkpoint)  # its weights are read once JAX is imported
+  except CheckpointError as e:
+    fail("visage-predict", str(e))
   settings = run_settings(
     FLAGS.checkpoint,
     map_size=FLAGS.map_size,
@@ -97,12 +99,15 @@ def main(_):
     source_fps=FLAGS.source_fps,
     dtype=FLAGS.dtype,
   )
+  import jax  # after the checks above, which need none of it (a mistake is told at once)
+
+  from visage_jax import parallel
+  from visage_jax.inference import Predictor
+
   try:
     parallel.initialize_distributed()
   except ValueError as e:
     fail("visage-predict", str(e))
-  import jax
-
   # each process its share of the named videos, whatever is already done
   videos, skipped = videos_to_do(videos[jax.process_index() :: jax.process_count()], settings)
   try:
