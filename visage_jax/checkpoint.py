@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from visage_jax.config_file import (  # noqa: F401 (ckpt.read_config, ckpt.write_config…)
+from visage_jax.config_file import (  # noqa: F401 (re-exported: ckpt.read_config, …)
   CONFIG_FILE,
   CheckpointError,
   read_config,
