@@ -38,11 +38,11 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def evaluated(dataset, ckpt_plain, tmp_path_factory):
+def evaluated(dataset, ckpt_small, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("eval") / "out")
   res = _run(
     "visage_jax.cli.evaluate",
-    f"--checkpoint={ckpt_plain}",
+    f"--checkpoint={ckpt_small}",
     f"--data={dataset}",
     "--split=public_test",
     f"--output={out}",
@@ -138,14 +138,14 @@ def test_check_submission_takes_the_videos_visage_predict_finds(tmp_path):
   }
 
 
-def test_eval_names_a_missing_video(dataset, ckpt_plain, tmp_path):
+def test_eval_names_a_missing_video(dataset, ckpt_small, tmp_path):
   broken = str(tmp_path / "ds")
   shutil.copytree(dataset, broken)
   entry = ChallengeLayout(broken).entries("public_test")[0]
   os.remove(entry.video)
   res = _run(
     "visage_jax.cli.evaluate",
-    f"--checkpoint={ckpt_plain}",
+    f"--checkpoint={ckpt_small}",
     f"--data={broken}",
     f"--output={tmp_path / 'out'}",
   )
@@ -176,10 +176,10 @@ def _numbers(node, path=()):
 
 @pytest.mark.parametrize("devices,processes", [(4, 1), (2, 2)])
 def test_eval_on_devices_and_processes_equals_one_device(
-  evaluated, dataset, ckpt_plain, tmp_path, devices, processes
+  evaluated, dataset, ckpt_small, tmp_path, devices, processes
 ):
   out = str(tmp_path / "out")
-  args = [f"--checkpoint={ckpt_plain}", f"--data={dataset}", f"--output={out}", "--save_maps"]
+  args = [f"--checkpoint={ckpt_small}", f"--data={dataset}", f"--output={out}", "--save_maps"]
   runs = run_cli("visage_jax.cli.evaluate", *args, devices=devices, processes=processes)
   for res in runs:
     assert res.returncode == 0, res.stderr[-3000:]
@@ -201,10 +201,10 @@ def test_eval_on_devices_and_processes_equals_one_device(
   )
 
 
-def test_processes_that_do_not_share_the_output_are_told_so(dataset, ckpt_plain, tmp_path):
+def test_processes_that_do_not_share_the_output_are_told_so(dataset, ckpt_small, tmp_path):
   """Two processes whose --output is not the same folder (as on two hosts' own disks): process 0
   could not merge the other's numbers. One line on each, exit 2, before any work."""
-  args = [f"--checkpoint={ckpt_plain}", f"--data={dataset}", f"--output={tmp_path / 'a'}"]
+  args = [f"--checkpoint={ckpt_small}", f"--data={dataset}", f"--output={tmp_path / 'a'}"]
   own = {1: [f"--output={tmp_path / 'b'}"]}
   runs = run_cli("visage_jax.cli.evaluate", *args, processes=2, own_args=own)
   for res, out in zip(runs, ("a", "b")):
@@ -216,14 +216,14 @@ def test_processes_that_do_not_share_the_output_are_told_so(dataset, ckpt_plain,
     assert os.listdir(tmp_path / out / ".visage-eval") == []
 
 
-def test_eval_resumes_and_refuses_other_settings(dataset, ckpt_plain, tmp_path):
+def test_eval_resumes_and_refuses_other_settings(dataset, ckpt_small, tmp_path):
   """A video that cannot be read is named and the others are scored and recorded (exit 1, no
   metrics.json); the rerun scores only what is missing, leaving the others' files alone, and
   writes the metrics.json of an uninterrupted run; a rerun with another setting is refused in one
   line, then with --overwrite scored again."""
   data, out = str(tmp_path / "data"), str(tmp_path / "out")
   shutil.copytree(dataset, data)
-  args = [f"--checkpoint={ckpt_plain}", f"--data={data}", f"--output={out}", "--save_maps"]
+  args = [f"--checkpoint={ckpt_small}", f"--data={data}", f"--output={out}", "--save_maps"]
   args += ["--split=train", "--max_videos=2", "--stride=4"]  # 4 windows a video (6 at 30 fps)
   metrics_json = os.path.join(out, "metrics.json")
   first = _run("visage_jax.cli.evaluate", *args)

@@ -10,8 +10,8 @@ from conftest import run_helper
 from visage_jax import eval_records, evaluate
 
 
-def test_sharded_eval_step_matches_single_device(ckpt_plain):
-  out = run_helper("sharded_eval.py", ckpt_plain)
+def test_sharded_eval_step_matches_single_device(ckpt_small):
+  out = run_helper("sharded_eval.py", ckpt_small)
   assert out["devices"] == 8
   assert "data" in out["batch_spec"] and "fsdp" in out["batch_spec"]
   assert out["frame_max_diff"] <= 1e-6, out

@@ -132,11 +132,11 @@ def _read_png(path):
   return np.asarray(Image.open(path), np.float64)
 
 
-def test_eval_dhf1k_protocol(datasets, ckpt_plain, tmp_path):
+def test_eval_dhf1k_protocol(datasets, ckpt_small, tmp_path):
   out = str(tmp_path / "eval")
   res = run_cli(
     "visage_jax.cli.evaluate",
-    f"--checkpoint={ckpt_plain}",
+    f"--checkpoint={ckpt_small}",
     f"--data={datasets['dhf1k']}",
     "--layout=dhf1k",
     f"--output={out}",
@@ -187,11 +187,11 @@ def test_eval_dhf1k_protocol(datasets, ckpt_plain, tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["hollywood2", "ucf_sports"])
-def test_eval_clip_layouts(datasets, ckpt_plain, tmp_path, layout):
+def test_eval_clip_layouts(datasets, ckpt_small, tmp_path, layout):
   out = str(tmp_path / "eval")
   res = run_cli(
     "visage_jax.cli.evaluate",
-    f"--checkpoint={ckpt_plain}",
+    f"--checkpoint={ckpt_small}",
     f"--data={datasets[layout]}",
     f"--layout={layout}",
     f"--source_fps={FPS}",
@@ -209,10 +209,10 @@ def test_eval_clip_layouts(datasets, ckpt_plain, tmp_path, layout):
   assert node["sauc"]["undefined_frames"] == FRAMES and node["cc"]["frames"] == FRAMES
 
 
-def test_user_mistakes_are_one_line(datasets, ckpt_plain, tmp_path):
+def test_user_mistakes_are_one_line(datasets, ckpt_small, tmp_path):
   res = run_cli(
     "visage_jax.cli.evaluate",
-    f"--checkpoint={ckpt_plain}",
+    f"--checkpoint={ckpt_small}",
     f"--data={datasets['hollywood2']}",
     "--layout=hollywood2",
     f"--output={tmp_path / 'out'}",
@@ -222,7 +222,7 @@ def test_user_mistakes_are_one_line(datasets, ckpt_plain, tmp_path):
   assert not os.path.exists(tmp_path / "out")
   res = run_cli(
     "visage_jax.cli.evaluate",
-    f"--checkpoint={ckpt_plain}",
+    f"--checkpoint={ckpt_small}",
     f"--data={datasets['hollywood2']}",
     "--layout=dhf1k",
     f"--output={tmp_path / 'out'}",
@@ -231,7 +231,7 @@ def test_user_mistakes_are_one_line(datasets, ckpt_plain, tmp_path):
   assert res.stderr.strip().count("\n") == 0
   res = run_cli(
     "visage_jax.cli.evaluate",
-    f"--checkpoint={ckpt_plain}",
+    f"--checkpoint={ckpt_small}",
     f"--data={datasets['dhf1k']}",
     "--layout=dhf1k",
     "--noquantize_uint8",
@@ -241,7 +241,7 @@ def test_user_mistakes_are_one_line(datasets, ckpt_plain, tmp_path):
   assert res.stderr.strip().count("\n") == 0 and not os.path.exists(tmp_path / "out")
 
 
-def test_frame_folder_predicts_like_the_mp4(ckpt_plain, tmp_path):
+def test_frame_folder_predicts_like_the_mp4(ckpt_small, tmp_path):
   from visage_jax.inference import Predictor
   from visage_jax.writers import write_mp4
 
@@ -253,7 +253,7 @@ def test_frame_folder_predicts_like_the_mp4(ckpt_plain, tmp_path):
   folder.mkdir(parents=True)
   for i, f in enumerate(decoded):
     write_png(str(folder / f"{i + 1:05d}.png"), f)
-  predictor = Predictor.load(ckpt_plain)
+  predictor = Predictor.load(ckpt_small)
   from_mp4 = predictor.predict_video(mp4)
   from_folder = predictor.predict_video(str(folder), source_fps=25.0)
   for k in ("expert1", "expert2", "fused"):
@@ -261,7 +261,7 @@ def test_frame_folder_predicts_like_the_mp4(ckpt_plain, tmp_path):
   assert from_folder["fps"] == 25.0 and from_folder["source_size"] == (48, 80)
 
 
-def test_predict_takes_frame_folders(datasets, ckpt_plain, tmp_path):
+def test_predict_takes_frame_folders(datasets, ckpt_small, tmp_path):
   from visage_jax.predict import find_videos, folders_not_searched, video_name
 
   images = os.path.join(datasets["hollywood2"], "testing", "synth_002", "images")
@@ -274,7 +274,7 @@ def test_predict_takes_frame_folders(datasets, ckpt_plain, tmp_path):
   ]
   res = run_cli(
     "visage_jax.cli.predict",
-    f"--checkpoint={ckpt_plain}",
+    f"--checkpoint={ckpt_small}",
     f"--input={images}",
     f"--output={tmp_path / 'out'}",
   )[0]

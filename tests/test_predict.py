@@ -59,9 +59,9 @@ def _tree(root):
 
 
 @pytest.fixture(scope="module")
-def reference(videos, ckpt_plain, tmp_path_factory):
+def reference(videos, ckpt_small, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("pred") / "ref")
-  res = _predict(ckpt_plain, out, videos)
+  res = _predict(ckpt_small, out, videos)
   assert res.returncode == 0, res.stderr[-3000:]
   return out
 
@@ -93,9 +93,9 @@ def test_one_map_per_frame_named_sized_and_accepted(reference, videos):
   assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, videos, ckpt_plain, tmp_path):
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, videos, ckpt_small, tmp_path):
   out = str(tmp_path / "out")
-  proc = _predict(ckpt_plain, out, videos, wait=False)
+  proc = _predict(ckpt_small, out, videos, wait=False)
   deadline = time.time() + 600
   while not os.path.isdir(os.path.join(out, "clip0")) and time.time() < deadline:
     time.sleep(0.2)
@@ -103,7 +103,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, videos, ckpt_
   proc.wait()
   assert os.path.isdir(os.path.join(out, "clip0"))
   assert not os.path.isdir(os.path.join(out, "clip2"))  # killed before the end
-  res = _predict(ckpt_plain, out, videos)
+  res = _predict(ckpt_small, out, videos)
   assert res.returncode == 0, res.stderr[-3000:]
   assert "already complete" in res.stdout
   assert _tree(out) == _tree(reference)
@@ -111,13 +111,13 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference, videos, ckpt_
   assert records == ["clip0.json", "clip1.json", "clip2.json"]  # the killed video's staging gone
 
 
-def test_sigterm_removes_the_video_being_written(ckpt_plain, tmp_path):
+def test_sigterm_removes_the_video_being_written(ckpt_small, tmp_path):
   """A scheduler's SIGTERM mid-video ends like Ctrl-C: one line, and no temporary file left."""
   frames, _, _ = make_video(7, 150, SIZE)
   long = str(tmp_path / "long.mp4")
   write_mp4(long, frames, 30)
   out = str(tmp_path / "out")
-  proc = _predict(ckpt_plain, out, long, wait=False)
+  proc = _predict(ckpt_small, out, long, wait=False)
   partial = os.path.join(out, ".visage-predict", "long.partial", "fused")
   deadline = time.time() + 300
   while not (os.path.isdir(partial) and os.listdir(partial)) and time.time() < deadline:
@@ -132,11 +132,11 @@ def test_sigterm_removes_the_video_being_written(ckpt_plain, tmp_path):
   assert left == [os.path.join(out, ".visage-predict")], left  # the staging folder's parent
 
 
-def test_a_broken_video_is_reported_and_skipped(videos, ckpt_plain, tmp_path):
+def test_a_broken_video_is_reported_and_skipped(videos, ckpt_small, tmp_path):
   broken = tmp_path / "broken.mp4"
   broken.write_bytes(os.urandom(5000))
   out = str(tmp_path / "out")
-  res = _predict(ckpt_plain, out, os.path.join(videos, "clip1.mp4"), str(broken))
+  res = _predict(ckpt_small, out, os.path.join(videos, "clip1.mp4"), str(broken))
   assert res.returncode == 1
   (line,) = [x for x in res.stderr.splitlines() if x.startswith("failed: ")]
   assert line.count(str(broken)) == 1, line  # the path named once
@@ -170,10 +170,10 @@ def test_writers_that_fail_to_start_leave_no_staging_folder(videos, tmp_path, mo
 
 
 @pytest.fixture(scope="module")
-def predictor(ckpt_plain):
+def predictor(ckpt_small):
   from visage_jax.inference import Predictor
 
-  return Predictor.load(ckpt_plain)
+  return Predictor.load(ckpt_small)
 
 
 @pytest.fixture(scope="module")
@@ -184,27 +184,27 @@ def clip0_maps(predictor, videos):
 
 def test_predict_video_arrays(predictor, clip0_maps, videos):
   p, out = predictor, clip0_maps
-  assert out["fused"].shape == (FRAMES, 224, 224) and out["source_size"] == SIZE
+  assert out["fused"].shape == (FRAMES, 112, 112) and out["source_size"] == SIZE
   assert set(out) >= {"expert1", "expert2", "fused"}
   assert 0 <= out["fused"].min() and out["fused"].max() <= 1
   # frame 6 is the second frame of the first window (offset 0: frames 0, 6, 12, 18, 24 then padding)
   from visage_jax import stream
 
   source = stream.VideoSource(open_video(os.path.join(videos, "clip0.mp4")), stride=6)
-  first = next(stream.window_batches(source, window=8, size=224, batch_size=1))
+  first = next(stream.window_batches(source, window=8, size=112, batch_size=1))
   assert list(first.indices[0][first.mask[0]]) == [0, 6, 12, 18, 24]
   np.testing.assert_allclose(out["fused"][6], p.predict_clip(first.clip)["fused"][0, 1], atol=1e-6)
   streamed = list(p.stream_video(os.path.join(videos, "clip0.mp4")))
   assert [f.index for f in streamed] == list(range(FRAMES))
   np.testing.assert_array_equal(np.stack([f.maps["fused"] for f in streamed]), out["fused"])
-  with pytest.raises(ValueError, match=r"clip has shape \(1, 8, 224, 224\); this model takes"):
+  with pytest.raises(ValueError, match=r"clip has shape \(1, 8, 112, 112\); this model takes"):
     p.predict_clip(first.clip[..., 0])
   pixels = np.zeros(first.clip.shape, np.uint8)  # frames not normalised: a mistake, not a clip
   with pytest.raises(ValueError, match="clip is uint8: predict_clip takes CLIP-normalised float"):
     p.predict_clip(pixels)
 
 
-def test_save_experts_writes_each_experts_maps(ckpt_plain, videos, clip0_maps, tmp_path):
+def test_save_experts_writes_each_experts_maps(ckpt_small, videos, clip0_maps, tmp_path):
   """--save_experts: OUT/experts/<expert>/<video>/ beside the fused maps, each the 8-bit form of
   `Predictor.predict_video`'s map of that name (at model size here, no resize between)."""
   from PIL import Image
@@ -212,7 +212,7 @@ def test_save_experts_writes_each_experts_maps(ckpt_plain, videos, clip0_maps, t
   from visage_jax.writers import map_to_uint8
 
   clip = os.path.join(videos, "clip0.mp4")
-  res = _predict(ckpt_plain, str(tmp_path), clip, "--save_experts", "--map_size=model")
+  res = _predict(ckpt_small, str(tmp_path), clip, "--save_experts", "--map_size=model")
   assert res.returncode == 0, res.stderr[-3000:]
   want = clip0_maps
   folders = {"fused": tmp_path / "clip0"}
@@ -245,12 +245,12 @@ def test_pngs_equal_the_pinned_maps_of_the_previous_video_path(ckpt_plain, tmp_p
 
 @pytest.mark.parametrize("devices,processes", [(4, 1), (2, 2)])
 def test_predict_on_devices_and_processes_equals_one(
-  reference, videos, ckpt_plain, tmp_path, devices, processes
+  reference, videos, ckpt_small, tmp_path, devices, processes
 ):
   """One window per device per step: the same per-device program as the reference. Two videos:
   with two processes, one each."""
   out = str(tmp_path / "out")
-  args = [f"--checkpoint={ckpt_plain}", f"--output={out}"]
+  args = [f"--checkpoint={ckpt_small}", f"--output={out}"]
   args += [f"--input={os.path.join(videos, f'clip{i}.mp4')}" for i in (0, 1)]
   for res in run_cli("visage_jax.cli.predict", *args, devices=devices, processes=processes):
     assert res.returncode == 0, res.stderr[-3000:]
@@ -270,27 +270,27 @@ def _pixels(png_bytes):
 
 
 def test_other_settings_are_refused_then_recomputed_and_checked(
-  reference, videos, ckpt_plain, tmp_path
+  reference, videos, ckpt_small, tmp_path
 ):
   import shutil
 
   out = str(tmp_path / "out")
   shutil.copytree(reference, out)
-  res = _predict(ckpt_plain, out, videos, "--map_size=model")
+  res = _predict(ckpt_small, out, videos, "--map_size=model")
   assert res.returncode == 2
   assert len(res.stderr.strip().splitlines()) == 1
   assert "clip0 (map_size 'source' → 'model')" in res.stderr and "--overwrite" in res.stderr
-  res = _predict(ckpt_plain, out, videos, "--dtype=bfloat16")
+  res = _predict(ckpt_small, out, videos, "--dtype=bfloat16")
   assert res.returncode == 2 and "clip0 (dtype None → 'bfloat16')" in res.stderr
   # recompute one video (the refusal above needs no model; this run does), in bfloat16 over the
   # checkpoint's float32 weights
   clip0 = os.path.join(videos, "clip0.mp4")
-  res = _predict(ckpt_plain, out, clip0, "--map_size=model", "--dtype=bfloat16", "--overwrite")
+  res = _predict(ckpt_small, out, clip0, "--map_size=model", "--dtype=bfloat16", "--overwrite")
   assert res.returncode == 0, res.stderr[-3000:]
   assert "recomputing clip0" in res.stderr
   from PIL import Image
 
-  assert Image.open(os.path.join(out, "clip0", "eyeMap_00001.png")).size == (224, 224)
+  assert Image.open(os.path.join(out, "clip0", "eyeMap_00001.png")).size == (112, 112)
   env = dict(os.environ, PYTHONPATH=REPO)
   check = subprocess.run(
     [sys.executable, "-m", "visage_jax.cli.check_submission", f"--predictions={out}",
@@ -298,7 +298,7 @@ def test_other_settings_are_refused_then_recomputed_and_checked(
     capture_output=True, text=True, env=env,
   )  # fmt: skip
   assert check.returncode == 1
-  assert f"clip0: frame 1 ({out}/clip0/eyeMap_00001.png) is 224×224, the video is 128×72" in (
+  assert f"clip0: frame 1 ({out}/clip0/eyeMap_00001.png) is 112×112, the video is 128×72" in (
     check.stdout
   )
 
@@ -326,11 +326,11 @@ def test_a_checkpoint_written_again_in_place_is_another_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("output,why", [("file", "is an existing file"), ("/proc/1/x", "cannot")])
-def test_bad_output_paths_are_one_line(videos, ckpt_plain, tmp_path, output, why):
+def test_bad_output_paths_are_one_line(videos, ckpt_small, tmp_path, output, why):
   if output == "file":
     output = str(tmp_path / "file")
     open(output, "w").close()
-  res = _predict(ckpt_plain, output, videos)
+  res = _predict(ckpt_small, output, videos)
   assert res.returncode == 2 and why in res.stderr
   assert len(res.stderr.strip().splitlines()) == 1
 

@@ -25,8 +25,9 @@ def main(ckpt_dir):
   graphdef, state = nnx.split(model)
   rng = np.random.default_rng(0)
   b, t, h, w = 8, cfg.model.backbone.num_frames, 36, 64
+  size = cfg.model.backbone.img_size
   batch = {
-    "clip": rng.standard_normal((b, t, 224, 224, 3)).astype(np.float32),
+    "clip": rng.standard_normal((b, t, size, size, 3)).astype(np.float32),
     "gt": rng.random((b, t, h, w)).astype(np.float32) ** 4,
     "fixations": (rng.random((b, t, h, w)) > 0.97).astype(np.int32),
     "mask": np.ones((b, t), bool),
