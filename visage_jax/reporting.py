@@ -47,6 +47,21 @@ class Goodput:
     return f"time ({split['total_s']:.1f} s): " + ", ".join(parts)
 
 
+def summary_writer(logdir: str, purge_step: int | None):
+  """tensorboardX's SummaryWriter, imported without PyTorch: where torch is installed (the
+  `convert` extra), tensorboardX imports it only to accept its tensors, which costs a training run
+  2.2 s of CPU; we write Python floats. A torch already imported is left as it is."""
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None  # `import torch` raises ImportError: tensorboardX's fallback
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if blocked:
+      del sys.modules["torch"]
+  return SummaryWriter(logdir, purge_step=purge_step)
+
+
 class Reporter:
   """The progress bar, a log line and TensorBoard scalars every `train.log_every` steps (and at
   the last), validation scalars, and the goodput split at each log and at the end."""
@@ -61,10 +76,8 @@ class Reporter:
     self.lrs = train_step.schedules(cfg)
     self.writer = None
     if lead:
-      from tensorboardX import SummaryWriter
-
       tb = os.path.join(workdir, "tb")
-      self.writer = SummaryWriter(tb, purge_step=start + 1 if start else None)
+      self.writer = summary_writer(tb, purge_step=start + 1 if start else None)
     self.bar = tqdm(
       total=t.num_steps,
       initial=start,
