@@ -117,7 +117,7 @@ def test_training_step_with_drop_path_and_the_stage2_loss():
   assert not np.array_equal(model(clip, rng=jax.random.key(0))["fused"], plain(clip)["fused"])
 
 
-def test_checkpoints_written_before_drop_path_still_load(ckpt_plain, tmp_path):
+def test_checkpoints_written_before_drop_path_still_load(ckpt_small, tmp_path):
   """A config.json without model.backbone.drop_path_rate (every checkpoint converted before it
   existed) reads as rate 0, what the code did then, and predicts what it did."""
   import json
@@ -126,13 +126,14 @@ def test_checkpoints_written_before_drop_path_still_load(ckpt_plain, tmp_path):
   from visage_jax import checkpoint as ckpt
 
   old = str(tmp_path / "old")
-  shutil.copytree(ckpt_plain, old)
+  shutil.copytree(ckpt_small, old)
   path = os.path.join(old, ckpt.CONFIG_FILE)
   config = json.load(open(path))
   del config["model"]["backbone"]["drop_path_rate"]
   json.dump(config, open(path, "w"))
   cfg, model = ckpt.load_model(old)
   assert cfg.model.backbone.drop_path_rate == 0.0 and model.backbone.drop_path_rate == 0.0
-  _, current = ckpt.load_model(ckpt_plain)
-  clip = jax.random.normal(jax.random.key(0), (1, *current.backbone.grid[:1], 224, 224, 3))
+  _, current = ckpt.load_model(ckpt_small)
+  size = cfg.model.backbone.img_size
+  clip = jax.random.normal(jax.random.key(0), (1, *current.backbone.grid[:1], size, size, 3))
   np.testing.assert_array_equal(model(clip)["fused"], current(clip)["fused"])

@@ -19,12 +19,14 @@ def _run(directory, clip, **overrides):
 
 @pytest.fixture(scope="module")
 def small_clip(clip):
-  return clip[:1]
+  """The golden clip's first video at 112×112, the size of `ckpt_small` (these tests compare
+  execution choices with each other, not with the golden numbers)."""
+  return clip[:1, :, ::2, ::2]
 
 
 @pytest.fixture(scope="module")
-def reference(ckpt_plain, small_clip):
-  return _run(ckpt_plain, small_clip)
+def reference(ckpt_small, small_clip):
+  return _run(ckpt_small, small_clip)
 
 
 @pytest.mark.parametrize(
@@ -36,19 +38,19 @@ def reference(ckpt_plain, small_clip):
   ],
   ids=["unrolled", "scan+remat_full", "unrolled+remat_dots"],
 )
-def test_same_outputs(ckpt_plain, small_clip, reference, overrides):
-  out = _run(ckpt_plain, small_clip, **overrides)
+def test_same_outputs(ckpt_small, small_clip, reference, overrides):
+  out = _run(ckpt_small, small_clip, **overrides)
   for k in ("expert1", "expert2", "fused", "cls"):
     assert float(jnp.max(jnp.abs(out[k] - reference[k]))) <= 1e-6, k
   for a, b in zip(out["taps"], reference["taps"]):
     assert float(jnp.max(jnp.abs(a - b))) <= 1e-6
 
 
-def test_remat_gradients_match(ckpt_plain, small_clip):
+def test_remat_gradients_match(ckpt_small, small_clip):
   """Gradients of the LoRA weights through the backbone are the same with remat on or off."""
 
   def grads(policy):
-    _, model = ckpt.load_model(ckpt_plain, model_overrides={"backbone.remat_policy": policy})
+    _, model = ckpt.load_model(ckpt_small, model_overrides={"backbone.remat_policy": policy})
     backbone = model.backbone
 
     def loss(bb):
@@ -65,8 +67,8 @@ def test_remat_gradients_match(ckpt_plain, small_clip):
     assert float(jnp.max(jnp.abs(a - b))) / scale <= 1e-5
 
 
-def test_lora_dropout_only_with_an_rng(ckpt_plain, small_clip, reference):
-  _, model = ckpt.load_model(ckpt_plain)
+def test_lora_dropout_only_with_an_rng(ckpt_small, small_clip, reference):
+  _, model = ckpt.load_model(ckpt_small)
   fwd = nnx.jit(lambda m, x, key: m.backbone(x, rng=key)[1])
   a = fwd(model, small_clip, jax.random.key(0))
   b = fwd(model, small_clip, jax.random.key(1))
