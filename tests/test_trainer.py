@@ -64,6 +64,11 @@ def _records(workdir):
     return [json.loads(x) for x in f]
 
 
+# The tests that read `reference` run on one xdist worker, so that its run is made once (a
+# ~45 s run, built on both workers before). Only these: the whole module on one worker ran slower.
+on_reference = pytest.mark.xdist_group("trainer_reference")
+
+
 @pytest.fixture(scope="module")
 def reference(trainset, tmp_path_factory):
   """An uninterrupted 8-step run of Expert 1, stage 1, steps 2–3 profiled: (workdir, stdout)."""
@@ -82,6 +87,7 @@ def _losses(stdout):
   }
 
 
+@on_reference
 def test_logs_validation_best_k_and_tensorboard(reference):
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -124,6 +130,7 @@ def test_logs_validation_best_k_and_tensorboard(reference):
   assert {"goodput/step", "goodput/data", "goodput/checkpoint"} <= set(ea.Tags()["scalars"])
 
 
+@on_reference
 def test_kill9_then_rerun_equals_uninterrupted(trainset, reference, tmp_path):
   ref, _ = reference
 
@@ -172,6 +179,7 @@ def test_sigterm_saves_and_exits(trainset, tmp_path):
     assert os.path.isdir(os.path.join(run, "checkpoints", str(step)))
 
 
+@on_reference
 def test_stage2_from_workdir_fused_validation_and_export(trainset, reference, tmp_path):
   """Expert 2 (stage 1) validated fused with the reference's Expert 1 as partner; Expert 1's
   stage 2 from the reference workdir; both exported into one checkpoint whose maps equal the
