@@ -209,36 +209,26 @@ def test_eval_clip_layouts(datasets, ckpt_small, tmp_path, layout):
   assert node["sauc"]["undefined_frames"] == FRAMES and node["cc"]["frames"] == FRAMES
 
 
-def test_user_mistakes_are_one_line(datasets, ckpt_small, tmp_path):
-  res = run_cli(
-    "visage_jax.cli.evaluate",
-    f"--checkpoint={ckpt_small}",
-    f"--data={datasets['hollywood2']}",
-    "--layout=hollywood2",
-    f"--output={tmp_path / 'out'}",
-  )[0]
-  assert res.returncode == 2, res.stderr
-  assert res.stderr.strip().count("\n") == 0 and "--source_fps" in res.stderr, res.stderr
-  assert not os.path.exists(tmp_path / "out")
-  res = run_cli(
-    "visage_jax.cli.evaluate",
-    f"--checkpoint={ckpt_small}",
-    f"--data={datasets['hollywood2']}",
-    "--layout=dhf1k",
-    f"--output={tmp_path / 'out'}",
-  )[0]
-  assert res.returncode == 2 and "not a DHF1K-layout dataset" in res.stderr
-  assert res.stderr.strip().count("\n") == 0
-  res = run_cli(
-    "visage_jax.cli.evaluate",
-    f"--checkpoint={ckpt_small}",
-    f"--data={datasets['dhf1k']}",
-    "--layout=dhf1k",
-    "--noquantize_uint8",
-    f"--output={tmp_path / 'out'}",
-  )[0]
-  assert res.returncode == 2 and "scores 8-bit maps" in res.stderr
-  assert res.stderr.strip().count("\n") == 0 and not os.path.exists(tmp_path / "out")
+def test_user_mistakes_are_one_line_before_jax_is_imported(datasets, ckpt_small, tmp_path):
+  """visage-eval's checkpoint, dataset and protocol settings are checked before JAX is imported
+  (0.25 s, not 2.3 s): exit 2, one line, no output folder."""
+  from conftest import refused_without_jax
+
+  out = f"--output={tmp_path / 'out'}"
+  hollywood2, dhf1k = (f"--data={datasets[k]}" for k in ("hollywood2", "dhf1k"))
+  cases = [
+    ([hollywood2, "--layout=hollywood2"], "--source_fps"),
+    ([hollywood2, "--layout=dhf1k"], "not a DHF1K-layout dataset"),
+    ([dhf1k, "--layout=dhf1k", "--noquantize_uint8"], "scores 8-bit maps"),
+    ([dhf1k, "--layout=dhf1k", "--split=nosuch"], "unknown DHF1K split 'nosuch'"),
+  ]
+  checkpoint = f"--checkpoint={ckpt_small}"
+  cases.append(([dhf1k, "--layout=dhf1k", f"--checkpoint={tmp_path}"], "no config.json"))
+  for args, message in cases:
+    stderr, imported_jax = refused_without_jax("visage_jax.cli.evaluate", checkpoint, *args, out)
+    assert message in stderr and stderr.strip().count("\n") == 0, (args, stderr)
+    assert not imported_jax, args
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_frame_folder_predicts_like_the_mp4(ckpt_small, tmp_path):

@@ -492,30 +492,6 @@ def fixation_pool(entries, source_fps, protocol: dict):
   return layouts.ShuffledNegatives(points, m=protocol["M"], seed=protocol["seed"])
 
 
-def _entries(layout: str, data: str, split: str, max_videos: int) -> list:
-  from visage_jax.data import layouts
-
-  dataset = layouts.open_layout(layout, data)
-  entries = dataset.entries(split)[: max_videos or None]
-  if not entries:
-    raise layouts.DataError(f"{dataset.root}: split {split!r} lists no videos")
-  return entries
-
-
-def _check_protocol(layout, split, entries, quantize_uint8: bool, source_fps) -> None:
-  """What the DHF1K protocol needs before any work, and a warning where s-AUC is undefined."""
-  from visage_jax.data import layouts
-
-  if not quantize_uint8:
-    raise layouts.DataError(
-      f"--layout={layout} scores 8-bit maps (the DHF1K protocol, as its MATLAB code reads PNGs): "
-      "drop --noquantize_uint8"
-    )
-  layouts.check_frame_rate(layout, source_fps)
-  if len(entries) < 2:
-    print(f"visage-eval: s-AUC is undefined: split {split!r} has one video", file=sys.stderr)
-
-
 def evaluate_dataset(
   checkpoint: str,
   data: str,
@@ -547,11 +523,13 @@ def evaluate_dataset(
   from visage_jax.data import layouts
 
   split = split or layouts.EVAL_SPLIT.get(layout)
-  entries = _entries(layout, data, split, max_videos)
+  entries = layouts.eval_entries(layout, data, split, max_videos)
+  layouts.check_protocol_settings(layout, quantize_uint8, source_fps)
   protocol = None
   if layout != "ntire2026":
     protocol = dhf1k_protocol(sauc_frames, sauc_seed)
-    _check_protocol(layout, split, entries, quantize_uint8, source_fps)
+    if len(entries) < 2:
+      print(f"visage-eval: s-AUC is undefined: split {split!r} has one video", file=sys.stderr)
   settings = eval_settings(
     checkpoint,
     data,

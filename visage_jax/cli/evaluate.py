@@ -64,18 +64,24 @@ FLAGS = flags.FLAGS
 def main(_):
   from absl import logging
 
-  from visage_jax import evaluate, parallel
-  from visage_jax.checkpoint import CheckpointError
+  from visage_jax.config_file import CheckpointError
   from visage_jax.data.challenge import DataError
   from visage_jax.data.video import VideoError
-  from visage_jax.evaluate import evaluate_dataset
-  from visage_jax.resume import SettingsConflict
 
   logging.set_verbosity(logging.WARNING)
   for name in ("checkpoint", "data", "output"):
     if not getattr(FLAGS, name):
       fail("visage-eval", f"--{name} is required")
   check_output("visage-eval", FLAGS.output)
+  try:
+    _check_before_jax()
+  except (DataError, VideoError, CheckpointError) as e:
+    fail("visage-eval", str(e))
+
+  from visage_jax import evaluate, parallel
+  from visage_jax.evaluate import evaluate_dataset
+  from visage_jax.resume import SettingsConflict
+
   try:
     parallel.initialize_distributed()
   except ValueError as e:
@@ -110,6 +116,17 @@ def main(_):
   tables = evaluate.TABLES["ntire2026" if FLAGS.layout == "ntire2026" else "dhf1k"]
   print("\n\n".join(evaluate.format_table(result, *table) for table in tables))
   print(f"\nwrote {os.path.join(FLAGS.output, 'metrics.json')}")
+
+
+def _check_before_jax() -> None:
+  """The checkpoint, the dataset's split and the protocol's settings, checked before the seconds
+  JAX's import costs (`evaluate_dataset` checks them again, for API callers)."""
+  from visage_jax.config_file import read_config
+  from visage_jax.data import layouts
+
+  read_config(FLAGS.checkpoint)
+  layouts.eval_entries(FLAGS.layout, FLAGS.data, FLAGS.split, FLAGS.max_videos)
+  layouts.check_protocol_settings(FLAGS.layout, FLAGS.quantize_uint8, FLAGS.source_fps)
 
 
 def run():

@@ -113,6 +113,29 @@ def check_frame_rate(layout: str, source_fps: float | None) -> None:
     )
 
 
+def eval_entries(layout: str, root: str, split: str | None, max_videos: int = 0) -> list:
+  """The entries `visage-eval` scores: `split` (None: the layout's evaluation split), the first
+  `max_videos` of it (0: all); a split that lists none is a `DataError`."""
+  dataset = open_layout(layout, root)
+  split = split or EVAL_SPLIT.get(layout)
+  entries = dataset.entries(split)[: max_videos or None]
+  if not entries:
+    raise DataError(f"{dataset.root}: split {split!r} lists no videos")
+  return entries
+
+
+def check_protocol_settings(layout: str, quantize_uint8: bool, source_fps) -> None:
+  """What the DHF1K protocol (every layout but ntire2026) needs from the settings."""
+  if layout == "ntire2026":
+    return
+  if not quantize_uint8:
+    raise DataError(
+      f"--layout={layout} scores 8-bit maps (the DHF1K protocol, as its MATLAB code reads PNGs): "
+      "drop --noquantize_uint8"
+    )
+  check_frame_rate(layout, source_fps)
+
+
 def open_layout(layout: str, root: str):
   """The layout object for a dataset root."""
   if layout == "ntire2026":
@@ -211,6 +234,8 @@ __all__ = [
   "ShuffledNegatives",
   "VideoError",
   "check_frame_rate",
+  "check_protocol_settings",
+  "eval_entries",
   "load_points",
   "open_entry",
   "open_layout",
