@@ -335,8 +335,21 @@ def auc_judd(
   c = jnp.asarray(fixations)
   c = ((c > 0) if variant == "mit" else c).astype(s.dtype)
   n = _sum(c)
+  sum_ca, a_last = _judd_pixel_sums(s, c, levels, jitter)
+  d = _judd_negatives(c, n, variant)
+  n_safe = jnp.where(n > 0, n, 1)
+  auc = 1 + (n_safe * n_safe + a_last - 2 * sum_ca) / (2 * n_safe * d)
+  defined = n > 0
+  if variant == "mit" and not jitter:
+    defined &= jnp.max(s, axis=(-2, -1)) > jnp.min(s, axis=(-2, -1))
+  return _guard(jnp.where(defined, auc, jnp.nan), ok)
+
+
+def _judd_pixel_sums(s, c, levels, jitter: bool):
+  """AUC-Judd's Σ_p c_p·A_p and A_last over the last two axes (see `auc_judd`): from the 8-bit
+  `levels`' histogram when given, else by a search of the fixated values when they fit
+  `SPARSE_SLOTS`, else by sorting the whole map."""
   h, w = s.shape[-2], s.shape[-1]
-  lead = s.shape[:-2]
   flat, cflat = s.reshape(-1, h * w), c.reshape(-1, h * w)
   slots = min(SPARSE_SLOTS, h * w)
 
@@ -355,20 +368,19 @@ def auc_judd(
   else:
     fits = jnp.max(jnp.sum(cflat > 0, axis=-1)) <= slots
     sum_ca, a_last = jax.lax.cond(fits, sparse, dense, None)
-  sum_ca, a_last = sum_ca.reshape(lead), a_last.reshape(lead)
-  if variant == "ntire2026":
-    rows = jnp.arange(h)[:, None]
-    cols = jnp.arange(w)[None, :]
-    off_diagonal = jnp.any((c > 0) & (rows != cols), axis=(-2, -1))
-    d = h * w - jnp.where(off_diagonal, 2, 1).astype(s.dtype)
-  else:
-    d = h * w - n
-  n_safe = jnp.where(n > 0, n, 1)
-  auc = 1 + (n_safe * n_safe + a_last - 2 * sum_ca) / (2 * n_safe * d)
-  defined = n > 0
-  if variant == "mit" and not jitter:
-    defined &= jnp.max(s, axis=(-2, -1)) > jnp.min(s, axis=(-2, -1))
-  return _guard(jnp.where(defined, auc, jnp.nan), ok)
+  return sum_ca.reshape(s.shape[:-2]), a_last.reshape(s.shape[:-2])
+
+
+def _judd_negatives(c, n, variant: str):
+  """AUC-Judd's D: H·W − U for ntire2026 (U: the scorer's `np.unique(F, axis=1)` column count,
+  1 when every fixation has y == x, else 2), H·W − N for mit."""
+  h, w = c.shape[-2], c.shape[-1]
+  if variant != "ntire2026":
+    return h * w - n
+  rows = jnp.arange(h)[:, None]
+  cols = jnp.arange(w)[None, :]
+  off_diagonal = jnp.any((c > 0) & (rows != cols), axis=(-2, -1))
+  return h * w - jnp.where(off_diagonal, 2, 1).astype(c.dtype)
 
 
 SAUC_STEP = 0.1  # AUC_shuffled.m's default stepSize
