@@ -321,6 +321,19 @@ def test_a_hanging_decoder_becomes_an_error_naming_the_file():
     _guarded(lambda: time.sleep(5), 0.2, "some.mp4 frame 3")
 
 
+def test_a_file_without_a_video_stream_is_named_as_such(tmp_path):
+  """A file FFmpeg opens that holds no pictures (here a WAV sound) is refused before decord."""
+  import wave
+
+  path = str(tmp_path / "sound.mp4")
+  with wave.open(path, "wb") as w:
+    w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+    w.writeframes(bytes(1600))
+  with pytest.raises(VideoError) as info:
+    open_video(path)
+  assert str(info.value) == f"{path}: no video stream"
+
+
 def test_a_cut_off_video_is_named_as_such_in_one_line(tmp_path):
   """An mp4 whose index comes first (faststart, as streamed files are) cut off at 60 %: decord's
   own log prefix and bare FFmpeg error number become words."""
