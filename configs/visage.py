@@ -47,12 +47,13 @@ def _backbone(preset: str) -> ml_collections.ConfigDict:
   # Layers run as one `lax.scan` over stacked block weights (False: a Python loop, same numbers).
   b.scan_layers = True
   # Rematerialisation of each block: "none", "full" (save nothing), "dots" (save matmul outputs),
-  # "dots_no_batch" (save matmuls without batch dimensions).
+  # "dots_no_batch" (save matmuls without batch dimensions), or by the block's names:
+  # "save_attention", "save_qkv_attention", "save_matmuls" (qkv, attention, proj, fc1, fc2).
   b.remat_policy = "none"
-  # "auto": cuDNN's fused attention on a GPU in bf16/fp16 (but not where a stage-2 step
-  # differentiates it: JAX refuses its backward at this model's odd token counts); on a CPU one
-  # (batch, head) at a time ("per_head"); elsewhere XLA's, by blocks of `attention_chunk` queries
-  # ("chunked") for sequences longer than two blocks. Or "xla", "cudnn", "chunked", "per_head".
+  # "auto": cuDNN's fused attention on a GPU in bf16/fp16 (the sequence padded to a multiple of
+  # 64, the padding masked, so that its backward runs too); on a CPU one (batch, head) at a time
+  # ("per_head"); elsewhere XLA's, by blocks of `attention_chunk` queries ("chunked") for
+  # sequences longer than two blocks. Or "xla", "cudnn", "chunked", "per_head".
   b.attention_impl = "auto"
   b.attention_chunk = 1024
   return b
@@ -132,8 +133,9 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   t.aux_loss_stage2 = False
   # The backbone's rematerialisation in stage 2, which differentiates through it ("": the
   # model's): "full" keeps one activation per block (6B: ~1.6 GB per clip of 20 frames instead of
-  # tens of GB); "auto" is "full" on GPUs and TPUs and, on a CPU, "none" when the activations fit
-  # in a quarter of the host's memory (`train_step.backbone_remat`). Stage 1 never rematerialises.
+  # ~28 GB); "auto" keeps what fits: on GPUs and TPUs the least recomputation whose activations
+  # take under half the device's memory, on a CPU "none" when they fit in a quarter of the host's
+  # memory, else "full" (`train_step.backbone_remat`). Stage 1 never rematerialises.
   t.remat_policy = "auto"
   t.num_steps = 1000
   t.checkpoint_every = 100

@@ -46,8 +46,12 @@ def test_same_outputs(ckpt_small, small_clip, reference, overrides):
     assert float(jnp.max(jnp.abs(a - b))) <= 1e-6
 
 
-def test_remat_gradients_match(ckpt_small, small_clip):
-  """Gradients of the LoRA weights through the backbone are the same with remat on or off."""
+@pytest.mark.parametrize(
+  "policy", ["full", "dots", "save_attention", "save_qkv_attention", "save_matmuls"]
+)
+def test_remat_gradients_match(ckpt_small, small_clip, policy):
+  """Gradients of the LoRA weights through the backbone are the same with each remat policy (the
+  named ones keep the block's `checkpoint_name`d results) as without remat."""
 
   def grads(policy):
     _, model = ckpt.load_model(ckpt_small, model_overrides={"backbone.remat_policy": policy})
@@ -60,7 +64,7 @@ def test_remat_gradients_match(ckpt_small, small_clip):
     return nnx.jit(nnx.grad(loss, argnums=nnx.DiffState(0, nnx.LoRAParam)))(backbone)
 
   g0 = jax.tree.leaves(grads("none"))
-  g1 = jax.tree.leaves(grads("full"))
+  g1 = jax.tree.leaves(grads(policy))
   assert len(g0) == len(g1) > 0
   for a, b in zip(g0, g1):
     scale = float(jnp.max(jnp.abs(a))) + 1e-12
@@ -99,27 +103,74 @@ def test_blocked_attention_equals_xla_values_and_gradients(impl):
     assert np.max(np.abs(a - b)) <= 1e-5 * float(np.max(np.abs(a)))
 
 
+@pytest.mark.parametrize("n,multiple", [(37, 16), (48, 16), (5, 64)])
+def test_padded_attention_equals_unpadded_values_and_gradients(n, multiple):
+  """The sequence padded to a multiple (the length cuDNN's fused kernel differentiates), the padded
+  keys masked by length and the padded queries dropped: XLA's attention and its gradients."""
+  from visage_jax.models.internvideo2 import padded_attention
+
+  rng = np.random.default_rng(0)
+  q, k, v, w = (jnp.asarray(rng.normal(size=(2, n, 3, 8)), jnp.float32) for _ in range(4))
+  full = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=0.3, implementation="xla")
+  padded = lambda q, k, v: padded_attention(
+    q, k, v, scale=0.3, implementation="xla", multiple=multiple
+  )
+  assert padded(q, k, v).shape == (2, n, 3, 8)
+  assert np.max(np.abs(full(q, k, v) - padded(q, k, v))) <= 1e-6
+  gf = jax.grad(lambda *a: jnp.sum(full(*a) * w), argnums=(0, 1, 2))(q, k, v)
+  gp = jax.grad(lambda *a: jnp.sum(padded(*a) * w), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(gf, gp):
+    assert a.shape == b.shape
+    assert np.max(np.abs(a - b)) <= 1e-5 * float(np.max(np.abs(a)))
+
+
 @pytest.mark.parametrize(
-  "backend,dtype,tokens,differentiated,expected",
+  "backend,dtype,tokens,expected",
   [
-    ("cpu", "float32", 129, False, "per_head"),
-    ("cpu", "bfloat16", 5121, True, "per_head"),
-    ("gpu", "bfloat16", 5121, False, "cudnn"),
-    ("gpu", "bfloat16", 5121, True, "chunked"),  # JAX refuses cuDNN's backward at odd lengths
-    ("gpu", "bfloat16", 1025, True, "xla"),
-    ("gpu", "float32", 129, False, "xla"),
-    ("gpu", "float32", 5121, False, "chunked"),  # 6B, 20 frames
-    ("tpu", "bfloat16", 5121, False, "chunked"),
+    ("cpu", "float32", 129, "per_head"),
+    ("cpu", "bfloat16", 5121, "per_head"),
+    ("gpu", "bfloat16", 5121, "cudnn"),  # padded to 5184, in inference and training alike
+    ("gpu", "float16", 1025, "cudnn"),
+    ("gpu", "float32", 129, "xla"),
+    ("gpu", "float32", 5121, "chunked"),  # 6B, 20 frames
+    ("tpu", "bfloat16", 5121, "chunked"),
   ],
 )
-def test_auto_attention_by_platform(monkeypatch, backend, dtype, tokens, differentiated, expected):
+def test_auto_attention_by_platform(monkeypatch, backend, dtype, tokens, expected):
   from visage_jax.models.internvideo2 import resolve_attention_impl
 
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   dtype = jnp.dtype(dtype)
-  got = resolve_attention_impl("auto", dtype, tokens, 1024, differentiated=differentiated)
-  assert got == expected
-  assert resolve_attention_impl("xla", dtype, tokens, 1024, differentiated=differentiated) == "xla"
+  assert resolve_attention_impl("auto", dtype, tokens, 1024) == expected
+  assert resolve_attention_impl("xla", dtype, tokens, 1024) == "xla"
+
+
+def test_cudnn_attention_goes_through_the_padding(monkeypatch):
+  """The block's "cudnn" choice calls `padded_attention` with cuDNN at the 64 multiple (run here
+  with XLA in cuDNN's place: the block's numbers equal XLA's unpadded attention)."""
+  from configs.visage import get_config
+  from visage_jax.models import internvideo2
+
+  calls = []
+  padded = internvideo2.padded_attention
+
+  def spy(q, k, v, *, scale, implementation, multiple):
+    calls.append((q.shape[1], implementation, multiple))
+    return padded(q, k, v, scale=scale, implementation="xla", multiple=multiple)
+
+  cfg = get_config("tiny").model
+  cfg.backbone.attention_impl = "cudnn"
+  attn = internvideo2.Attention(
+    cfg, num_experts=1, lora_targets=(), with_lora=False, rngs=nnx.Rngs(0)
+  )
+  x = jax.random.normal(jax.random.key(1), (1, 2, 37, cfg.backbone.embed_dim))
+  monkeypatch.setattr(internvideo2, "padded_attention", spy)
+  got = attn(x)
+  monkeypatch.undo()
+  attn.attention_impl = "xla"
+  want = attn(x)
+  assert calls == [(37, "cudnn", internvideo2.CUDNN_SEQ_MULTIPLE)]
+  assert float(jnp.max(jnp.abs(got - want))) <= 1e-6
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

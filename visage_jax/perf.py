@@ -12,7 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from visage_jax.models.internvideo2 import num_tokens
+from visage_jax.models.internvideo2 import active_lora_targets, num_tokens
 
 # Dense bf16 peak per chip, TFLOP/s, matched against `device_kind`.
 NOMINAL_BF16_TFLOPS = {
@@ -29,24 +29,43 @@ NOMINAL_BF16_TFLOPS = {
 }
 
 
-def backbone_flops(cfg, batch: int, experts: int | None = None) -> float:
-  """Matmul FLOPs of one backbone forward for `batch` clips and `experts` LoRA branches (default:
-  the config's experts): 2·(12·D²)·N per block for the projections and 4·N²·D for attention, over
-  the blocks up to the last tap."""
+def _block_flops(cfg, with_lora: bool) -> tuple[float, float, float]:
+  """Per block and clip: the projections' matmul FLOPs (2·12·D²·N), the attention core's
+  (4·N²·D), and the acting LoRA adapters' (2·N·r·(d_in + d_out) for each)."""
   b = cfg.model.backbone
   n = num_tokens(b)
   d, hidden = b.embed_dim, int(b.embed_dim * b.mlp_ratio)
-  per_block = 2 * n * (3 * d * d + d * d + 2 * d * hidden) + 4 * n * n * d
+  linear = 2 * n * (3 * d * d + d * d + 2 * d * hidden)
+  attention = 4 * n * n * d
+  widths = {"qkv": d + 3 * d, "proj": 2 * d, "fc1": d + hidden, "fc2": hidden + d}
+  lora = 0
+  if with_lora:
+    lora = sum(2 * n * cfg.model.lora.rank * widths[t] for t in active_lora_targets(cfg.model))
+  return float(linear), float(attention), float(lora)
+
+
+def backbone_flops(cfg, batch: int, experts: int | None = None) -> float:
+  """Matmul FLOPs of one backbone forward for `batch` clips and `experts` LoRA branches (default:
+  the config's experts): 2·(12·D²)·N per block for the projections and 4·N²·D for attention, over
+  the blocks up to the last tap (the adapters, ~1 %, left out)."""
+  linear, attention, _ = _block_flops(cfg, with_lora=False)
+  b = cfg.model.backbone
   e = max(len(cfg.model.experts), 1) if experts is None else experts
-  return float(per_block * (b.taps[-1] + 1) * batch * e)
+  return (linear + attention) * (b.taps[-1] + 1) * batch * e
 
 
 def train_step_flops(cfg, global_batch: int) -> float:
-  """Model FLOPs of one training step: the backbone forward, and in stage 2 the backward through
-  it for the LoRA gradients (the input gradients, about one forward; the frozen weights get none).
-  Recomputation under remat is not counted (the usual MFU convention)."""
-  fwd = backbone_flops(cfg, global_batch, experts=1)
-  return fwd * (2.0 if cfg.train.stage == 2 else 1.0)
+  """Model FLOPs of one training step of one expert, per block and clip, summed over the blocks
+  up to the last tap: stage 1 the forward (projections L, attention A); stage 2 also the adapters'
+  forward (R), the backward through the activations (L + 2·A + R: the frozen weights get no
+  gradient, the attention core's backward is twice its forward) and the adapters' weight
+  gradients (R): 2·L + 3·A + 3·R. Recomputation under remat is not counted (the usual MFU
+  convention), nor the decoders (about 1 % at 6B)."""
+  linear, attention, lora = _block_flops(cfg, with_lora=cfg.train.stage == 2)
+  per_block = linear + attention
+  if cfg.train.stage == 2:
+    per_block = 2 * linear + 3 * attention + 3 * lora
+  return per_block * (cfg.model.backbone.taps[-1] + 1) * global_batch
 
 
 def nominal_peak_flops(device=None) -> float | None:

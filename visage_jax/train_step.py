@@ -20,7 +20,7 @@ from flax import nnx
 from visage_jax import parallel
 from visage_jax.data.video import CLIP_MEAN, CLIP_STD
 from visage_jax.losses import expert2_aux_loss, vsp_loss
-from visage_jax.models.internvideo2 import num_tokens, resolve_attention_impl
+from visage_jax.models.internvideo2 import num_tokens, stored_widths
 from visage_jax.models.layers import BatchNorm
 from visage_jax.models.precision import high
 from visage_jax.models.visage import ViSAGE
@@ -41,48 +41,57 @@ def training_model_config(cfg):
   m.lora.enabled = cfg.train.stage == 2
   m.lora_merged = False
   m.backbone.remat_policy = backbone_remat(cfg, m)
-  m.backbone.attention_impl = training_attention(cfg, m)
   return m
-
-
-def training_attention(cfg, model_cfg) -> str:
-  """The backbone's attention while training: the model's own, but "auto" in stage 2, which
-  differentiates the backbone, is resolved here with that in mind (no cuDNN fused kernel on a
-  GPU; see `resolve_attention_impl`). Stage 1 never differentiates the backbone."""
-  b = model_cfg.backbone
-  if b.attention_impl != "auto" or cfg.train.stage == 1:
-    return b.attention_impl
-  tokens, chunk = num_tokens(b), int(b.get("attention_chunk", 1024))
-  return resolve_attention_impl("auto", model_cfg.dtype, tokens, chunk, differentiated=True)
 
 
 def backbone_remat(cfg, model_cfg) -> str:
   """The backbone's rematerialisation while training. Stage 1 never rematerialises: its backbone
   is not differentiated (a policy there only costs time: 15 % of a mid-size step on a CPU).
-  Stage 2 takes `train.remat_policy` ("" for the model's own), where "auto" is "full" on GPUs and
-  TPUs and, on a CPU, "none" when the blocks' stored activations for this process's batch take
-  under a quarter of the host's memory, else "full"."""
+  Stage 2 takes `train.remat_policy` ("" for the model's own). "auto" keeps as much as fits: on a
+  CPU "none" when the blocks' stored activations for this process's batch take under a quarter of
+  the host's memory, else "full"; on an accelerator the first of `REMAT_BY_MEMORY` (least
+  recomputation first) whose activations for one device's micro-batch take under half of the
+  device's memory, else "full"."""
   if cfg.train.stage == 1:
     return "none"
   policy = cfg.train.get("remat_policy", "")  # absent from workdirs of older versions
-  if policy == "auto":
-    if jax.default_backend() != "cpu":
-      return "full"
+  if policy != "auto":
+    return policy or model_cfg.backbone.remat_policy
+  if jax.default_backend() == "cpu":
     clips = -(-cfg.train.batch_size // jax.process_count())
     budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
-    return "none" if clips * stored_activation_bytes(model_cfg) < budget else "full"
-  return policy or model_cfg.backbone.remat_policy
+    return "none" if clips * stored_activation_bytes(model_cfg, "none") < budget else "full"
+  budget = device_memory_bytes() / 2
+  micro_batch = cfg.train.batch_size // max(int(cfg.train.get("grad_accum_steps", 1)), 1)
+  clips = -(-micro_batch // jax.device_count())
+  for candidate in REMAT_BY_MEMORY:
+    if clips * stored_activation_bytes(model_cfg, candidate) < budget:
+      return candidate
+  return "full"
 
 
-def stored_activation_bytes(model_cfg) -> int:
-  """A rough float32 size of what the blocks keep for the backward pass of one clip without
-  remat: per token about ten D-wide and two MLP-wide vectors per block and expert (attention
-  scores are recomputed per head on a CPU; see `per_head_attention`)."""
+# Stage 2's "auto" on an accelerator tries these in turn: least recomputation first.
+REMAT_BY_MEMORY = ("none", "save_matmuls", "save_qkv_attention", "save_attention")
+
+
+def device_memory_bytes() -> int:
+  """The memory of one local accelerator as its allocator reports it (0 where it reports none)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return int(stats.get("bytes_limit", 0))
+
+
+def stored_activation_bytes(model_cfg, policy: str) -> int:
+  """A rough size of what the blocks keep for the backward pass of one clip under a remat
+  `policy` (`internvideo2.stored_widths` numbers per token and block, every expert; attention
+  scores are never stored: cuDNN's kernel and `per_head` recompute them). In float32 on a CPU,
+  whose backend computes bf16 in float32; in the model's dtype elsewhere."""
   b = model_cfg.backbone
-  tokens = num_tokens(b)
-  per_token = 10 * b.embed_dim + 2 * int(b.embed_dim * b.mlp_ratio)
+  hidden = int(b.embed_dim * b.mlp_ratio)
+  per_token = stored_widths(policy, b.embed_dim, hidden)
   blocks = max(b.taps) + 1
-  return 4 * tokens * per_token * blocks * max(len(model_cfg.experts), 1)
+  itemsize = 4 if jax.default_backend() == "cpu" else jnp.dtype(model_cfg.dtype).itemsize
+  experts = max(len(model_cfg.experts), 1)
+  return itemsize * num_tokens(b) * per_token * blocks * experts
 
 
 def trainable_filter(cfg):

@@ -12,35 +12,61 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from visage_jax import parallel
 from visage_jax.models.layers import LayerScale, RMSNorm
 from visage_jax.models.lora import LoRALinear, LoRAPatchEmbed
 
+# The names a block gives its costly intermediate results (`checkpoint_name`), which the named
+# rematerialisation policies keep: the qkv projection, the attention core's output, the output
+# projection, the MLP's hidden layer (before the GELU) and its output.
+BLOCK_NAMES = ("qkv", "attention", "proj", "fc1", "fc2")
+_SAVED_NAMES = {
+  "save_attention": ("attention",),
+  "save_qkv_attention": ("qkv", "attention"),
+  "save_matmuls": BLOCK_NAMES,
+}
 REMAT_POLICIES = {
   "none": None,
   "full": jax.checkpoint_policies.nothing_saveable,
   "dots": jax.checkpoint_policies.checkpoint_dots,
   "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  **{
+    name: jax.checkpoint_policies.save_only_these_names(*saved)
+    for name, saved in _SAVED_NAMES.items()
+  },
 }
 
 
+def stored_widths(policy: str, embed_dim: int, hidden: int) -> int:
+  """How many numbers a block keeps per token for its backward pass under a remat `policy`
+  (roughly: the block's input always; without remat also the norms' outputs, q/k/v and their
+  norms, the attention output, the MLP's hidden layer before and after the GELU)."""
+  d = embed_dim
+  named = {"qkv": 3 * d, "attention": d, "proj": d, "fc1": hidden, "fc2": d}
+  if policy == "none":
+    return 10 * d + 2 * hidden
+  if policy == "full":
+    return d
+  if policy in _SAVED_NAMES:
+    return d + sum(named[n] for n in _SAVED_NAMES[policy])
+  return d + sum(named.values())  # "dots", "dots_no_batch": every matmul's output
+
+
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked", "per_head")
+# cuDNN's fused attention takes (and differentiates) sequences padded to a multiple of this; the
+# padded keys are masked by their length, the padded queries' rows dropped.
+CUDNN_SEQ_MULTIPLE = 64
 
 
-def resolve_attention_impl(
-  impl, dtype, tokens: int | None = None, chunk: int = 1024, *, differentiated: bool = False
-):
+def resolve_attention_impl(impl, dtype, tokens: int | None = None, chunk: int = 1024):
   """ "auto": cuDNN's fused kernel on a GPU in bf16/fp16 (2.2× the 6B model's speed on an H100,
-  and no N×N scores in memory), unless the attention is `differentiated` (see below); on a CPU
-  one (batch, head) at a time ("per_head"); elsewhere XLA's, by query blocks ("chunked") once
-  the sequence is longer than two blocks (6B at 20 frames: 5121 tokens, whose full score
-  matrices would be held in float32, several at once when differentiating).
-
-  JAX refuses cuDNN's fused backward for this model's token counts, which are always odd (one
-  CLS token and an even number of patches): "Unsupported sequence length Q 5121, KV 5121" on an
-  H200 with jax 0.11.2. So where the attention is differentiated (a stage-2 training step:
-  `train_step.training_attention`), a GPU takes XLA's as other accelerators do."""
+  and no N×N scores in memory), in inference and in training: the sequence is padded to a length
+  its backward takes (`padded_attention`); on a CPU one (batch, head) at a time ("per_head");
+  elsewhere XLA's, by query blocks ("chunked") once the sequence is longer than two blocks (6B at
+  20 frames: 5121 tokens, whose full score matrices would be held in float32, several at once
+  when differentiating)."""
   if impl in (None, "xla", "cudnn", "chunked", "per_head"):
     return impl
   if impl != "auto":
@@ -48,14 +74,34 @@ def resolve_attention_impl(
       f"model.backbone.attention_impl must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}"
     )
   backend = jax.default_backend()
-  fused = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not differentiated
-  if backend == "gpu" and fused:
+  if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
     return "cudnn"
   if backend == "cpu":
     return "per_head"
   if tokens is not None and tokens > 2 * chunk:
     return "chunked"
   return "xla"
+
+
+def padded_attention(q, k, v, *, scale: float, implementation: str, multiple: int):
+  """`dot_product_attention` over the sequence padded to a multiple of `multiple` (q, k, v:
+  (B, N, H, Dh)). The padded keys are masked by their length (no query attends to them) and the
+  padded queries' rows are dropped, so values and gradients are those of the N tokens alone.
+
+  JAX refuses cuDNN's fused backward at this model's token counts, which are always odd (one CLS
+  token and an even number of patches: "Unsupported sequence length Q 5121, KV 5121" on an H200
+  with jax 0.11.2); a padded length is taken both ways."""
+  b, n, _, _ = q.shape
+  padded = -(-n // multiple) * multiple
+  if padded == n:
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+  widths = ((0, 0), (0, padded - n), (0, 0), (0, 0))
+  q, k, v = (jnp.pad(x, widths) for x in (q, k, v))
+  lengths = jnp.full((b,), n, jnp.int32)
+  out = jax.nn.dot_product_attention(
+    q, k, v, scale=scale, key_value_seq_lengths=lengths, implementation=implementation
+  )
+  return out[:, :n]
 
 
 def num_tokens(backbone_cfg) -> int:
@@ -147,7 +193,7 @@ class Attention(nnx.Module):
   def __call__(self, x, *, dropout_rate=0.0, rngs=(None, None)):
     e, bsz, n, d = x.shape
     h = self.num_heads
-    qkv = self.qkv(x, dropout_rate=dropout_rate, dropout_rng=rngs[0])
+    qkv = checkpoint_name(self.qkv(x, dropout_rate=dropout_rate, dropout_rng=rngs[0]), "qkv")
     q, k, v = jnp.split(qkv, 3, axis=-1)
     # q/k RMSNorm over the whole width, all heads together, before the head split.
     q, k = self.q_norm(q), self.k_norm(k)
@@ -159,7 +205,16 @@ class Attention(nnx.Module):
 
     scale = float((d // h) ** -0.5)
     impl = resolve_attention_impl(self.attention_impl, q.dtype, n, self.attention_chunk)
-    if impl == "chunked":
+    if impl == "cudnn":
+      out = padded_attention(
+        heads(q),
+        heads(k),
+        heads(v),
+        scale=scale,
+        implementation="cudnn",
+        multiple=CUDNN_SEQ_MULTIPLE,
+      )
+    elif impl == "chunked":
       out = chunked_attention(heads(q), heads(k), heads(v), scale=scale, chunk=self.attention_chunk)
     elif impl == "per_head":
       recompute = n > 2 * self.attention_chunk
@@ -168,8 +223,9 @@ class Attention(nnx.Module):
       out = jax.nn.dot_product_attention(
         heads(q), heads(k), heads(v), scale=scale, implementation=impl
       )
-    out = jnp.swapaxes(out.reshape(bsz, e, n, d), 0, 1)
-    return self.proj(out, dropout_rate=dropout_rate, dropout_rng=rngs[1])
+    out = checkpoint_name(jnp.swapaxes(out.reshape(bsz, e, n, d), 0, 1), "attention")
+    out = self.proj(out, dropout_rate=dropout_rate, dropout_rng=rngs[1])
+    return checkpoint_name(out, "proj")
 
 
 class Mlp(nnx.Module):
@@ -189,9 +245,9 @@ class Mlp(nnx.Module):
     self.approximate_gelu = b.mlp_impl == "fused"
 
   def __call__(self, x, *, dropout_rate=0.0, rngs=(None, None)):
-    x = self.fc1(x, dropout_rate=dropout_rate, dropout_rng=rngs[0])
+    x = checkpoint_name(self.fc1(x, dropout_rate=dropout_rate, dropout_rng=rngs[0]), "fc1")
     x = jax.nn.gelu(x, approximate=self.approximate_gelu)
-    return self.fc2(x, dropout_rate=dropout_rate, dropout_rng=rngs[1])
+    return checkpoint_name(self.fc2(x, dropout_rate=dropout_rate, dropout_rng=rngs[1]), "fc2")
 
 
 DROP_PATH_STREAM = 0x44524F50  # folded into the step's key for the drop-path draws ("DROP")
