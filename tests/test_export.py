@@ -240,6 +240,9 @@ HELP = "(--help lists the flags)"
 PRESETS = os.path.join(REPO, "configs", "visage.py")
 
 
+APART = "its outputs could overwrite what it reads; choose an output folder apart from the inputs"
+
+
 @pytest.mark.parametrize(
   "module, entry, prog, args, says",
   [
@@ -316,6 +319,34 @@ PRESETS = os.path.join(REPO, "configs", "visage.py")
       "visage-prepare",
       ["--layout=ntire2026", "--root=d", "--output=a_file"],
       "--output=a_file is an existing file, not a folder",
+    ),
+    (  # an output that is, holds or lies inside an input (one helper: cli.check_apart)
+      "visage_jax.cli.evaluate",
+      "run",
+      "visage-eval",
+      ["--checkpoint=c", "--data=d", "--output=d/out"],
+      "--output=d/out lies inside --data=d: " + APART,
+    ),
+    (
+      "visage_jax.cli.prepare",
+      "run",
+      "visage-prepare",
+      ["--layout=ntire2026", "--root=.", "--output=prepared"],
+      "--output=prepared lies inside --root=.: " + APART,
+    ),
+    (
+      "visage_jax.cli.train",
+      "run_export",
+      "visage-export",
+      ["--workdir=w", "--output=w"],
+      "--output=w is --workdir=w: " + APART,
+    ),
+    (
+      "visage_jax.cli.train",
+      "run_export",
+      "visage-export",
+      ["--format=pytorch", "--checkpoint=..", "--output=new"],
+      "--output=new lies inside --checkpoint=..: " + APART,
     ),
     (
       "visage_jax.cli.synth",

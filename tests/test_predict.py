@@ -4,6 +4,7 @@ reported and skipped."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -364,3 +365,78 @@ def test_a_refused_run_leaves_no_output_folder(videos, tmp_path):
     f"visage-predict: not searched: {tmp_path}/by_topic/sports (give it as an --input)",
     f"visage-predict: error: no videos in ['{tmp_path}/by_topic']",
   ]
+
+
+def _digest(root) -> dict:
+  """Every file under `root` (or `root` itself), by relative path: its bytes."""
+  if os.path.isfile(root):
+    return {".": open(root, "rb").read()}
+  return {
+    os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+    for d, _, files in os.walk(root)
+    for f in files
+  }
+
+
+@pytest.mark.parametrize("where", ["holds the file", "is the folder", "inside the folder"])
+def test_an_output_that_overlaps_an_input_is_refused_and_nothing_changes(
+  ckpt_small, tmp_path, where
+):
+  """`--input=DIR/clip.mp4 --output=DIR` once wrote the maps video over clip.mp4 and exited 0."""
+  folder = tmp_path / "mine"
+  folder.mkdir()
+  frames, _, _ = make_video(7, 6, SIZE)
+  write_mp4(str(folder / "clip.mp4"), frames, 30)
+  before = _digest(str(folder))
+  given, output = {
+    "holds the file": (folder / "clip.mp4", folder),
+    "is the folder": (folder, folder),
+    "inside the folder": (folder, folder / "maps"),
+  }[where]
+  res = _predict(ckpt_small, str(output), str(given))
+  assert res.returncode == 2, res.stderr[-2000:]
+  lines = res.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"visage-predict: error: --output={output} ")
+  assert f"--input={given}" in lines[0] and "apart from the inputs" in lines[0]
+  assert _digest(str(folder)) == before
+
+
+@pytest.mark.parametrize("taken", ["clip0.mp4", "clip0", "overlays/clip0.mp4"])
+def test_a_file_we_did_not_write_at_an_output_name_is_never_replaced(
+  videos, ckpt_small, tmp_path, taken
+):
+  output = tmp_path / "out"
+  path = output / taken
+  path.parent.mkdir(parents=True)
+  if taken == "clip0":
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+  else:
+    path.write_bytes(b"the user's own file")
+  before = _digest(str(output))
+  for extra in ((), ("--overwrite",)):
+    res = _predict(ckpt_small, str(output), os.path.join(videos, "clip0.mp4"), *extra)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines() == [
+      f"visage-predict: error: {path} exists and was not written by visage-predict (an output "
+      f"name of {videos}/clip0.mp4): move it or choose another --output"
+    ]
+    assert _digest(str(output)) == before
+
+
+def test_an_interrupted_move_into_place_is_finished_by_a_rerun(
+  reference, videos, ckpt_small, tmp_path
+):
+  """The record is moved into place first: a run killed after it, with the maps video moved and
+  the maps folder not, leaves outputs that a rerun knows as its own and replaces."""
+  from visage_jax.predict import settings_path
+
+  output = tmp_path / "out"
+  os.makedirs(output / ".visage-predict")
+  shutil.copy(settings_path(reference, "clip1"), settings_path(str(output), "clip1"))
+  (output / "clip1.mp4").write_bytes(b"half of an earlier run")
+  res = _predict(ckpt_small, str(output), os.path.join(videos, "clip1.mp4"))
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert open_video(str(output / "clip1.mp4")).num_frames == FRAMES
+  ref = {k: v for k, v in _tree(reference).items() if k.startswith("clip1/")}
+  assert len(ref) == FRAMES and _tree(str(output)) == ref

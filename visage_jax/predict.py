@@ -138,6 +138,33 @@ def recorded_settings(output: str, name: str) -> dict | None:
     return None
 
 
+def output_paths(output: str, name: str) -> list[str]:
+  """Where a video's outputs go (`_move_into_place`), its record aside: the maps folder, the maps
+  mp4, the overlay, and each expert's maps folder present in the output."""
+  paths = [
+    os.path.join(output, name),
+    os.path.join(output, name + ".mp4"),
+    os.path.join(output, "overlays", name + ".mp4"),
+  ]
+  experts = os.path.join(output, "experts")
+  if os.path.isdir(experts):
+    paths += [os.path.join(experts, e, name) for e in sorted(os.listdir(experts))]
+  return paths
+
+
+def foreign_output(output: str, name: str) -> str | None:
+  """The first of a video's output paths that holds something this command did not write (no
+  record of ours for that video: the record is moved into place before the outputs are), or
+  None. Such a file or folder is never replaced."""
+  if os.path.exists(settings_path(output, name)):
+    return None
+  return next((p for p in output_paths(output, name) if os.path.lexists(p)), None)
+
+
+class ForeignOutput(FileExistsError):
+  """One of a video's output names is taken by a file that visage-predict did not write."""
+
+
 def write_video_outputs(
   predictor,
   path: str,
@@ -153,6 +180,9 @@ def write_video_outputs(
   Everything is written into one staging folder, OUT/.visage-predict/<video>.partial, and moved
   into place when whole: a failure or a kill leaves nothing of the video among the outputs."""
   name = video_name(path)
+  taken = foreign_output(output, name)
+  if taken:
+    raise ForeignOutput(f"{taken} exists and was not written by visage-predict: not replaced")
   video = open_video(path, fps=settings["source_fps"])
   experts = [k for k in predictor.expert_names if settings["save_experts"]]
   stage = os.path.join(output, SETTINGS_DIR, f"{name}.partial")
@@ -195,16 +225,19 @@ def write_video_outputs(
 
 
 def _move_into_place(stage: str, output: str, name: str, experts) -> None:
-  """A finished video's files from its staging folder to their places. Its maps' folder goes
-  first (an overwritten video is incomplete from here on) and comes back last: its appearance
+  """A finished video's files from its staging folder to their places. Its record goes first
+  (what lies at its output names is ours from here on: `foreign_output`), then its maps' folder
+  goes (an overwritten video is incomplete from here on) and comes back last: its appearance
   marks the video complete (`is_complete`)."""
   fused = os.path.join(output, name)
+  record = settings_path(output, name)
+  os.makedirs(os.path.dirname(record), exist_ok=True)
+  os.replace(os.path.join(stage, "settings.json"), record)
   shutil.rmtree(fused, ignore_errors=True)
   moves = [(os.path.join(stage, e), os.path.join(output, "experts", e, name)) for e in experts]
   moves += [
     (os.path.join(stage, "overlay.mp4"), os.path.join(output, "overlays", name + ".mp4")),
     (os.path.join(stage, "maps.mp4"), os.path.join(output, name + ".mp4")),
-    (os.path.join(stage, "settings.json"), settings_path(output, name)),
     (os.path.join(stage, "fused"), fused),
   ]
   for staged, final in moves:

@@ -119,3 +119,27 @@ def check_output(prog: str, output: str, flag: str = "--output") -> None:
   except OSError as e:
     where = "not writable" if existing == target else f"cannot create it in {existing}"
     fail(prog, f"{flag}={output}: {where}: {e.strerror}")
+
+
+def check_apart(prog: str, output: str, inputs, flag: str = "--output") -> None:
+  """An output (given as `flag`) that equals, holds or lies inside one of `inputs` ((flag, path)
+  pairs: the files and folders the command reads): one line, exit 2, before any work. Compared
+  by real path, so a link or another spelling of the same place is found too."""
+  out = os.path.realpath(output)
+  for input_flag, path in inputs:
+    if not path:
+      continue
+    real = os.path.realpath(path)
+    if out == real:
+      how = "is"
+    elif real.startswith(out.rstrip(os.sep) + os.sep):
+      how = "holds"
+    elif out.startswith(real.rstrip(os.sep) + os.sep):
+      how = "lies inside"
+    else:
+      continue
+    fail(
+      prog,
+      f"{flag}={output} {how} {input_flag}={path}: its outputs could overwrite what it reads; "
+      "choose an output folder apart from the inputs",
+    )

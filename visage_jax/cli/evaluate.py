@@ -30,7 +30,7 @@ import sys
 
 from absl import flags
 
-from visage_jax.cli import check_output, fail, must_be_positive, run_app
+from visage_jax.cli import check_apart, check_output, fail, must_be_positive, run_app
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_string("data", None, "Dataset root, as distributed")
@@ -72,6 +72,8 @@ def main(_):
   for name in ("checkpoint", "data", "output"):
     if not getattr(FLAGS, name):
       fail("visage-eval", f"--{name} is required")
+  inputs = [("--checkpoint", FLAGS.checkpoint), ("--data", FLAGS.data)]
+  check_apart("visage-eval", FLAGS.output, inputs)
   check_output("visage-eval", FLAGS.output)
   try:
     _check_before_jax()

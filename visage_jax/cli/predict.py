@@ -12,6 +12,9 @@ its images/ or frames/); other subfolders are named on stderr, not searched.
 For each video: OUT/<video>/eyeMap_%05d.png (8-bit fused maps, one per frame, 1-based),
 OUT/<video>.mp4 (the maps at the source frame rate and frame count) and OUT/overlays/<video>.mp4
 (the map as a heat map over the frames); with --save_experts also OUT/experts/<expert>/<video>/.
+OUT must lie apart from the inputs and the checkpoint (not one of them, not holding one, not
+inside one), and a file or folder at one of a video's output names that visage-predict did not
+write (no record of it in OUT/.visage-predict/) is refused before any work, never replaced.
 Outputs are written while the model runs, each video into OUT/.visage-predict/<video>.partial/,
 moved into place when whole. Each finished video records its settings (the checkpoint and when it
 was written, --dtype, --stride, --source_fps, --map_size, --save_experts) in
@@ -29,7 +32,7 @@ import sys
 
 from absl import flags
 
-from visage_jax.cli import check_output, fail, must_be_positive, run_app
+from visage_jax.cli import check_apart, check_output, fail, must_be_positive, run_app
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_multi_string(
@@ -85,8 +88,11 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.checkpoint or not FLAGS.input or not FLAGS.output:
     fail("visage-predict", "--checkpoint, --input and --output are required")
+  inputs = [("--input", path) for path in FLAGS.input] + [("--checkpoint", FLAGS.checkpoint)]
+  check_apart("visage-predict", FLAGS.output, inputs)
   videos = _input_videos()
   check_output("visage-predict", FLAGS.output)
+  _check_output_names_free(videos)
   try:
     read_config(FLAGS.checkpoint)  # its weights are read once JAX is imported
   except CheckpointError as e:
@@ -130,9 +136,8 @@ def _input_videos() -> list[str]:
   if missing:
     fail("visage-predict", f"--input={missing[0]}: no such file or folder")
   videos = find_videos(FLAGS.input)
-  for folder in folders_not_searched(FLAGS.input):
-    if os.path.abspath(folder) != os.path.abspath(FLAGS.output):
-      print(f"visage-predict: not searched: {folder} (give it as an --input)", file=sys.stderr)
+  for folder in folders_not_searched(FLAGS.input):  # the output lies apart (check_apart)
+    print(f"visage-predict: not searched: {folder} (give it as an --input)", file=sys.stderr)
   if not videos:
     fail("visage-predict", f"no videos in {FLAGS.input}")
   folders = [v for v in videos if os.path.isdir(v)]
@@ -143,6 +148,21 @@ def _input_videos() -> list[str]:
   if dupes:
     fail("visage-predict", f"several inputs are named {dupes[0]}")
   return videos
+
+
+def _check_output_names_free(videos) -> None:
+  """One line, exit 2, if a file or folder that visage-predict did not write lies at one of a
+  video's output names (it is never replaced, --overwrite or not)."""
+  from visage_jax.predict import foreign_output, video_name
+
+  for path in videos:
+    taken = foreign_output(FLAGS.output, video_name(path))
+    if taken:
+      fail(
+        "visage-predict",
+        f"{taken} exists and was not written by visage-predict (an output name of {path}): "
+        "move it or choose another --output",
+      )
 
 
 def _predict_each(predictor, videos, settings) -> tuple[int, list[str]]:

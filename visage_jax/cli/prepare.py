@@ -12,7 +12,7 @@ import sys
 
 from absl import flags
 
-from visage_jax.cli import check_output, fail, must_be_positive, run_app
+from visage_jax.cli import check_apart, check_output, fail, must_be_positive, run_app
 
 flags.DEFINE_enum(
   "layout", None, ["ntire2026", "dhf1k", "hollywood2", "ucf_sports"], "Dataset layout"
@@ -45,6 +45,7 @@ def main(_):
   for name in ("layout", "root", "output"):
     if not getattr(FLAGS, name):
       fail("visage-prepare", f"--{name} is required")
+  check_apart("visage-prepare", FLAGS.output, [("--root", FLAGS.root)])
   check_output("visage-prepare", FLAGS.output)
   try:
     report = prepare(

@@ -21,7 +21,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from visage_jax.cli import check_output, fail, parse_flags, run_app
+from visage_jax.cli import check_apart, check_output, fail, parse_flags, run_app
 
 FLAGS = flags.FLAGS
 
@@ -81,6 +81,8 @@ def export_main(_):
     fail("visage-export", f"--format={fmt} takes either --checkpoint or --workdir (repeatable)")
   if not FLAGS.checkpoint and not FLAGS.workdir:
     fail("visage-export", "--workdir (once per expert) is required")
+  inputs = [("--workdir", w) for w in FLAGS.workdir] + [("--checkpoint", FLAGS.checkpoint)]
+  check_apart("visage-export", FLAGS.output, inputs)
   from conversion.convert import new_output
   from conversion.torch_io import ConversionError
 
