@@ -216,13 +216,16 @@ def test_user_mistakes_are_one_line_before_jax_is_imported(datasets, ckpt_small,
 
   out = f"--output={tmp_path / 'out'}"
   checkpoint = f"--checkpoint={ckpt_small}"  # a later --checkpoint replaces it (absl)
+  not_a_checkpoint = tmp_path / "not_a_checkpoint"  # apart from --output, which it would hold
+  not_a_checkpoint.mkdir()
   hollywood2, dhf1k = (f"--data={datasets[k]}" for k in ("hollywood2", "dhf1k"))
   cases = [
     ([hollywood2, "--layout=hollywood2"], "--source_fps"),
     ([hollywood2, "--layout=dhf1k"], "not a DHF1K-layout dataset"),
     ([dhf1k, "--layout=dhf1k", "--noquantize_uint8"], "scores 8-bit maps"),
     ([dhf1k, "--layout=dhf1k", "--split=nosuch"], "unknown DHF1K split 'nosuch'"),
-    ([dhf1k, "--layout=dhf1k", f"--checkpoint={tmp_path}"], "no config.json"),
+    ([dhf1k, "--layout=dhf1k", f"--checkpoint={not_a_checkpoint}"], "no config.json"),
+    ([dhf1k, "--layout=dhf1k", f"--checkpoint={tmp_path}"], "lies inside --checkpoint="),
   ]
   for args, message in cases:
     stderr, imported_jax = refused_without_jax("visage_jax.cli.evaluate", checkpoint, *args, out)
