@@ -440,3 +440,31 @@ def test_an_interrupted_move_into_place_is_finished_by_a_rerun(
   assert open_video(str(output / "clip1.mp4")).num_frames == FRAMES
   ref = {k: v for k, v in _tree(reference).items() if k.startswith("clip1/")}
   assert len(ref) == FRAMES and _tree(str(output)) == ref
+
+
+def test_a_failure_of_ours_in_one_video_does_not_stop_the_others(monkeypatch, capsys):
+  """Before issue 33 a rotated video's ValueError (in the overlay) ended the whole run: every
+  later video went unpredicted. Now it is that video's failure, with its traceback, and the
+  others are predicted."""
+  import visage_jax.predict
+  from visage_jax.cli.predict import predict_each
+  from visage_jax.data.video import VideoError
+
+  def write(predictor, path, output, **kwargs):
+    if path == "b.mp4":
+      raise ValueError("operands could not be broadcast together")
+    if path == "c.mp4":
+      raise VideoError("c.mp4: cannot decode frame 3")
+    written.append(path)
+
+  written = []
+  monkeypatch.setattr(visage_jax.predict, "write_video_outputs", write)
+  done, failed = predict_each(None, ["a.mp4", "b.mp4", "c.mp4", "d.mp4"], "out", {}, 1)
+  assert (done, written) == (2, ["a.mp4", "d.mp4"])
+  assert failed == [
+    "b.mp4: ValueError: operands could not be broadcast together (a bug of visage-predict: "
+    "please report it)",
+    "c.mp4: cannot decode frame 3",
+  ]
+  stderr = capsys.readouterr().err
+  assert "Traceback" in stderr and stderr.count("Traceback") == 1

@@ -120,7 +120,7 @@ def main(_):
     predictor = Predictor.load(FLAGS.checkpoint, **({"dtype": FLAGS.dtype} if FLAGS.dtype else {}))
   except CheckpointError as e:
     fail("visage-predict", str(e))
-  done, failed = _predict_each(predictor, videos, settings)
+  done, failed = predict_each(predictor, videos, FLAGS.output, settings, FLAGS.batch_size)
   print(f"{done} predicted, {skipped} already complete, {len(failed)} failed -> {FLAGS.output}")
   for message in failed:
     print(f"failed: {message}", file=sys.stderr)
@@ -165,9 +165,13 @@ def _check_output_names_free(videos) -> None:
       )
 
 
-def _predict_each(predictor, videos, settings) -> tuple[int, list[str]]:
+def predict_each(predictor, videos, output, settings, batch_size) -> tuple[int, list[str]]:
   """Each video's outputs, under a bar of the videos and one of the current video's frames; a
-  video that cannot be read is said and skipped: (videos done, the failures' messages)."""
+  video that fails is said and skipped, and the others go on: (videos done, the failures'
+  messages). A failure that is not the video's (`VideoError`, `DataError`) is ours: its
+  traceback is printed for a report."""
+  import traceback
+
   from tqdm import tqdm
 
   from visage_jax.data.challenge import DataError
@@ -179,16 +183,17 @@ def _predict_each(predictor, videos, settings) -> tuple[int, list[str]]:
     with tqdm(desc=video_name(path), unit="frame", position=1, leave=False) as bar:
       try:
         write_video_outputs(
-          predictor,
-          path,
-          FLAGS.output,
-          settings=settings,
-          batch_size=FLAGS.batch_size,
-          progress=bar.update,
+          predictor, path, output, settings=settings, batch_size=batch_size, progress=bar.update
         )
         done += 1
       except (VideoError, DataError) as e:
         failed.append(_naming(path, str(e)))
+        tqdm.write(f"visage-predict: skipped {failed[-1]}", file=sys.stderr)
+      except Exception as e:
+        tqdm.write(traceback.format_exc(), file=sys.stderr)
+        failed.append(
+          _naming(path, f"{type(e).__name__}: {e} (a bug of visage-predict: please report it)")
+        )
         tqdm.write(f"visage-predict: skipped {failed[-1]}", file=sys.stderr)
   return done, failed
 

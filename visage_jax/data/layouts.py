@@ -179,7 +179,7 @@ def load_points(path: str, video) -> list[np.ndarray]:
   fixation maps (each non-zero pixel once)."""
   if not os.path.isdir(path):
     return challenge.load_fixations(path, video.num_frames, video.height, video.width)
-  from PIL import Image
+  from PIL import Image, ImageOps
 
   files = numbered_images(path)
   if len(files) != video.num_frames:
@@ -188,7 +188,7 @@ def load_points(path: str, video) -> list[np.ndarray]:
   for f in files:
     try:
       with Image.open(f) as img:
-        binary = np.asarray(img.convert("L"))
+        binary = np.asarray(ImageOps.exif_transpose(img).convert("L"))  # as shown
     except Exception as e:
       raise DataError(f"{f}: cannot read the fixation map: {e}") from None
     if binary.shape != (video.height, video.width):

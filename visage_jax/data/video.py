@@ -1,13 +1,15 @@
 """Reading video frames: a small interface, decord behind it, guarded against hangs.
 
 Every failure becomes a `VideoError` naming the file (and the frame where one is involved).
-Frames come out as uint8 (N, H, W, 3) RGB at the source resolution; `resize_frames` and
-`normalize` turn them into model input exactly as the original's torchvision transform does.
+Frames come out as uint8 (N, H, W, 3) RGB at the source resolution, turned as a player shows them
+(`Orientation`: a video's display matrix, an image's EXIF tag); `resize_frames` and `normalize`
+turn them into model input exactly as the original's torchvision transform does.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import os
 import re
 from typing import Protocol
@@ -22,12 +24,83 @@ class VideoError(Exception):
   """A video cannot be read. The message names the file and, where known, the frame."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Orientation:
+  """How a stored frame is turned to be shown: `turns` quarter turns counterclockwise (as
+  `np.rot90`), then mirrored left to right if `mirrored`. These eight are every way a video's
+  display matrix (at quarter turns) or an image's EXIF tag can ask for."""
+
+  turns: int = 0
+  mirrored: bool = False
+
+  def apply(self, frame: np.ndarray) -> np.ndarray:
+    """(H, W, …) stored → shown; the frame itself when nothing is to be done."""
+    if not self.turns and not self.mirrored:
+      return frame
+    shown = np.rot90(frame, self.turns)
+    return np.ascontiguousarray(shown[:, ::-1] if self.mirrored else shown)
+
+  def after(self, first: Orientation) -> Orientation:
+    """One orientation doing `first`, then this one."""
+    probe = np.arange(6).reshape(2, 3)
+    want = self.apply(first.apply(probe))
+    for turns in range(4):
+      for mirrored in (False, True):
+        candidate = Orientation(turns, mirrored)
+        got = candidate.apply(probe)
+        if got.shape == want.shape and (got == want).all():
+          return candidate
+    raise AssertionError("the eight orientations are a group")
+
+
+UPRIGHT = Orientation()
+_VERTICAL_FLIP = Orientation(2, mirrored=True)
+
+
+def display_orientation(matrix, path: str) -> Orientation:
+  """The orientation a video's display matrix (9 int32 in FFmpeg's layout, or None) asks for,
+  decided as FFmpeg's command line does it (its `autorotate`: the rotation in whole degrees,
+  then the matrix's signs for the mirrors). A rotation off the quarter turns is a `VideoError`."""
+  if matrix is None:
+    return UPRIGHT
+  m = [int(x) for x in matrix]
+  scale = np.hypot(m[0], m[3]), np.hypot(m[1], m[4])
+  if not all(scale):
+    raise VideoError(f"{path}: its display matrix is degenerate ({m})")
+  clockwise = round(np.degrees(np.arctan2(m[1] / scale[1], m[0] / scale[0]))) % 360
+  if clockwise == 90:
+    return _VERTICAL_FLIP.after(Orientation(1)) if m[3] > 0 else Orientation(3)
+  if clockwise == 270:
+    return _VERTICAL_FLIP.after(Orientation(3)) if m[3] < 0 else Orientation(1)
+  if clockwise == 180:
+    mirror = Orientation(0, mirrored=m[0] < 0)
+    return _VERTICAL_FLIP.after(mirror) if m[4] < 0 else mirror
+  if clockwise == 0:
+    return _VERTICAL_FLIP if m[4] < 0 else UPRIGHT
+  raise VideoError(
+    f"{path}: rotated by {(360 - clockwise) % 360}° by its display matrix; only quarter turns "
+    "are read (turn the video with ffmpeg first)"
+  )
+
+
+def _stream_orientation(container, path: str) -> tuple[Orientation, int]:
+  """(the orientation players show the first video stream in, the quarter turns counterclockwise
+  that decord applies itself: it follows the matrix's rotation but not its mirrors)."""
+  frame = next(container.decode(container.streams.video[0]), None)
+  if frame is None:
+    raise VideoError(f"{path}: no frames")
+  side = frame.side_data.get("DISPLAYMATRIX")
+  matrix = None if side is None else np.frombuffer(bytes(side), np.int32)
+  return display_orientation(matrix, path), round(frame.rotation / 90) % 4
+
+
 class VideoReader(Protocol):
   path: str
   num_frames: int
   fps: float
-  height: int
+  height: int  # as shown
   width: int
+  orientation: Orientation  # how its stored frames are turned to be shown
 
   def frames(self, indices) -> np.ndarray:
     """uint8 (len(indices), H, W, 3) RGB frames, in the order asked."""
@@ -48,7 +121,7 @@ def _guarded(fn, timeout_s: float, what: str):
 
 
 class DecordReader:
-  """Frame-exact random access through decord (`VideoReader.get_batch`)."""
+  """Frame-exact random access through decord (`VideoReader.get_batch`), frames as shown."""
 
   def __init__(self, path: str, *, timeout_s: float = 60.0):
     self.path = path
@@ -67,10 +140,14 @@ class DecordReader:
       with av.open(path) as container:
         if not container.streams.video:
           raise VideoError(f"{path}: no video stream")
-      return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        orientation, decord_turns = _stream_orientation(container, path)
+      reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+      return reader, orientation, decord_turns
 
     try:
-      self._vr = _guarded(open_, timeout_s, path)
+      self._vr, self.orientation, decord_turns = _guarded(open_, timeout_s, path)
+      # decord's frames come turned by the matrix's rotation already: undo that, then show
+      self._from_decord = self.orientation.after(Orientation((4 - decord_turns) % 4))
     except VideoError:
       raise
     except Exception as e:
@@ -104,6 +181,8 @@ class DecordReader:
       raise VideoError(f"{self.path}: cannot decode {where}: {_first_line(e, self.path)}") from None
     if out.shape[0] != len(idx) or out.ndim != 4 or out.shape[-1] != 3:
       raise VideoError(f"{self.path}: decoder returned {out.shape} for {len(idx)} frames")
+    if self._from_decord != UPRIGHT:
+      out = np.stack([self._from_decord.apply(f) for f in out])
     return out
 
 
@@ -119,10 +198,11 @@ class SequentialReader:
   frame count stays decord's (`open_video`): a file that yields fewer frames is a `VideoError`.
   """
 
-  def __init__(self, path: str, num_frames: int):
+  def __init__(self, path: str, num_frames: int, orientation: Orientation = UPRIGHT):
     import av
 
     self.path, self.num_frames, self.position = path, num_frames, 0
+    self.orientation = orientation
     try:
       self._container = av.open(path)
       stream = self._container.streams.video[0]
@@ -139,7 +219,7 @@ class SequentialReader:
     out = []
     try:
       for _ in range(hi - lo):
-        out.append(next(self._decoded).to_ndarray(format="rgb24"))
+        out.append(self.orientation.apply(next(self._decoded).to_ndarray(format="rgb24")))
     except StopIteration:
       raise VideoError(
         f"{self.path}: ends after {lo + len(out)} frames, the reader counted {self.num_frames}"
@@ -182,8 +262,11 @@ def numbered_images(folder: str) -> list[str]:
 
 
 class FrameFolderReader:
-  """A folder of numbered image files read as a video (frame k: the k-th by number). Such a
+  """A folder of numbered image files read as a video (frame k: the k-th by number), each turned
+  as its EXIF orientation says (`orientation` stays upright: it may differ by frame). Such a
   folder carries no frame rate: `fps` says it."""
+
+  orientation = UPRIGHT
 
   def __init__(self, path: str, fps: float | None):
     self.path = path
@@ -197,12 +280,13 @@ class FrameFolderReader:
     self.height, self.width = int(first.shape[1]), int(first.shape[2])
 
   def _read(self, i: int) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
       with Image.open(self.files[i]) as img:
         mode = img.mode
-        rgb = np.asarray(img.convert("RGB")) if mode in EIGHT_BIT_MODES else None
+        shown = ImageOps.exif_transpose(img)
+        rgb = np.asarray(shown.convert("RGB")) if mode in EIGHT_BIT_MODES else None
     except Exception as e:
       raise VideoError(
         f"{self.files[i]}: cannot read frame {i}: {_first_line(e, self.files[i])}"
@@ -228,7 +312,7 @@ class RangeReader:
   """`SequentialReader`'s interface over any `VideoReader` (random access, e.g. in tests)."""
 
   def __init__(self, reader: VideoReader):
-    self.reader = reader
+    self.reader = reader  # its frames come turned as shown
 
   def read(self, lo: int, hi: int) -> list[np.ndarray]:
     return list(self.reader.frames(np.arange(lo, hi)))
@@ -240,7 +324,7 @@ class RangeReader:
 def sequential(reader: VideoReader):
   """The in-order reader for streaming `reader`'s frames: PyAV for a video file."""
   if isinstance(reader, DecordReader):
-    return SequentialReader(reader.path, reader.num_frames)
+    return SequentialReader(reader.path, reader.num_frames, reader.orientation)
   return RangeReader(reader)
 
 
