@@ -1,6 +1,6 @@
 """Peak memory of `visage-convert` on full-size 6B checkpoints.
 
-Writes synthetic checkpoints with the real key lists and shapes (`../shared/spec/keys_*.txt`):
+Writes synthetic checkpoints with the real key lists and shapes (`tests/golden/keys_*.txt`):
 the backbone in bfloat16 as `{"module": {...}}` (about 12 GB), the two stage-2 expert files as the
 original saves them; then runs `visage-convert --config=configs/visage.py:6b` in a child process
 and reports its peak resident memory (ru_maxrss) and wall time. Needs about 25 GB of free disk.
@@ -21,7 +21,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEC = os.path.join(os.path.dirname(REPO), "shared", "spec")
+SPEC = os.path.join(REPO, "tests", "golden")  # the real 6B files' key lists
 
 
 def read_keys(name):
@@ -78,7 +78,7 @@ def main():
   cmd = [
     sys.executable,
     "-m",
-    "conversion.convert",
+    "visage_jax.cli.convert",
     f"--config={os.path.join(REPO, 'configs', 'visage.py')}:6b",
     f"--backbone={paths['backbone']}",
     f"--expert1={paths['expert1']}",

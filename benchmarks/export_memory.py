@@ -3,7 +3,7 @@
 Writes the synthetic 6B checkpoints of `convert_memory.py` (the real key lists and shapes),
 converts them, then runs the export in a child process per job and reports its peak resident
 memory (ru_maxrss) against the issue's bound: at most the model's arrays plus 1.25 × the bytes
-exported. Each exported file's names and shapes are checked against `../shared/spec/keys_*.txt`.
+exported. Each exported file's names and shapes are checked against `tests/golden/keys_*.txt`.
 Needs about 50 GB of free disk with --full_state_dict (25 GB without).
 
     python benchmarks/export_memory.py [--workdir=/tmp/visage-export-bench] [--full_state_dict]
@@ -33,7 +33,7 @@ def _env():
 
 
 def convert(paths, out):
-  cmd = [sys.executable, "-m", "conversion.convert", f"--config={REPO}/configs/visage.py:6b"]
+  cmd = [sys.executable, "-m", "visage_jax.cli.convert", f"--config={REPO}/configs/visage.py:6b"]
   cmd += [f"--backbone={paths['backbone']}", f"--output={out}"]
   cmd += [f"--{e}={paths[e]}" for e in ("expert1", "expert2")]
   subprocess.run(cmd, cwd=REPO, env=_env(), check=True)
@@ -70,7 +70,7 @@ def check_keys(path, spec_name) -> str:
 
 
 def export(converted, out, full: bool) -> dict:
-  cmd = [sys.executable, "-c", "from visage_jax.cli.train import run_export; run_export()"]
+  cmd = [sys.executable, "-c", "from visage_jax.cli.export import run; run()"]
   cmd += ["--format=pytorch", f"--checkpoint={converted}", f"--output={out}"]
   cmd += ["--full_state_dict"] if full else []
   t0 = time.time()

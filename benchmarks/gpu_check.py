@@ -10,7 +10,7 @@ On whatever accelerator JAX sees, with random weights (speed does not depend on 
    windows and the host alone (a fixed map; CPU ms a frame by thread role);
 4. train: the Expert-2 training step for each `--attention` × `--remat` choice in stage 2, stage 1,
    and 4 accumulated micro-batches: step time, XLA's memory plan, the device's peak, MFU
-   (`visage_jax.perf.train_step_flops` over the card's nominal bf16 peak).
+   (`visage_jax.training.flops.train_step_flops` over the card's nominal bf16 peak).
 
 A part that would not end before `--budget_s` is skipped and said so; a part that fails is
 recorded with its error and the next one runs. Each record is printed and appended to
@@ -100,7 +100,7 @@ def env_part(matmul_n: int) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from visage_jax import perf
+  from visage_jax.training import flops as perf
 
   dev = jax.devices()[0]
   dtype = jnp.bfloat16 if jax.default_backend() != "cpu" else jnp.float32
@@ -134,7 +134,8 @@ def forward_part(predictor, batch: int, iters: int) -> dict:
   """Fused frames/s of `Predictor.forward` on `batch` clips (the program `visage-predict` runs)."""
   import jax
 
-  from visage_jax import parallel, perf
+  from visage_jax.runtime import parallel
+  from visage_jax.training import flops as perf
 
   clip = np.zeros((batch * predictor.mesh.size, *predictor.clip_shape), np.float32)
   clip = jax.device_put(clip, parallel.batch_sharding(predictor.mesh))
@@ -180,7 +181,7 @@ class TrainBench:
   attention or remat choice changes the program (the graph), not the weights."""
 
   def __init__(self, config: str):
-    from visage_jax import parallel
+    from visage_jax.runtime import parallel
 
     self.config = config
     self.mesh = parallel.make_mesh()
@@ -202,7 +203,8 @@ class TrainBench:
     import jax
     from flax import nnx
 
-    from visage_jax import parallel, train_step
+    from visage_jax.runtime import parallel
+    from visage_jax.training import step as train_step
 
     tx = train_step.make_optimizer(cfg)
     if self.stage != cfg.train.stage:
@@ -223,7 +225,9 @@ class TrainBench:
   def measure(self, stage: int, attention: str, remat: str, accum: int, iters: int) -> dict:
     import jax
 
-    from visage_jax import parallel, perf, train_step
+    from visage_jax.runtime import parallel
+    from visage_jax.training import flops as perf
+    from visage_jax.training import step as train_step
 
     cfg = self.settings(stage, attention, remat, accum)
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 Builds the model from the config with random weights directly on the device (no checkpoint
 needed: speed and memory do not depend on the values), compiles the one-program forward of both
 experts plus the fusion, and reports fused frames per second, XLA's memory analysis, the device's
-peak memory, and MFU (the backbone's matmul FLOPs, `visage_jax.perf`, over the time, as a
+peak memory, and MFU (the backbone's matmul FLOPs, `visage_jax.training.flops`, over the time, as a
 fraction of a plain bf16 matmul's FLOP/s measured in the same run and of the card's nominal peak).
 
     python benchmarks/gpu_predict.py --config=6b [--batch=1,2] [--iters=10] [--out=result.json]
@@ -51,7 +51,7 @@ def main():
 
   from configs.visage import get_config
   from visage_jax.models.visage import ViSAGE
-  from visage_jax.perf import backbone_flops, matmul_flops, nominal_peak_flops
+  from visage_jax.training.flops import backbone_flops, matmul_flops, nominal_peak_flops
 
   dev = jax.devices()[0]
   kind = getattr(dev, "device_kind", str(dev))

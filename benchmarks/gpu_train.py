@@ -1,12 +1,12 @@
 """Training step time and MFU on whatever accelerator JAX sees.
 
 Builds the training model of `--expert` and `--stage` with random weights directly on the devices
-(speed does not depend on the values), jits `visage_jax.train_step`'s step over a mesh of all local
-devices (data parallel by default), and times `--iters` steps on random clips. Reports the step
-time, examples/s, the model FLOPs of a step (`visage_jax.perf.train_step_flops`: the backbone
-forward, plus the backward through it in stage 2; remat recomputation not counted), MFU against
-the card's nominal bf16 peak and against a bf16 matmul measured in the same run, and the device's
-peak memory.
+(speed does not depend on the values), jits `visage_jax.training.step`'s step over a mesh of
+all local devices (data parallel by default), and times `--iters` steps on random clips. Reports
+the step time, examples/s, the model FLOPs of a step (`training.flops.train_step_flops`: the
+backbone forward, plus the backward through it in stage 2; remat recomputation not counted),
+MFU against the card's nominal bf16 peak and against a bf16 matmul measured in the same run, and
+the device's peak memory.
 
     python benchmarks/gpu_train.py --config=6b [--stage=2] [--expert=2] [--batch=1] [--accum=1]
         [--iters=10] [--remat=full] [--mesh=-1,1,1] [--out=result.json]
@@ -49,7 +49,9 @@ def main():
   from flax import nnx
 
   from configs.visage import get_config
-  from visage_jax import parallel, perf, train_step
+  from visage_jax.runtime import parallel
+  from visage_jax.training import flops as perf
+  from visage_jax.training import step as train_step
 
   dev = jax.devices()[0]
   kind = getattr(dev, "device_kind", str(dev))

@@ -1,6 +1,6 @@
 """Does the two-stage recipe learn visage-synth? The `tiny` model from the golden InternVideo2
 backbone, at a CPU-sized resolution (112×112, 4 frames), trained with the real trainer
-(`visage_jax.trainer.run`, the same code as `visage-train`) in four runs:
+(`visage_jax.training.loop.run`, the same code as `visage-train`) in four runs:
 
     stage 1 expert 1  →  stage 1 expert 2 (partner: the first)  →
     stage 2 expert 1 (init: its stage 1, partner: expert 2)  →  stage 2 expert 2 (init: its stage 1,
@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "golden"
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "golden"
 )
 
 
@@ -42,9 +42,12 @@ def main():
 
   from configs.visage import get_config
   from conversion.convert import convert
-  from visage_jax import provenance, train_step, trainer
   from visage_jax.data.prepare import prepare
   from visage_jax.data.synth import write_dataset
+  from visage_jax.training import loop as trainer
+  from visage_jax.training import step as train_step
+  from visage_jax.training import weights as provenance
+  from visage_jax.training.checks import check_run
 
   size, frames = 112, 4
   root = args.workdir or tempfile.mkdtemp()
@@ -94,7 +97,7 @@ def main():
     cfg.train.init = init if init == bb else os.path.join(root, init)
     cfg.train.partner = os.path.join(root, partner) if partner else ""
     work = os.path.join(root, name)
-    trainer.run(cfg, work, log=lambda m: None)
+    trainer.run(check_run(cfg, work), log=lambda m: None)
     for line in open(os.path.join(work, "validation.jsonl")):
       r = json.loads(line)
       rec = {

@@ -7,7 +7,7 @@
 job=predict: the dual-expert inference program (both experts and the fusion in one jit) at
 batch × num_frames on one device, in the config's dtype (bf16 at 6B).
 
-job=train: the sharded training step of `visage_jax.train_step` (`--stage`, default 2, for the
+job=train: the sharded training step of `visage_jax.training.step` (`--stage`, default 2, for the
 config's expert, default Expert 2: auxiliary heads and EMA) on `--devices` emulated CPU devices
 (default 8) with `--batch` clips per device (global batch = batch × data × fsdp), mesh from `--mesh`
 (data,fsdp,tensor; default 1,8,1: the frozen bf16 backbone, LoRA, optimiser state and EMA sharded
@@ -53,7 +53,8 @@ def plan_train(cfg):
   import jax.numpy as jnp
   from flax import nnx
 
-  from visage_jax import parallel, train_step
+  from visage_jax.runtime import parallel
+  from visage_jax.training import step as train_step
 
   data, fsdp, tensor = (int(x) for x in FLAGS.mesh.split(","))
   mesh = parallel.make_mesh(data=data, fsdp=fsdp, tensor=tensor)

@@ -38,7 +38,7 @@ def main():
   from visage_jax.data.prepare import data_source, prepare
   from visage_jax.data.synth import write_dataset
   from visage_jax.data.video import CLIP_MEAN, CLIP_STD
-  from visage_jax.losses import vsp_loss
+  from visage_jax.metrics.losses import vsp_loss
   from visage_jax.models.visage import ViSAGE
 
   tmp = tempfile.mkdtemp()

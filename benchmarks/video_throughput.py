@@ -5,8 +5,8 @@ depend on the values), on whatever devices JAX sees:
 
 - forward-only: the jitted forward over exactly the windows `visage-predict` runs (decoded
   beforehand, outside the timing), in source frames per second;
-- end to end: `visage_jax.predict.write_video_outputs`, the function `visage-predict` runs for a
-  video (decode, forward, PNGs at source size, maps mp4, overlay mp4), after compiling;
+- end to end: `visage_jax.inference.predict.write_video_outputs`, the function `visage-predict`
+  runs for a video (decode, forward, PNGs at source size, maps mp4, overlay mp4), after compiling;
 - host only: the same with the model replaced by a fixed map (decode + write), with the CPU
   milliseconds a frame of each thread role (`ThreadCPU`): a role of one thread is a serial chain
   that bounds the frames/s on any number of cores;
@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 def make_video(path: str, spec: str) -> None:
   """A synthetic mp4, WxH,seconds,fps: a drifting texture with moving bright blobs, written frame
   by frame (no whole video in memory)."""
-  from visage_jax.writers import Mp4Encoder
+  from visage_jax.data.encode import Mp4Encoder
 
   size, seconds, fps = spec.split(",")
   w, h = (int(x) for x in size.split("x"))
@@ -103,8 +103,9 @@ def forward_only(predictor, video_path: str, batch_size: int) -> dict:
   """Frames/s of the forward alone over the video's windows; decoding is not timed."""
   import jax
 
-  from visage_jax import parallel, stream
   from visage_jax.data.video import open_video
+  from visage_jax.inference import stream
+  from visage_jax.runtime import parallel
 
   video = open_video(video_path)
   b = predictor.config.model.backbone
@@ -125,7 +126,7 @@ def forward_only(predictor, video_path: str, batch_size: int) -> dict:
 
 
 def end_to_end(predictor, video_path: str, batch_size: int, out_dir: str) -> dict:
-  from visage_jax.predict import run_settings, write_video_outputs
+  from visage_jax.inference.predict import run_settings, write_video_outputs
 
   shutil.rmtree(out_dir, ignore_errors=True)
   os.makedirs(out_dir)
@@ -210,7 +211,7 @@ def peak_rss(cmd: list[str]) -> float:
 def compile_once(predictor, batch_size) -> None:
   import jax
 
-  from visage_jax import parallel
+  from visage_jax.runtime import parallel
 
   clip = np.zeros((batch_size * predictor.mesh.size, *predictor.clip_shape), np.float32)
   sharding = parallel.batch_sharding(predictor.mesh)
@@ -218,7 +219,7 @@ def compile_once(predictor, batch_size) -> None:
 
 
 def evaluate_throughput(checkpoint: str, data: str, batch_size: int, out_dir: str) -> dict:
-  from visage_jax.evaluate import evaluate_dataset
+  from visage_jax.evaluation.evaluate import evaluate_dataset
 
   shutil.rmtree(out_dir, ignore_errors=True)  # else a reused --workdir would resume: nothing to do
   t0 = time.perf_counter()

@@ -7,7 +7,7 @@ round, so that the machine's drift falls on all of them alike:
   - `main`: this repository at BASELINE_COMMIT (a temporary `git worktree`, or `--baseline=DIR`);
   - `ours`: this checkout;
   - `torch`: the two decoder experts written in PyTorch for this benchmark from
-    ../shared/spec/ARCHITECTURE.md §4–6 (channels first, as the original runs), eager and under
+    docs/model.md §4–6 (channels first, as the original runs), eager and under
     `torch.compile`, loaded with the weights of our model (their maps are checked equal to ours
     first).
 Jobs, at the mid-size configuration of `predict_speed.py` (width 384, depth 12, 6 heads, MLP 1536,
@@ -70,8 +70,8 @@ def jax_jobs(tree: str):
   import numpy as np
   from flax import nnx
 
-  from visage_jax import train_step
   from visage_jax.models.visage import ViSAGE
+  from visage_jax.training import step as train_step
 
   cfg = _mid_config(tree)
   b = cfg.model.backbone
@@ -137,7 +137,7 @@ def _train_step(cfg, jax, np, train_step):
 
 
 # ----------------------------------------------------------------------------------------------
-# the PyTorch side: our two decoders from ARCHITECTURE.md, with the original's parameter names
+# the PyTorch side: our two decoders from docs/model.md, with the original's parameter names
 
 
 def torch_modules():

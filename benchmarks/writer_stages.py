@@ -44,7 +44,7 @@ def pil_png(path, pixels) -> None:
 
 def previous_overlay_lookup(frame, levels) -> np.ndarray:
   """The overlay lookup as it was: int32 indices over the whole frame at once."""
-  from visage_jax import writers
+  from visage_jax.inference import writers
 
   table = writers._overlay_table()
   base = np.asarray(levels, np.int32) << 8
@@ -74,16 +74,20 @@ def inputs(h: int, w: int):
 def check_equal(fused, frame, hw, png_path) -> None:
   from PIL import Image
 
-  from visage_jax import writers
+  from visage_jax.data import encode
+  from visage_jax.inference import writers
+  from visage_jax.metrics import maps
 
-  at_source = writers.resized_uint8(fused, hw)
-  assert np.array_equal(at_source, writers.map_to_uint8(writers.resize_map(fused, hw)))
+  at_source = maps.resized_uint8(fused, hw)
+  assert np.array_equal(
+    at_source, maps.map_to_uint8(maps.resize_linear(np.asarray(fused, np.float64), hw))
+  )
   lookup = writers.overlay_lookup(frame, at_source)
   assert np.array_equal(lookup, previous_overlay_lookup(frame, at_source))
-  writers.write_png(png_path, at_source)
+  encode.write_png(png_path, at_source)
   with open(png_path, "rb") as f:
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(f.read()))), at_source)
-  maps_frame = writers.video_frame(at_source, writers.LOSSLESS_FORMAT).to_ndarray()
+  maps_frame = encode.video_frame(at_source, encode.LOSSLESS_FORMAT).to_ndarray()
   assert np.array_equal(maps_frame, previous_maps_frame(at_source).to_ndarray())
 
 
@@ -93,24 +97,28 @@ def main():
   ap.add_argument("--repeats", type=int, default=20)
   args = ap.parse_args()
 
-  from visage_jax import writers
+  from visage_jax.data import encode
   from visage_jax.data.video import resize_frames
+  from visage_jax.inference import writers
+  from visage_jax.metrics import maps
 
   w, h = (int(x) for x in args.size.split("x"))
   fused, frame = inputs(h, w)
   tmp = tempfile.mkdtemp(prefix="writer_stages_")
   png = os.path.join(tmp, "m.png")
   check_equal(fused, frame, (h, w), png)
-  at_source = writers.resized_uint8(fused, (h, w))
+  at_source = maps.resized_uint8(fused, (h, w))
   r = args.repeats
   stages = {
     "map_to_source_uint8": (
-      ms_per_call(lambda: writers.map_to_uint8(writers.resize_map(fused, (h, w))), r),
-      ms_per_call(lambda: writers.resized_uint8(fused, (h, w)), r),
+      ms_per_call(
+        lambda: maps.map_to_uint8(maps.resize_linear(np.asarray(fused, np.float64), (h, w))), r
+      ),
+      ms_per_call(lambda: maps.resized_uint8(fused, (h, w)), r),
     ),
     "png": (
       ms_per_call(lambda: pil_png(png, at_source), r),
-      ms_per_call(lambda: writers.write_png(png, at_source), r),
+      ms_per_call(lambda: encode.write_png(png, at_source), r),
     ),
     "overlay": (
       ms_per_call(lambda: previous_overlay_lookup(frame, at_source), r),
@@ -118,20 +126,20 @@ def main():
     ),
     "maps_mp4_frame": (
       ms_per_call(lambda: previous_maps_frame(at_source), r),
-      ms_per_call(lambda: writers.video_frame(at_source, writers.LOSSLESS_FORMAT), r),
+      ms_per_call(lambda: encode.video_frame(at_source, encode.LOSSLESS_FORMAT), r),
     ),
   }
   sizes = {"png_bytes_previous": 0, "png_bytes": 0}
   pil_png(png, at_source)
   sizes["png_bytes_previous"] = os.path.getsize(png)
-  writers.write_png(png, at_source)
+  encode.write_png(png, at_source)
   sizes["png_bytes"] = os.path.getsize(png)
-  lossless = writers.Mp4Encoder(os.path.join(tmp, "maps.mp4"), 30, h, w, lossless=True)
-  overlay = writers.Mp4Encoder(os.path.join(tmp, "o.mp4"), 30, h, w, preset="ultrafast")
-  maps_frame = writers.video_frame(at_source, writers.LOSSLESS_FORMAT)
-  overlay_frame = writers.video_frame(frame, writers.VIEWING_FORMAT)
+  lossless = encode.Mp4Encoder(os.path.join(tmp, "maps.mp4"), 30, h, w, lossless=True)
+  overlay = encode.Mp4Encoder(os.path.join(tmp, "o.mp4"), 30, h, w, preset="ultrafast")
+  maps_frame = encode.video_frame(at_source, encode.LOSSLESS_FORMAT)
+  overlay_frame = encode.video_frame(frame, encode.VIEWING_FORMAT)
   unchanged = {
-    "overlay_mp4_frame": ms_per_call(lambda: writers.video_frame(frame, writers.VIEWING_FORMAT), r),
+    "overlay_mp4_frame": ms_per_call(lambda: encode.video_frame(frame, encode.VIEWING_FORMAT), r),
     "encode_maps_lossless": ms_per_call(lambda: lossless.add_frame(maps_frame), r),
     "encode_overlay": ms_per_call(lambda: overlay.add_frame(overlay_frame), r),
     "input_resize_to_224": ms_per_call(lambda: resize_frames(frame[None], 224), r),

@@ -4,12 +4,19 @@
 `--config=configs/visage.py:6b --config.model.dtype=float32`.
 
 Every number the model, the converter and the jobs use lives here. The `tiny` preset is the
-configuration of the golden files in `../shared/golden` (width 64, depth 8, 8 frames).
+configuration of the golden files in `tests/golden` (width 64, depth 8, 8 frames).
 """
 
 import ml_collections
 
 PRESETS = ("6b", "1b", "tiny")
+# The numbers that make a preset's size: the backbone's (`_backbone`), the necks', decoders' and
+# adapters'.
+SIZES = {
+  "6b": dict(neck_dim=1024, decoder_dim=256, lora_rank=64, lora_alpha=128.0),
+  "1b": dict(neck_dim=1024, decoder_dim=256, lora_rank=64, lora_alpha=128.0),
+  "tiny": dict(neck_dim=32, decoder_dim=16, lora_rank=4, lora_alpha=16.0),
+}
 
 
 def _backbone(preset: str) -> ml_collections.ConfigDict:
@@ -20,7 +27,7 @@ def _backbone(preset: str) -> ml_collections.ConfigDict:
   b.in_chans = 3
   b.num_frames = 20
   # The released InternVideo2 checkpoint is `-f4`: its position embedding covers 4 frames and is
-  # stretched to `num_frames` when converting (ARCHITECTURE.md §2).
+  # stretched to `num_frames` when converting (docs/model.md §2).
   b.pretrained_num_frames = 4
   # "fused": flash-attn's fused MLP, as the released experts were trained and run: tanh GELU, and
   # the fc1/fc2 LoRA never applied. "plain": PyTorch's Mlp: erf GELU, every LoRA applied.
@@ -40,7 +47,7 @@ def _backbone(preset: str) -> ml_collections.ConfigDict:
     b.mlp_impl = "plain"
   else:
     raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
-  # Stochastic depth while training, in both stages (ARCHITECTURE.md §9): InternVideo2's builders
+  # Stochastic depth while training, in both stages (docs/model.md §9): InternVideo2's builders
   # set 0.3 (6B) and 0.25 (1B), spread linearly over the blocks; each block drops either residual
   # branch per sample. Off in evaluation and prediction. The tiny preset (tests) has none.
   b.drop_path_rate = {"6b": 0.3, "1b": 0.25, "tiny": 0.0}[preset]
@@ -60,16 +67,24 @@ def _backbone(preset: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
+  """The whole config of a preset ("6b", "1b", "tiny")."""
   preset = (arg or "6b").lower()
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {arg!r}; choose one of {PRESETS}")
   config = ml_collections.ConfigDict()
   config.preset = preset
+  config.model = _model(preset)
+  config.loss = _loss()
+  config.train = _train()
+  config.data = _data()
+  config.mesh = _mesh()
+  return config
 
-  m = config.model = ml_collections.ConfigDict()
+
+def _model(preset: str) -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
   m.backbone = _backbone(preset)
-  m.neck_dim = {"6b": 1024, "1b": 1024, "tiny": 32}[preset]
-  m.decoder_dim = {"6b": 256, "1b": 256, "tiny": 16}[preset]
+  m.neck_dim, m.decoder_dim = SIZES[preset]["neck_dim"], SIZES[preset]["decoder_dim"]
   # Which experts the model carries, in this order; their LoRA is stacked along a leading axis so
   # that one program runs them all over the shared base weights.
   m.experts = ("expert1", "expert2")
@@ -78,8 +93,7 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   m.lora = ml_collections.ConfigDict()
   # False for a model without adapters (stage 1, or converted from stage-1 expert files).
   m.lora.enabled = True
-  m.lora.rank = {"6b": 64, "1b": 64, "tiny": 4}[preset]
-  m.lora.alpha = {"6b": 128.0, "1b": 128.0, "tiny": 16.0}[preset]
+  m.lora.rank, m.lora.alpha = SIZES[preset]["lora_rank"], SIZES[preset]["lora_alpha"]
   m.lora.dropout = 0.05
   m.lora.targets = ("qkv", "proj", "fc1", "fc2")
   # True after `visage-convert --merge_lora`: each expert owns a copy of the backbone with its LoRA
@@ -99,8 +113,12 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   m.bn_momentum = 0.1
   m.gn_eps = 1e-5
 
-  # The original's VSPLoss (ARCHITECTURE.md §8) and Expert 2's deep supervision.
-  loss = config.loss = ml_collections.ConfigDict()
+  return m
+
+
+def _loss() -> ml_collections.ConfigDict:
+  # The original's VSPLoss (docs/model.md §8) and Expert 2's deep supervision.
+  loss = ml_collections.ConfigDict()
   loss.kl_weight = 10.0
   loss.cc_weight = 2.0
   loss.sim_weight = 1.0
@@ -110,8 +128,12 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   # Expert 2's auxiliary heads: L without BCE and without fixations, weighted per head.
   loss.aux_weights = ml_collections.ConfigDict({"p23": 0.10, "p17": 0.15, "p11": 0.20})
 
-  # Training (ARCHITECTURE.md §9). One expert at a time, stage 1 (decoder) or stage 2 (+ LoRA).
-  t = config.train = ml_collections.ConfigDict()
+  return loss
+
+
+def _train() -> ml_collections.ConfigDict:
+  # Training (docs/model.md §9). One expert at a time, stage 1 (decoder) or stage 2 (+ LoRA).
+  t = ml_collections.ConfigDict()
   t.stage = 1
   t.expert = 2
   t.batch_size = 4  # global
@@ -166,25 +188,39 @@ def get_config(arg: str = "6b") -> ml_collections.ConfigDict:
   # TPUs, a float32 matmul measured at start-up on a CPU.
   t.peak_flops = 0.0
 
-  config.data = ml_collections.ConfigDict()
-  config.data.dir = ""  # a visage-prepare output
-  config.data.train_split = "train"
-  config.data.val_split = ""  # e.g. "public_test" (challenge layout) or "validation" (DHF1K)
-  config.data.workers = 0
+  return t
 
+
+def _data() -> ml_collections.ConfigDict:
+  data = ml_collections.ConfigDict()
+  data.dir = ""  # a visage-prepare output
+  data.train_split = "train"
+  data.val_split = ""  # e.g. "public_test" (challenge layout) or "validation" (DHF1K)
+  data.workers = 0
+
+  return data
+
+
+def _mesh() -> ml_collections.ConfigDict:
   # The device mesh: data × fsdp × tensor; -1 takes the remaining devices.
-  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-  # Parameter layout (visage_jax.parallel.ShardingRules): "PATH=AXES" rules separated by ";",
-  # PATH a "/"-joined subsequence of a weight's path, AXES a mesh axis (or _) per trailing
+  mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # Parameter layout (visage_jax.runtime.parallel.ShardingRules): "PATH=AXES" rules separated by
+  # ";", PATH a "/"-joined subsequence of a weight's path, AXES a mesh axis (or _) per trailing
   # dimension; the first match wins, unmatched weights are replicated. Megatron's split within a
   # block (column-parallel qkv/fc1, row-parallel proj/fc2), the other dimension over fsdp.
-  config.mesh.rules = (
+  mesh.rules = (
     "blocks/attn/qkv/kernel=fsdp,tensor; blocks/mlp/fc1/kernel=fsdp,tensor; "
     "blocks/attn/proj/kernel=tensor,fsdp; blocks/mlp/fc2/kernel=tensor,fsdp; "
     "backbone/pos_embed=_,_,fsdp"
   )
   # Weights (","-separated PATH patterns) that may stay whole where their rule's axis does not
   # divide a dimension; any other such weight is an error naming it.
-  config.mesh.allow_replicated = ""
+  mesh.allow_replicated = ""
+  return mesh
 
-  return config
+
+def expert_name(cfg) -> str:
+  """The name of the expert `cfg.train` trains: "expert1" or "expert2"."""
+  if cfg.train.expert not in (1, 2):
+    raise ValueError(f"train.expert must be 1 or 2, got {cfg.train.expert}")
+  return f"expert{cfg.train.expert}"

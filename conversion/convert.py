@@ -1,7 +1,5 @@
-"""`visage-convert`: the original PyTorch weights → one Orbax checkpoint plus its resolved config.
-
-    visage-convert --config=configs/visage.py:6b --backbone=FILE.pt
-        [--expert1=expert1.pth] [--expert2=expert2.pth] --output=DIR [--merge_lora]
+"""The original PyTorch weights → one Orbax checkpoint plus its resolved config (`convert`, which
+`visage-convert` runs).
 
 Streams tensor by tensor from memory-mapped files into preallocated arrays of the target dtype;
 checks every name, shape and LoRA rank against the model the config describes; reports what it
@@ -35,7 +33,6 @@ from conversion.torch_io import (
   to_numpy,
   write_safetensors,
 )
-from visage_jax.cli import fail, run_app
 
 EXPERT_NAMES = ("expert1", "expert2")
 
@@ -45,7 +42,7 @@ def _say(msg: str) -> None:
 
 
 def _torch_layout(tensor, kind: str, leaf: str):
-  """The PyTorch tensor in our layout (ARCHITECTURE.md §11), still a torch tensor."""
+  """The PyTorch tensor in our layout (docs/model.md §11), still a torch tensor."""
   if kind == "lora_b" and tensor.ndim == 5:  # Conv3d 1×1×1 r→D: (D, r, 1, 1, 1) → (r, D)
     return tensor.reshape(tensor.shape[0], tensor.shape[1]).T
   if leaf in ("kernel", "lora_a", "lora_b"):
@@ -266,8 +263,9 @@ def _merged(arrays: dict, config) -> dict:
 def _write(output: str, config, arrays: dict, sources, report: dict) -> None:
   """The weights, the tensors kept beside them, the config and the report, all or nothing."""
   from visage_jax import checkpoint as ckpt
+  from visage_jax.runtime.files import staged
 
-  with ckpt.staged_directory(output) as tmp:
+  with staged(output, folder=True) as tmp:
     ckpt.save_params(os.path.join(tmp, ckpt.PARAMS_DIR), arrays)
     kept = _kept_tensors(sources)
     write_safetensors(os.path.join(tmp, ckpt.KEPT_FILE), kept)
@@ -374,41 +372,3 @@ def _report(sources, mcfg, notes) -> dict:
     "notes": notes,
     "summary": summary,
   }
-
-
-def main(argv=None) -> None:
-  from absl import flags
-  from ml_collections import config_flags
-
-  flags_ = flags.FLAGS
-  config_flags.DEFINE_config_file("config", None, "configs/visage.py:PRESET", lock_config=True)
-  flags.DEFINE_string("backbone", None, "InternVideo2 checkpoint (.pt/.pth/.bin/.safetensors)")
-  flags.DEFINE_string("expert1", None, "Expert 1 checkpoint (stage 1 or 2)")
-  flags.DEFINE_string("expert2", None, "Expert 2 checkpoint (stage 1 or 2)")
-  flags.DEFINE_string("output", None, "Output directory (must not exist)")
-  flags.DEFINE_bool("merge_lora", False, "Fold each expert's LoRA into its own backbone copy")
-  flags.DEFINE_bool("unsafe_pickle", False, "Allow pickles with non-tensor objects (runs code)")
-  flags.mark_flags_as_required(["config", "backbone", "output"])
-
-  def run(_):
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save at INFO
-    try:
-      convert(
-        flags_.config,
-        backbone=flags_.backbone,
-        expert1=flags_.expert1,
-        expert2=flags_.expert2,
-        output=flags_.output,
-        merge_lora=flags_.merge_lora,
-        unsafe_pickle=flags_.unsafe_pickle,
-      )
-    except ConversionError as e:
-      fail("visage-convert", str(e))
-
-  run_app(run, "visage-convert", argv=argv)
-
-
-if __name__ == "__main__":
-  main()

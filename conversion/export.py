@@ -109,7 +109,7 @@ def weights_of_checkpoint(directory: str, *, with_backbone: bool = True) -> Weig
 
 def weights_of_workdirs(workdirs: list[str], log=print) -> Weights:
   from visage_jax import checkpoint as ckpt
-  from visage_jax.provenance import merged_weights
+  from visage_jax.training.weights import merged_weights
 
   cfg, flat, report = merged_weights(workdirs, log=log)
   converted = _conversion_report(report["backbone"])
@@ -385,10 +385,10 @@ def export(weights: Weights, output: str, *, fmt: str = "pytorch", full: bool = 
   if not weights.backbone_original:
     name = "backbone" + (".pt" if fmt == "pytorch" else ext)
     jobs.append((name, backbone_specs(weights, full=False), "module"))
-  from visage_jax.checkpoint import staged_directory
+  from visage_jax.runtime.files import staged
 
   files = {}
-  with staged_directory(output) as tmp:
+  with staged(output, folder=True) as tmp:
     for name, specs, nest in jobs:
       t0 = time.time()
       path = os.path.join(tmp, name)

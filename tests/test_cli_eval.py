@@ -122,7 +122,7 @@ def test_check_submission_takes_the_videos_visage_predict_finds(tmp_path):
   import av
 
   from visage_jax.cli.check_submission import expected_videos
-  from visage_jax.writers import write_mp4
+  from visage_jax.data.encode import write_mp4
 
   write_mp4(str(tmp_path / "a.mp4"), np.zeros((2, 16, 16), np.uint8), 25.0)
   with av.open(str(tmp_path / "b.avi"), "w") as container:  # MJPEG in AVI, as cameras write
@@ -274,7 +274,7 @@ def test_eval_resumes_and_refuses_other_settings(dataset, ckpt_small, tmp_path):
   redo = _run("visage_jax.cli.evaluate", *args, "--stride=1", "--overwrite")
   assert redo.returncode == 0, redo.stderr[-3000:]
   assert f"visage-eval: scoring again {names[1]} (stride 4 → 1)" in redo.stderr
-  from visage_jax.eval_records import read_record
+  from visage_jax.evaluation.records import read_record
 
   assert all(read_record(os.path.join(records, n + ".npz"))[0]["stride"] == 1 for n in names)
   cc = lambda r: r["overall"]["fused"]["ntire2026"]["cc"]["challenge"]  # noqa: E731

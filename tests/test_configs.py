@@ -21,7 +21,7 @@ CLIP_HEADS = re.compile(r"(clip_projector|clip_decoder|final_clip_decoder|clip_p
 def read_keys(name: str) -> dict[str, tuple[int, ...]]:
   path = os.path.join(SPEC, name)
   if not os.path.exists(path):
-    pytest.fail(f"{path} is missing: tests need ../shared beside the repository")
+    pytest.fail(f"{path} is missing from the repository")
   out = {}
   for line in open(path):
     if line.startswith("#") or not line.strip():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from visage_jax.data import challenge
+from visage_jax.data.encode import write_mp4
 from visage_jax.data.pipeline import make_loader, video_names
 from visage_jax.data.prepare import (
   data_source,
@@ -20,7 +21,6 @@ from visage_jax.data.prepare import (
 )
 from visage_jax.data.synth import make_video, write_dataset
 from visage_jax.data.video import VideoError, open_video, resize_frames
-from visage_jax.writers import write_mp4
 
 FRAMES, SIZE, SEED = 40, (72, 128), 3
 
@@ -209,7 +209,7 @@ def _write_avi(path, frames, fps=30):
 
 
 def test_dhf1k_layout(tmp_path):
-  from visage_jax.writers import write_png
+  from visage_jax.data.encode import write_png
 
   root = tmp_path / "dhf1k"
   (root / "video").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Stochastic depth as the original trains (ARCHITECTURE.md §9): timm's DropPath on both residual
+"""Stochastic depth as the original trains (docs/model.md §9): timm's DropPath on both residual
 branches of every block, rates linear over depth, per sample, in training only; and Expert 2's
 auxiliary losses in stage 1 only."""
 
@@ -12,8 +12,8 @@ import numpy as np
 from helpers.small import small_config
 
 from configs.visage import get_config
-from visage_jax import train_step
 from visage_jax.models.internvideo2 import Block, drop_path_rates, drop_path_scales
+from visage_jax.training import step as train_step
 
 
 def test_presets_and_rates():

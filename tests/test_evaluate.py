@@ -7,7 +7,8 @@ import os
 import numpy as np
 from conftest import run_helper
 
-from visage_jax import eval_records, evaluate
+from visage_jax.evaluation import evaluate
+from visage_jax.evaluation import records as eval_records
 
 
 def test_sharded_eval_step_matches_single_device(ckpt_small):
@@ -85,7 +86,7 @@ def test_fixation_maps_count_points_as_the_host_does():
   import jax
 
   from visage_jax.data.challenge import fixation_counts
-  from visage_jax.stream import padded_points
+  from visage_jax.inference.stream import padded_points
 
   rng = np.random.default_rng(0)
   h, w = 37, 53
@@ -106,7 +107,7 @@ def test_fixation_maps_count_points_as_the_host_does():
 
 
 def test_padded_points_take_few_shapes():
-  from visage_jax.stream import POINT_SLOTS, padded_points
+  from visage_jax.inference.stream import POINT_SLOTS, padded_points
 
   one = [[np.array([[3, 4]], np.int32)]]
   assert padded_points(one).shape == (1, 1, POINT_SLOTS, 2)

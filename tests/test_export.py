@@ -2,7 +2,7 @@
 
 The golden expert files go through visage-convert and back out and must come out equal (every key,
 shape, dtype, value and, for the expert files, the order); without the kept tensors the unused
-ones are written as documented; the 6B names and shapes are those of ../shared/spec."""
+ones are written as documented; the 6B names and shapes are those of tests/golden/keys_*.txt."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def test_refused_configs_name_the_field(ckpt_plain, tmp_path):
     [
       sys.executable,
       "-c",
-      "from visage_jax.cli.train import run_export; run_export()",
+      "from visage_jax.cli.export import run; run()",
       "--format=pytorch",
       f"--checkpoint={merged}",
       f"--output={out}",
@@ -209,9 +209,9 @@ def test_refused_configs_name_the_field(ckpt_plain, tmp_path):
 @pytest.mark.parametrize(
   "module, entry, flags",
   [
-    ("visage_jax.cli.train", "run_export", ["--format", "--checkpoint", "--workdir", "--output"]),
+    ("visage_jax.cli.export", "run", ["--format", "--checkpoint", "--workdir", "--output"]),
     ("visage_jax.cli.train", "run_cli", ["--config", "--workdir"]),
-    ("conversion.convert", "main", ["--backbone", "--expert1", "--[no]merge_lora"]),
+    ("visage_jax.cli.convert", "run", ["--backbone", "--expert1", "--[no]merge_lora"]),
     ("visage_jax.cli.predict", "run", ["--checkpoint", "--input", "--output", "--map_size"]),
     ("visage_jax.cli.evaluate", "run", ["--checkpoint", "--data", "--layout"]),
   ],
@@ -292,8 +292,8 @@ APART = "its outputs could overwrite what it reads; choose an output folder apar
       f"--config={PRESETS}:7b: unknown preset '7b'; choose one of ('6b', '1b', 'tiny') {HELP}",
     ),
     (  # relative to the repository's root, run elsewhere
-      "conversion.convert",
-      "main",
+      "visage_jax.cli.convert",
+      "run",
       "visage-convert",
       ["--config=configs/visage.py:tiny", "--backbone=b.pt", "--output=c"],
       "--config: cannot load the config file: [Errno 2] No such file or directory: "
@@ -307,8 +307,8 @@ APART = "its outputs could overwrite what it reads; choose an output folder apar
       "--workdir=a_file is an existing file, not a folder",
     ),
     (  # refused before the workdir (here: none) is read
-      "visage_jax.cli.train",
-      "run_export",
+      "visage_jax.cli.export",
+      "run",
       "visage-export",
       ["--workdir=w", "--output=a_file"],
       "a_file: output already exists; remove it or choose another --output",
@@ -335,15 +335,15 @@ APART = "its outputs could overwrite what it reads; choose an output folder apar
       "--output=prepared lies inside --root=.: " + APART,
     ),
     (
-      "visage_jax.cli.train",
-      "run_export",
+      "visage_jax.cli.export",
+      "run",
       "visage-export",
       ["--workdir=w", "--output=w"],
       "--output=w is --workdir=w: " + APART,
     ),
     (
-      "visage_jax.cli.train",
-      "run_export",
+      "visage_jax.cli.export",
+      "run",
       "visage-export",
       ["--format=pytorch", "--checkpoint=..", "--output=new"],
       "--output=new lies inside --checkpoint=..: " + APART,

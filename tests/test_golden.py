@@ -7,9 +7,10 @@ import os
 
 import numpy as np
 import pytest
+from reference import fuse_uint8
 
 from visage_jax.inference import Predictor
-from visage_jax.writers import fuse_uint8, map_to_uint8
+from visage_jax.metrics.maps import map_to_uint8
 
 MAP_TOL = 1e-5
 TAP_TOL = 5e-5

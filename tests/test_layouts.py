@@ -16,10 +16,10 @@ from test_metrics_mit import m_cc, m_nss, m_similarity
 
 from visage_jax import metrics
 from visage_jax.data import layouts
+from visage_jax.data.encode import write_png
 from visage_jax.data.prepare import data_source, prepare
 from visage_jax.data.synth import make_video
 from visage_jax.data.video import FrameFolderReader, VideoError, open_video
-from visage_jax.writers import write_png
 
 pytestmark = pytest.mark.xdist_group("layouts")
 
@@ -235,8 +235,8 @@ def test_user_mistakes_are_one_line_before_jax_is_imported(datasets, ckpt_small,
 
 
 def test_frame_folder_predicts_like_the_mp4(ckpt_small, tmp_path):
+  from visage_jax.data.encode import write_mp4
   from visage_jax.inference import Predictor
-  from visage_jax.writers import write_mp4
 
   frames, _, _ = make_video(5, 13, (48, 80))
   mp4 = str(tmp_path / "clip.mp4")
@@ -255,7 +255,7 @@ def test_frame_folder_predicts_like_the_mp4(ckpt_small, tmp_path):
 
 
 def test_predict_takes_frame_folders(datasets, ckpt_small, tmp_path):
-  from visage_jax.predict import find_videos, folders_not_searched, video_name
+  from visage_jax.inference.predict import find_videos, folders_not_searched, video_name
 
   images = os.path.join(datasets["hollywood2"], "testing", "synth_002", "images")
   assert find_videos([images]) == [images] and video_name(images) == "synth_002"

@@ -1,4 +1,4 @@
-"""The loss and its gradient against a float64 numpy version of ARCHITECTURE.md §8."""
+"""The loss and its gradient against a float64 numpy version of docs/model.md §8."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs.visage import get_config
-from visage_jax.losses import expert2_aux_loss, vsp_loss
+from visage_jax.metrics.losses import expert2_aux_loss, vsp_loss
 
 CFG = get_config("tiny").loss
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from visage_jax import metrics
+from visage_jax.metrics import saliency
 
 # ------------------------------------------------------------------------------------------------
 # references
@@ -320,7 +321,7 @@ def test_sparse_counts_at_and_above_each_value_with_ties():
   flat = rng.integers(0, 5, (4, 300)).astype(np.float32)
   values = np.sort(rng.integers(0, 6, (4, 16)).astype(np.float32), axis=-1)
   values[:, -3:] = np.inf
-  count = jax.jit(lambda f, v: metrics._count_sparse(f, v, strict_too=True))
+  count = jax.jit(lambda f, v: saliency._count_sparse(f, v, strict_too=True))
   at_least, greater = (np.asarray(x) for x in count(flat, values))
   np.testing.assert_array_equal(at_least, (flat[:, :, None] >= values[:, None, :]).sum(1))
   np.testing.assert_array_equal(greater, (flat[:, :, None] > values[:, None, :]).sum(1))
@@ -357,3 +358,33 @@ def test_auc_judd_by_levels_is_the_search_of_the_read_8_bit_map(seed):
   searched = np.asarray(metrics.auc_judd(read, counts, "mit"))
   np.testing.assert_allclose(expected, searched, rtol=0, atol=1e-6)
   assert np.isnan(expected[3]) and not np.isnan(expected[2])  # jitter orders a constant map
+
+
+def test_the_original_variant_is_the_training_scripts_cc_sim_nss():
+  """variant="original": the original's validation numbers (trainnew.py's `calc_cc_sim_batch` and
+  `torch_nss`), written here in float64 from those functions: the sample std with 1e-7 guards,
+  SIM of the sum-normalised maps, NSS weighted by the fixation map; no fixations → NaN. The other
+  metrics have no such variant."""
+  rng = np.random.default_rng(11)
+  pred = rng.random((3, 16, 20)).astype(np.float32) ** 2
+  gt = rng.random((3, 16, 20)).astype(np.float32)
+  fix = (rng.random((3, 16, 20)) > 0.9).astype(np.int32) * rng.integers(1, 4, (3, 16, 20))
+  fix[2] = 0
+  p, g, f = (x.reshape(3, -1).astype(np.float64) for x in (pred, gt, fix))
+
+  def z(x):
+    return (x - x.mean(1, keepdims=True)) / (x.std(1, ddof=1, keepdims=True) + 1e-7)
+
+  a, b = z(p), z(g)
+  want_cc = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1) + 1e-7)
+  pn, gn = p / (p.sum(1, keepdims=True) + 1e-7), g / (g.sum(1, keepdims=True) + 1e-7)
+  want_sim = np.minimum(pn, gn).sum(1)
+  want_nss = (a * f).sum(1) / (f.sum(1) + 1e-7)
+  np.testing.assert_allclose(metrics.cc(pred, gt, "original"), want_cc, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics.sim(pred, gt, "original"), want_sim, rtol=1e-5, atol=1e-6)
+  nss = np.asarray(metrics.nss(pred, fix, "original"))
+  np.testing.assert_allclose(nss[:2], want_nss[:2], rtol=1e-5, atol=1e-5)
+  assert np.isnan(nss[2])
+  for metric, args in ((metrics.kld, (pred, gt)), (metrics.auc_judd, (pred, fix))):
+    with pytest.raises(ValueError, match="variant must be one of"):
+      metric(*args, variant="original")

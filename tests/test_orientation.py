@@ -129,7 +129,7 @@ def test_predict_writes_the_maps_of_the_turned_frames(predictor, tmp_path, tag):
   the frames PyAV's stored ones); at 180° its maps came out upside down."""
   from PIL import Image
 
-  from visage_jax.predict import run_settings, write_video_outputs
+  from visage_jax.inference.predict import run_settings, write_video_outputs
 
   tagged, plain = tagged_pair(tmp_path, tag)
   trees = []
@@ -169,7 +169,7 @@ def test_eval_scores_the_maps_of_the_turned_frames(ckpt_small, tmp_path):
 
   from PIL import Image
 
-  from visage_jax.evaluate import evaluate_dataset
+  from visage_jax.evaluation.evaluate import evaluate_dataset
 
   results = []
   for root in _dataset_pair(tmp_path, (270, False)):

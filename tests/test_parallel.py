@@ -11,8 +11,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs.visage import get_config
-from visage_jax import parallel
-from visage_jax.parallel import ShardingError, ShardingRules, param_spec
+from visage_jax.runtime import parallel
+from visage_jax.runtime.parallel import ShardingError, ShardingRules, param_spec
 
 MESH = types.SimpleNamespace(shape={"data": 2, "fsdp": 4, "tensor": 2})  # param_spec reads shape
 DEFAULT = ShardingRules.from_config(get_config("6b").mesh)
@@ -71,7 +71,7 @@ def _step_program(mesh):
   import numpy as np
   from helpers.small import small_config
 
-  from visage_jax import train_step
+  from visage_jax.training import step as train_step
 
   cfg = small_config(2, 2)
   model = train_step.init_model(cfg, seed=0)

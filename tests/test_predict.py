@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from conftest import REPO, run_cli
 
+from visage_jax.data.encode import write_mp4
 from visage_jax.data.synth import make_video
 from visage_jax.data.video import open_video
-from visage_jax.writers import write_mp4
 
 # one worker runs the whole module: its module fixtures are computed once
 pytestmark = pytest.mark.xdist_group("predict")
@@ -153,7 +153,7 @@ def test_a_broken_video_is_reported_and_skipped(videos, ckpt_small, tmp_path):
 def test_writers_that_fail_to_start_leave_no_staging_folder(videos, tmp_path, monkeypatch):
   """An encoder that cannot start (here: made to raise) is an error like any other mid-video:
   the video's staging folder goes too."""
-  from visage_jax import predict, writers
+  from visage_jax.inference import predict, writers
 
   def no_encoder(*args, **kwargs):
     raise OSError("no H.264 encoder")
@@ -191,7 +191,7 @@ def test_predict_video_arrays(predictor, clip0_maps, videos):
   assert set(out) >= {"expert1", "expert2", "fused"}
   assert 0 <= out["fused"].min() and out["fused"].max() <= 1
   # frame 6 is the second frame of the first window (offset 0: frames 0, 6, 12, 18, 24 then padding)
-  from visage_jax import stream
+  from visage_jax.inference import stream
 
   source = stream.VideoSource(open_video(os.path.join(videos, "clip0.mp4")), stride=6)
   first = next(stream.window_batches(source, window=8, size=112, batch_size=1))
@@ -212,7 +212,7 @@ def test_save_experts_writes_each_experts_maps(ckpt_small, videos, clip0_maps, t
   `Predictor.predict_video`'s map of that name (at model size here, no resize between)."""
   from PIL import Image
 
-  from visage_jax.writers import map_to_uint8
+  from visage_jax.metrics.maps import map_to_uint8
 
   clip = os.path.join(videos, "clip0.mp4")
   res = _predict(ckpt_small, str(tmp_path), clip, "--save_experts", "--map_size=model")
@@ -310,7 +310,7 @@ def test_a_checkpoint_written_again_in_place_is_another_checkpoint(tmp_path):
   """Its path is the same, so the time its config.json was written tells it apart: a video made
   before it was retrained or converted anew is not taken as made by it. A record written before
   the time was recorded says so (one without the dtype is the default's: what was run then)."""
-  from visage_jax.resume import model_settings, settings_mismatch
+  from visage_jax.runtime.rerun import model_settings, settings_mismatch
 
   config = tmp_path / "ckpt" / "config.json"
   config.parent.mkdir()
@@ -429,7 +429,7 @@ def test_an_interrupted_move_into_place_is_finished_by_a_rerun(
 ):
   """The record is moved into place first: a run killed after it, with the maps video moved and
   the maps folder not, leaves outputs that a rerun knows as its own and replaces."""
-  from visage_jax.predict import settings_path
+  from visage_jax.inference.predict import settings_path
 
   output = tmp_path / "out"
   os.makedirs(output / ".visage-predict")
@@ -446,7 +446,7 @@ def test_a_failure_of_ours_in_one_video_does_not_stop_the_others(monkeypatch, ca
   """Before issue 33 a rotated video's ValueError (in the overlay) ended the whole run: every
   later video went unpredicted. Now it is that video's failure, with its traceback, and the
   others are predicted."""
-  import visage_jax.predict
+  import visage_jax.inference.predict
   from visage_jax.cli.predict import predict_each
   from visage_jax.data.video import VideoError
 
@@ -458,7 +458,7 @@ def test_a_failure_of_ours_in_one_video_does_not_stop_the_others(monkeypatch, ca
     written.append(path)
 
   written = []
-  monkeypatch.setattr(visage_jax.predict, "write_video_outputs", write)
+  monkeypatch.setattr(visage_jax.inference.predict, "write_video_outputs", write)
   done, failed = predict_each(None, ["a.mp4", "b.mp4", "c.mp4", "d.mp4"], "out", {}, 1)
   assert (done, written) == (2, ["a.mp4", "d.mp4"])
   assert failed == [

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference import inference_windows
 
-from visage_jax import stream, writers
-from visage_jax.data.windows import inference_windows
+from visage_jax.data import encode
+from visage_jax.inference import stream, writers
+from visage_jax.metrics import maps
 
 
 class FakeVideo:
@@ -133,8 +135,8 @@ def test_resized_uint8_equals_resize_then_uint8(shape, out_hw):
   rng = np.random.default_rng(1)
   prob = rng.random(shape).astype(np.float32) ** 3
   prob[0, 0], prob[-1, -1] = 1.0, 0.0
-  want = writers.map_to_uint8(writers.resize_map(prob, out_hw))
-  np.testing.assert_array_equal(writers.resized_uint8(prob, out_hw), want)
+  want = maps.map_to_uint8(maps.resize_linear(np.asarray(prob, np.float64), out_hw))
+  np.testing.assert_array_equal(maps.resized_uint8(prob, out_hw), want)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 1), (17, 30), (1, 1, 3), (33, 65, 3)])
@@ -143,13 +145,13 @@ def test_png_pixels_are_the_arrays(tmp_path, shape):
   from PIL import Image
 
   pixels = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
-  writers.write_png(str(tmp_path / "a.png"), pixels)
+  encode.write_png(str(tmp_path / "a.png"), pixels)
   with Image.open(tmp_path / "a.png") as img:
     img.load()
     assert img.mode == ("L" if len(shape) == 2 else "RGB")
     np.testing.assert_array_equal(np.asarray(img), pixels)
   with pytest.raises(ValueError, match=r"b\.png: expected \(H, W\) or \(H, W, 3\)"):
-    writers.write_png(str(tmp_path / "b.png"), np.zeros((2, 2, 4), np.uint8))
+    encode.write_png(str(tmp_path / "b.png"), np.zeros((2, 2, 4), np.uint8))
 
 
 def test_png_deflate_is_zlibs_own_bytes(tmp_path):
@@ -158,7 +160,7 @@ def test_png_deflate_is_zlibs_own_bytes(tmp_path):
   import zlib
 
   rows = np.random.default_rng(5).integers(0, 9, (40, 70)).cumsum(1).astype(np.uint8)
-  writers.write_png(str(tmp_path / "a.png"), rows)
+  encode.write_png(str(tmp_path / "a.png"), rows)
   data = (tmp_path / "a.png").read_bytes()
   (idat_size,) = struct.unpack(">I", data[33:37])
   assert data[37:41] == b"IDAT"
@@ -173,7 +175,7 @@ def test_mp4_encoder_lossless_round_trip(tmp_path):
   rng = np.random.default_rng(0)
   maps = rng.integers(0, 256, (5, 17, 30), dtype=np.uint8)
   path = str(tmp_path / "m.mp4")
-  writers.write_mp4(path, maps, 25, lossless=True)
+  encode.write_mp4(path, maps, 25, lossless=True)
   back = open_video(path).frames(range(5))
   assert back.shape == (5, 17, 30, 3)
   assert np.abs(back[..., 0].astype(int) - maps).max() <= 1  # the reader's YUV→RGB only
@@ -211,17 +213,17 @@ def test_encoder_frames_made_apart_give_the_same_video(tmp_path, lossless):
   gray = np.concatenate([gray, rng.integers(0, 256, (4, 16, 16), dtype=np.uint8)], axis=0)
   frames = gray[:, :15, :13] if lossless else np.repeat(gray[..., None], 3, -1)[:, :15, :13]
   path = str(tmp_path / "ours.mp4")
-  writers.write_mp4(path, frames, 25, crf=18, lossless=lossless)
+  encode.write_mp4(path, frames, 25, crf=18, lossless=lossless)
   rgb = frames if frames.ndim == 4 else np.repeat(frames[..., None], 3, -1)
   if not lossless:  # what Mp4Encoder pads before PyAV converts
     rgb = np.pad(rgb, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
-  pix_fmt = writers.LOSSLESS_FORMAT if lossless else writers.VIEWING_FORMAT
+  pix_fmt = encode.LOSSLESS_FORMAT if lossless else encode.VIEWING_FORMAT
   options = {"qp": "0", "preset": "ultrafast"} if lossless else {"crf": "18", "preset": "medium"}
   _pyav_converting_itself(str(tmp_path / "theirs.mp4"), rgb, pix_fmt, options)
   theirs = _packets(str(tmp_path / "theirs.mp4"))
   assert _packets(path) == theirs and len(theirs) == len(frames)
-  wrong = writers.video_frame(gray[0], writers.VIEWING_FORMAT if lossless else pix_fmt)
-  encoder = writers.Mp4Encoder(str(tmp_path / "w.mp4"), 25, 15, 13, lossless=lossless)
+  wrong = encode.video_frame(gray[0], encode.VIEWING_FORMAT if lossless else pix_fmt)
+  encoder = encode.Mp4Encoder(str(tmp_path / "w.mp4"), 25, 15, 13, lossless=lossless)
   with pytest.raises(ValueError, match=r"w\.mp4: a yuv420p frame of 16×16, the video is"):
     encoder.add_frame(wrong)
   with pytest.raises(ValueError, match=r"w\.mp4: frame of shape \(15, 13, 4\), the video is 15×13"):
@@ -236,7 +238,7 @@ def test_sequential_reader_gives_decords_frames(tmp_path, lossless):
 
   frames, _, _ = make_video(3, 13, (36, 64))
   path = str(tmp_path / "v.mp4")
-  writers.write_mp4(path, frames, 25, lossless=lossless)
+  encode.write_mp4(path, frames, 25, lossless=lossless)
   video = open_video(path)
   reader = SequentialReader(path, video.num_frames)
   got = np.concatenate([reader.read(0, 5), reader.read(5, 13)])

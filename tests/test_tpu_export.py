@@ -10,8 +10,9 @@ import numpy as np
 from flax import nnx
 from helpers.small import small_config
 
-from visage_jax import evaluate, train_step
+from visage_jax.evaluation import evaluate
 from visage_jax.models.visage import ViSAGE
+from visage_jax.training import step as train_step
 
 
 def _spec(tree):

@@ -33,7 +33,8 @@ def test_ema_follows_the_weights_and_the_recipe():
   import numpy as np
   from helpers.small import small_config
 
-  from visage_jax import parallel, train_step
+  from visage_jax.runtime import parallel
+  from visage_jax.training import step as train_step
 
   for expert, stage, want in ((1, 1, 0.0), (1, 2, 0.0), (2, 1, 0.0), (2, 2, 0.99)):
     assert train_step.ema_decay(small_config(expert, stage)) == want
@@ -74,7 +75,7 @@ def test_backbone_remat_by_stage_platform_and_size(monkeypatch):
   import jax
 
   from configs.visage import get_config
-  from visage_jax import train_step
+  from visage_jax.training import step as train_step
 
   def policy(preset, stage, remat="auto", backend="cpu"):
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
@@ -97,7 +98,7 @@ def test_accelerator_remat_keeps_what_fits_half_the_device(monkeypatch):
   import jax
 
   from configs.visage import get_config
-  from visage_jax import train_step
+  from visage_jax.training import step as train_step
 
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(jax, "device_count", lambda: 1)
@@ -129,7 +130,7 @@ def test_a_nonfinite_step_changes_nothing():
   import numpy as np
   from helpers.small import small_config
 
-  from visage_jax import train_step
+  from visage_jax.training import step as train_step
 
   cfg = small_config(2, 1)
   model = train_step.init_model(cfg, seed=0)
@@ -182,8 +183,8 @@ def test_training_keeps_the_models_attention_in_both_stages(monkeypatch):
   import jax
 
   from configs.visage import get_config
-  from visage_jax import train_step
   from visage_jax.models.internvideo2 import num_tokens, resolve_attention_impl
+  from visage_jax.training import step as train_step
 
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   cfg = get_config("6b")
@@ -206,8 +207,9 @@ def test_step_flops_agree_with_xlas_count():
   from flax import nnx
 
   from configs.visage import get_config
-  from visage_jax import perf, train_step
   from visage_jax.models.visage import ViSAGE
+  from visage_jax.training import flops as perf
+  from visage_jax.training import step as train_step
 
   cfg = get_config("tiny")
   cfg.train.batch_size = 1

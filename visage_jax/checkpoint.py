@@ -5,7 +5,7 @@ A directory written here loads with no other argument: `load_model(DIR)`.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import os
 import shutil
@@ -16,14 +16,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from visage_jax.config_file import (  # noqa: F401 (re-exported: ckpt.read_config, …)
+from visage_jax.models.visage import ViSAGE
+from visage_jax.runtime.config_file import (  # noqa: F401 (re-exported: ckpt.read_config, …)
   CONFIG_FILE,
   CheckpointError,
   read_config,
   write_config,
   written_at,
 )
-from visage_jax.models.visage import ViSAGE
+from visage_jax.runtime.files import staged
 
 PARAMS_DIR = "params"
 # Tensors of the original files that the model does not use (written by visage-convert, see
@@ -115,13 +116,14 @@ def _restore_gb(target: dict) -> int:
   return max(CONCURRENT_GB, -(-largest // 10**9))
 
 
-def load_model(directory: str, *, model_overrides: dict | None = None):
+def load_model(directory: str, *, config=None, model_overrides: dict | None = None):
   """(config, model) from a converted checkpoint directory.
 
-  `model_overrides` sets fields of `config.model` that do not change parameter shapes, such as
-  `{"dtype": "bfloat16"}` or `{"backbone.remat_policy": "full"}`.
+  `config`: its config.json as `read_config` gave it, where the caller has read it already (it is
+  not changed). `model_overrides` sets fields of `config.model` that do not change parameter
+  shapes, such as `{"dtype": "bfloat16"}` or `{"backbone.remat_policy": "full"}`.
   """
-  cfg = read_config(directory)
+  cfg = read_config(directory) if config is None else copy.deepcopy(config)
   stored_param_dtype = cfg.model.param_dtype
   for k, v in (model_overrides or {}).items():
     node = cfg.model
@@ -189,7 +191,7 @@ def save_flat(
       )
   if os.path.exists(directory):
     raise CheckpointError(f"{directory}: exists; refusing to overwrite")
-  with staged_directory(directory) as tmp:
+  with staged(directory, folder=True) as tmp:
     arrays = {p: np.asarray(got[_key(p)]) for p in want}
     save_params(os.path.join(tmp, PARAMS_DIR), arrays)
     write_config(tmp, config)
@@ -199,17 +201,3 @@ def save_flat(
         f.write("\n")
     for name, path in (copies or {}).items():
       shutil.copyfile(path, os.path.join(tmp, name))
-
-
-@contextlib.contextmanager
-def staged_directory(directory: str):
-  """A new temporary folder beside `directory`, renamed to it when the block completes and
-  removed when it fails (an exception or Ctrl-C): `directory` is either whole or absent."""
-  tmp = f"{directory}.partial-{os.getpid()}"
-  try:
-    os.makedirs(tmp)
-    yield tmp
-    os.rename(tmp, directory)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)

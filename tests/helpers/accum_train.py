@@ -24,8 +24,8 @@ jax.config.update("jax_enable_x64", True)
 
 from small import one_step, small_config  # noqa: E402
 
-from visage_jax import parallel  # noqa: E402
 from visage_jax.models.precision import high_precision  # noqa: E402
+from visage_jax.runtime import parallel  # noqa: E402
 
 
 def step_once(cfg, mesh, batch):

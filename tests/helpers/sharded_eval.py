@@ -16,7 +16,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from visage_jax import checkpoint as ckpt  # noqa: E402
-from visage_jax import evaluate, parallel  # noqa: E402
+from visage_jax.evaluation import evaluate
+from visage_jax.runtime import parallel  # noqa: E402
 
 
 def main(ckpt_dir):

@@ -30,8 +30,8 @@ jax.config.update("jax_enable_x64", PRECISION == "float64")
 from small import one_step  # noqa: E402
 from small import small_config as _small  # noqa: E402
 
-from visage_jax import parallel  # noqa: E402
 from visage_jax.models.precision import high_precision  # noqa: E402
+from visage_jax.runtime import parallel  # noqa: E402
 
 
 def small_config(expert, stage):

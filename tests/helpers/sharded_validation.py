@@ -16,9 +16,10 @@ import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 from small import small_config  # noqa: E402
 
-from visage_jax import parallel, train_step  # noqa: E402
-from visage_jax.trees import named  # noqa: E402
-from visage_jax.validation import make_validator  # noqa: E402
+from visage_jax.evaluation.validation import make_validator  # noqa: E402
+from visage_jax.runtime import parallel
+from visage_jax.runtime.trees import named  # noqa: E402
+from visage_jax.training import step as train_step  # noqa: E402
 
 
 def validate(prepared, mesh):

@@ -19,7 +19,8 @@ def one_step(cfg, mesh, batch):
   starts at zero, and its gradient path should carry real values."""
   import jax
 
-  from visage_jax import parallel, train_step
+  from visage_jax.runtime import parallel
+  from visage_jax.training import step as train_step
 
   model = train_step.init_model(cfg, seed=1)
   graphdef, trainable, stats, frozen = train_step.split(model, cfg)

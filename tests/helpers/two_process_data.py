@@ -22,9 +22,9 @@ if int(nproc) > 1:
     coordinator_address=f"localhost:{port}", num_processes=int(nproc), process_id=int(pid)
   )
 
-from visage_jax import parallel  # noqa: E402
 from visage_jax.data.pipeline import global_batch, make_loader  # noqa: E402
 from visage_jax.data.prepare import data_source  # noqa: E402
+from visage_jax.runtime import parallel  # noqa: E402
 
 ds, _ = data_source(prepared, "train")
 loader = make_loader(

@@ -83,6 +83,30 @@ def config_file_error_line(error: OSError) -> str:
   return f"cannot load the config file: {reason}; the presets are in {presets}"
 
 
+def config_mistake(argv, error: Exception) -> str:
+  """ml_collections' error about a --config.* override, as one line naming the flag."""
+  import re
+
+  text = " ".join(str(error).replace("\\n", " ").replace("\n", " ").strip("'\" ").split())
+  hint = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', text)
+  for arg in argv:
+    name = arg[2:].split("=", 1)[0]
+    if not name.startswith("config."):
+      continue
+    if hint and name.rsplit(".", 1)[-1] == hint.group(2):
+      return f"--{name}: no such field; did you mean --{name.rsplit('.', 1)[0]}.{hint.group(1)}?"
+  return f"--config: {text}"
+
+
+def parse_config_flags(argv, prog: str):
+  """`parse_flags` for a command that takes --config, with a mistaken --config.* override (an
+  unknown field, a value of the wrong type) as one line instead of ml_collections' traceback."""
+  try:
+    return parse_flags(argv, prog)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    fail(prog, config_mistake(argv, e))
+
+
 def must_be_positive(*names: str) -> None:
   """Validators that refuse a value ≤ 0 of these flags at parsing (one line, exit 2); a flag left
   out (None) passes."""

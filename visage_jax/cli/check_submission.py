@@ -33,7 +33,7 @@ def expected_videos(root: str, split: str) -> dict[str, str]:
 
   if os.path.isfile(os.path.join(root, "TrainTestSplit.json")):
     return {e.name: e.video for e in ChallengeLayout(root).entries(split, require_gt=False)}
-  from visage_jax.predict import find_videos, video_name
+  from visage_jax.inference.predict import find_videos, video_name
 
   folder = os.path.join(root, "Videos") if os.path.isdir(os.path.join(root, "Videos")) else root
   return {video_name(p): p for p in find_videos([folder]) if os.path.isfile(p)}

@@ -78,9 +78,9 @@ def center_prior_scores(data: str, split: str, size: int) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from visage_jax import evaluate
   from visage_jax.data import challenge, layouts
   from visage_jax.data.video import to_gray
+  from visage_jax.evaluation import evaluate
 
   y = (np.arange(size) + 0.5) / size - 0.5
   g = np.exp(-(y[:, None] ** 2 + y[None, :] ** 2) / (2 * 0.25**2)).astype(np.float32)
@@ -108,8 +108,8 @@ def contact_sheet(path: str, video_path: str, gt_path: str, maps_dir: str, rows:
   import numpy as np
   from PIL import Image, ImageDraw
 
-  from visage_jax import writers
   from visage_jax.data.video import open_video, to_gray
+  from visage_jax.inference import writers
 
   video, sal = open_video(video_path), open_video(gt_path)
   n = video.num_frames
@@ -178,17 +178,19 @@ def _make_data(out: str, lap) -> tuple[str, str]:
 
 def _train_and_export(out: str, prep: str, lap) -> str:
   """Steps 2 and 3: Expert 1, then Expert 2 validated fused against it, exported together."""
-  from visage_jax import provenance, trainer
+  from visage_jax.training import loop as trainer
+  from visage_jax.training import weights as provenance
+  from visage_jax.training.checks import check_run
 
   quiet = lambda m: None  # noqa: E731  (the trainer's progress bar still shows)
   w1, w2 = os.path.join(out, "train_expert1"), os.path.join(out, "train_expert2")
-  r1 = trainer.run(_config(1, FLAGS.steps1, prep, FLAGS.seed), w1, log=quiet)
+  r1 = trainer.run(check_run(_config(1, FLAGS.steps1, prep, FLAGS.seed), w1), log=quiet)
   v1 = _last_validation(w1)
   _say(f"Expert 1 trained, {r1['step']} steps: validation CC {v1['cc']:.3f} ({lap()})")
   cfg2 = _config(2, FLAGS.steps2, prep, FLAGS.seed)
   cfg2.train.init = os.path.join(w1, trainer.INIT_DIR)  # the same backbone
   cfg2.train.partner = w1
-  r2 = trainer.run(cfg2, w2, log=quiet)
+  r2 = trainer.run(check_run(cfg2, w2), log=quiet)
   v2 = _last_validation(w2)
   _say(
     f"Expert 2 trained, {r2['step']} steps: validation CC {v2['expert2']['cc']:.3f}, "
@@ -206,7 +208,7 @@ def _last_validation(workdir: str) -> dict:
 
 def _evaluate(checkpoint: str, data: str, out: str, lap) -> tuple[dict, dict]:
   """Step 4: the headline metrics of the fused map and of a centre prior: (model, prior)."""
-  from visage_jax.evaluate import evaluate_dataset
+  from visage_jax.evaluation.evaluate import evaluate_dataset
 
   result = evaluate_dataset(checkpoint, data, "public_test", os.path.join(out, "eval"))
   fused = result["overall"]["fused"]["ntire2026"]
@@ -221,7 +223,7 @@ def _predict(checkpoint: str, data: str, out: str) -> tuple[str, list]:
   folder, the held-out videos)."""
   from visage_jax.data import challenge
   from visage_jax.inference import Predictor
-  from visage_jax.predict import run_settings, write_video_outputs
+  from visage_jax.inference.predict import run_settings, write_video_outputs
 
   predictor = Predictor.load(checkpoint)
   pred_dir = os.path.join(out, "predictions")
@@ -246,7 +248,7 @@ def _predict(checkpoint: str, data: str, out: str) -> tuple[str, list]:
 
 def _report(out: str, model: dict, prior: dict, videos: list, *, minutes: float) -> None:
   """Step 6: OUTPUT/metrics.json and the table of the model against the centre prior."""
-  from visage_jax.evaluate import write_json
+  from visage_jax.evaluation.evaluate import write_json
 
   beats = {k: model[k] > prior[k] for k in ("cc", "nss")}
   write_json(

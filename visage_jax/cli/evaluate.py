@@ -64,9 +64,9 @@ FLAGS = flags.FLAGS
 def main(_):
   from absl import logging
 
-  from visage_jax.config_file import CheckpointError
   from visage_jax.data.challenge import DataError
   from visage_jax.data.video import VideoError
+  from visage_jax.runtime.config_file import CheckpointError
 
   logging.set_verbosity(logging.WARNING)
   for name in ("checkpoint", "data", "output"):
@@ -80,9 +80,10 @@ def main(_):
   except (DataError, VideoError, CheckpointError) as e:
     fail("visage-eval", str(e))
 
-  from visage_jax import evaluate, parallel
-  from visage_jax.evaluate import evaluate_dataset
-  from visage_jax.resume import SettingsConflict
+  from visage_jax.evaluation import evaluate
+  from visage_jax.evaluation.evaluate import evaluate_dataset
+  from visage_jax.runtime import parallel
+  from visage_jax.runtime.rerun import SettingsConflict
 
   try:
     parallel.initialize_distributed()
@@ -123,8 +124,8 @@ def main(_):
 def _check_before_jax() -> None:
   """The checkpoint, the dataset's split and the protocol's settings, checked before the seconds
   JAX's import costs (`evaluate_dataset` checks them again, for API callers)."""
-  from visage_jax.config_file import read_config
   from visage_jax.data import layouts
+  from visage_jax.runtime.config_file import read_config
 
   read_config(FLAGS.checkpoint)
   layouts.eval_entries(FLAGS.layout, FLAGS.data, FLAGS.split, FLAGS.max_videos)

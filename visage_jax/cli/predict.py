@@ -59,8 +59,8 @@ FLAGS = flags.FLAGS
 def videos_to_do(videos, settings) -> tuple[list[str], int]:
   """(videos to predict, number already complete with these settings); refuses (exit 2) to
   recompute videos made with other settings unless --overwrite."""
-  from visage_jax.predict import is_complete, recorded_settings, video_name
-  from visage_jax.resume import SettingsConflict, rerun_plan
+  from visage_jax.inference.predict import is_complete, recorded_settings, video_name
+  from visage_jax.runtime.rerun import SettingsConflict, rerun_plan
 
   by_name = {video_name(path): path for path in videos}
   try:
@@ -82,8 +82,8 @@ def videos_to_do(videos, settings) -> tuple[list[str], int]:
 def main(_):
   from absl import logging
 
-  from visage_jax.config_file import CheckpointError, read_config
-  from visage_jax.predict import run_settings
+  from visage_jax.inference.predict import run_settings
+  from visage_jax.runtime.config_file import CheckpointError, read_config
 
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.checkpoint or not FLAGS.input or not FLAGS.output:
@@ -93,8 +93,8 @@ def main(_):
   videos = _input_videos()
   check_output("visage-predict", FLAGS.output)
   _check_output_names_free(videos)
-  try:
-    read_config(FLAGS.checkpoint)  # its weights are read once JAX is imported
+  try:  # read once, here: its weights are read once JAX is imported
+    config = read_config(FLAGS.checkpoint)
   except CheckpointError as e:
     fail("visage-predict", str(e))
   settings = run_settings(
@@ -107,8 +107,8 @@ def main(_):
   )
   import jax  # after the checks above, which need none of it (a mistake is told at once)
 
-  from visage_jax import parallel
   from visage_jax.inference import Predictor
+  from visage_jax.runtime import parallel
 
   try:
     parallel.initialize_distributed()
@@ -117,7 +117,8 @@ def main(_):
   # each process its share of the named videos, whatever is already done
   videos, skipped = videos_to_do(videos[jax.process_index() :: jax.process_count()], settings)
   try:
-    predictor = Predictor.load(FLAGS.checkpoint, **({"dtype": FLAGS.dtype} if FLAGS.dtype else {}))
+    overrides = {"dtype": FLAGS.dtype} if FLAGS.dtype else {}
+    predictor = Predictor.load(FLAGS.checkpoint, config=config, **overrides)
   except CheckpointError as e:
     fail("visage-predict", str(e))
   done, failed = predict_each(predictor, videos, FLAGS.output, settings, FLAGS.batch_size)
@@ -130,7 +131,7 @@ def main(_):
 def _input_videos() -> list[str]:
   """The videos that --input names, or one line and exit 2 for a mistake in them; the folders
   not searched are named on stderr."""
-  from visage_jax.predict import find_videos, folders_not_searched, video_name
+  from visage_jax.inference.predict import find_videos, folders_not_searched, video_name
 
   missing = [path for path in FLAGS.input if not os.path.exists(path)]
   if missing:
@@ -153,7 +154,7 @@ def _input_videos() -> list[str]:
 def _check_output_names_free(videos) -> None:
   """One line, exit 2, if a file or folder that visage-predict did not write lies at one of a
   video's output names (it is never replaced, --overwrite or not)."""
-  from visage_jax.predict import foreign_output, video_name
+  from visage_jax.inference.predict import foreign_output, video_name
 
   for path in videos:
     taken = foreign_output(FLAGS.output, video_name(path))
@@ -176,7 +177,7 @@ def predict_each(predictor, videos, output, settings, batch_size) -> tuple[int, 
 
   from visage_jax.data.challenge import DataError
   from visage_jax.data.video import VideoError
-  from visage_jax.predict import video_name, write_video_outputs
+  from visage_jax.inference.predict import video_name, write_video_outputs
 
   failed, done = [], 0
   for path in tqdm(videos, desc="videos", unit="video", position=0):

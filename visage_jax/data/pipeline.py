@@ -143,7 +143,7 @@ def global_batch(mesh, local: dict) -> dict:
   axes (data, fsdp), each process contributing the rows it read."""
   import jax
 
-  from visage_jax import parallel
+  from visage_jax.runtime import parallel
 
   sharding = parallel.batch_sharding(mesh)
   return {

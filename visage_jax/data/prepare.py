@@ -19,6 +19,7 @@ import shutil
 from visage_jax.data import challenge, layouts
 from visage_jax.data.builders.common import SourceVideo
 from visage_jax.data.video import VideoError, to_gray
+from visage_jax.runtime.files import staged
 
 
 def _openers(layout, splits, check, source_fps):
@@ -133,10 +134,9 @@ def _stride(sources, root: str, *, fps: float, source_fps) -> int:
 
 
 def _build(builder, sources, output: str, skipped, *, size: int, stride: int, offset: int):
-  """The TFDS dataset and skipped.json, built in a temporary folder beside `output` and moved
-  into it when whole."""
-  tmp = f"{output}.partial-{os.getpid()}"
-  try:
+  """The TFDS dataset and skipped.json, built in a temporary folder beside `output` (which may be
+  an empty folder) and moved into it when whole."""
+  with staged(output, folder=True) as tmp:
     with _tfds_notes_dropped():
       builder(
         sources={s: [o for o, _ in openers] for s, openers in sources.items()},
@@ -147,13 +147,7 @@ def _build(builder, sources, output: str, skipped, *, size: int, stride: int, of
       ).download_and_prepare()
     with open(os.path.join(tmp, "skipped.json"), "w") as f:
       json.dump({"skipped": skipped}, f, indent=2)
-    os.makedirs(output, exist_ok=True)
-    for item in os.listdir(tmp):
-      if item == "downloads":  # TFDS's empty download cache
-        continue
-      shutil.move(os.path.join(tmp, item), os.path.join(output, item))
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(os.path.join(tmp, "downloads"), ignore_errors=True)  # TFDS's empty cache
 
 
 @contextlib.contextmanager

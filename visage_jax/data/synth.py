@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 
-from visage_jax.writers import write_mp4, write_png
+from visage_jax.data.encode import write_mp4, write_png
+from visage_jax.runtime.files import staged
 
 OBJECT_COLOURS = np.asarray(
   [[255, 60, 40], [40, 230, 255], [255, 230, 30], [230, 40, 255], [60, 255, 90]], np.float32
@@ -129,11 +129,9 @@ def write_dataset(
   if layout == "dhf1k" and (videos - n_test > 600 or n_test > 100):
     raise ValueError("DHF1K numbers at most 600 training and 100 validation videos")
   names = _names(layout, videos, n_test)
-  tmp = f"{output}.partial-{os.getpid()}"
   if progress:
     progress(0, videos)
-  try:
-    os.makedirs(tmp)
+  with staged(output, folder=True) as tmp:
     for i, (split, name) in enumerate(names):
       video, sal, fix = make_video(seed * 100_003 + i, frames, size)
       WRITERS[layout](tmp, split, name, video, sal, fix, fps)
@@ -144,10 +142,6 @@ def write_dataset(
       splits.setdefault(split, []).append(name)
     if layout == "ntire2026":
       _write_split_file(tmp, splits)
-    os.rename(tmp, output)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return splits
 
 

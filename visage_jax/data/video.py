@@ -383,7 +383,8 @@ def to_gray(frames: np.ndarray) -> np.ndarray:
   )
 
 
-def normalize(frames_u8: np.ndarray) -> np.ndarray:
-  """uint8 (…, 3) → float32 CLIP-normalised, as ToTensor + Normalize."""
-  x = np.asarray(frames_u8, np.float32) / np.float32(255.0)
-  return (x - CLIP_MEAN) / CLIP_STD
+def normalize(frames_u8, *, xp=np, dtype=np.float32):
+  """uint8 (…, 3) → CLIP-normalised `dtype`, as ToTensor + Normalize: on the host (`xp` numpy)
+  or, for uint8 frames sent as they are, on the device (`xp` jax.numpy)."""
+  x = xp.asarray(frames_u8).astype(dtype) / 255.0
+  return (x - xp.asarray(CLIP_MEAN)) / xp.asarray(CLIP_STD)

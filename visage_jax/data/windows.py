@@ -1,8 +1,9 @@
-"""Clip windows over a video's frames, as the original cuts them (ARCHITECTURE.md §10).
+"""Clip windows over a video's frames, as the original cuts them (docs/model.md §10).
 
 A window is (indices, mask): `indices` has exactly `window` source-frame indices (the tail padded
 by repeating the last real frame), `mask` is true on real frames. Inference covers every source
-frame exactly once; validation takes a few evenly spaced windows.
+frame exactly once (`inference.stream.window_groups`); validation takes a few evenly spaced
+windows.
 """
 
 from __future__ import annotations
@@ -20,20 +21,6 @@ def sequence_windows(frames: np.ndarray, window: int) -> list[tuple[np.ndarray, 
     idx = np.concatenate([chunk, np.full(window - n, chunk[-1], np.int64)])
     mask = np.arange(window) < n
     out.append((idx, mask))
-  return out
-
-
-def inference_windows(num_frames: int, window: int, stride: int = 6):
-  """The original's inference cover: `stride` interleaved sequences (offset o takes frames
-  o, o + stride, …), each cut into consecutive windows. Every frame appears exactly once among the
-  masked-in positions. stride = source fps / model fps (30 / 5 = 6)."""
-  if num_frames <= 0:
-    raise ValueError(f"a video needs at least one frame, got {num_frames}")
-  if stride < 1 or window < 1:
-    raise ValueError(f"stride and window must be positive, got {stride}, {window}")
-  out = []
-  for offset in range(min(stride, num_frames)):
-    out.extend(sequence_windows(np.arange(offset, num_frames, stride), window))
   return out
 
 

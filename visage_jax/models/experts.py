@@ -47,7 +47,7 @@ class Neck(nnx.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Expert 1: temporal-modulated decoding with spatial priors (ARCHITECTURE.md §5)
+# Expert 1: temporal-modulated decoding with spatial priors (docs/model.md §5)
 
 
 class TemporalAttention(nnx.Module):
@@ -174,7 +174,7 @@ class Expert1(nnx.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Expert 2: multi-scale fusion with deep auxiliary supervision (ARCHITECTURE.md §6)
+# Expert 2: multi-scale fusion with deep auxiliary supervision (docs/model.md §6)
 
 
 def _gelu(x):

@@ -14,9 +14,9 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from visage_jax import parallel
 from visage_jax.models.layers import LayerScale, RMSNorm
 from visage_jax.models.lora import LoRALinear, LoRAPatchEmbed
+from visage_jax.runtime import parallel
 
 # The names a block gives its costly intermediate results (`checkpoint_name`), which the named
 # rematerialisation policies keep: the qkv projection, the attention core's output, the output
@@ -149,7 +149,7 @@ def per_head_attention(q, k, v, *, scale: float, recompute: bool):
 
 
 def active_lora_targets(model_cfg) -> tuple[str, ...]:
-  """Module-name suffixes that carry an acting LoRA (peft's suffix match; see ARCHITECTURE.md §3).
+  """Module-name suffixes that carry an acting LoRA (peft's suffix match; see docs/model.md §3).
 
   Under the fused MLP the fc1/fc2 adapters are bypassed by the original, so we do not build them.
   """

@@ -2,7 +2,7 @@
 
 One example per video: the frames of one sampling phase at the training rate (every `stride`-th
 source frame from `offset`), resized to the model size as the original does; the saliency maps
-resized the same way; fixation events at model size (ARCHITECTURE.md §8 mapping, before the
+resized the same way; fixation events at model size (docs/model.md §8 mapping, before the
 3×3 max filter, which the pipeline applies) and at source resolution (for exact scoring).
 Frames and maps are stored as raw uint8 arrays, zlib-compressed: reading is a decompress, no
 image decoding, so training input stays cheap.
