@@ -224,3 +224,28 @@ def expert_name(cfg) -> str:
   if cfg.train.expert not in (1, 2):
     raise ValueError(f"train.expert must be 1 or 2, got {cfg.train.expert}")
   return f"expert{cfg.train.expert}"
+
+
+def model_mistake(m) -> str | None:
+  """What makes `config.model` impossible to build, as "model.FIELD=VALUE: why", or None: sizes
+  and counts below 1, a grid that the patches do not tile, taps beyond the depth. No JAX."""
+  b = m.backbone
+  for section, node, fields in (
+    ("model.backbone", b, ("img_size", "patch_size", "tubelet_size", "num_frames")),
+    ("model.backbone", b, ("pretrained_num_frames", "embed_dim", "depth", "num_heads")),
+    ("model", m, ("neck_dim", "decoder_dim", "output_size")),
+  ):
+    for field in fields:
+      if node[field] < 1:
+        return f"{section}.{field}={node[field]}: must be at least 1"
+  if b.img_size % b.patch_size:
+    return f"model.backbone.img_size={b.img_size}: not a multiple of patch_size={b.patch_size}"
+  if b.num_frames % b.tubelet_size:
+    return f"model.backbone.num_frames={b.num_frames}: not a multiple of tubelet_size"
+  if b.embed_dim % b.num_heads:
+    return f"model.backbone.embed_dim={b.embed_dim}: not a multiple of num_heads={b.num_heads}"
+  if not b.taps or max(b.taps) >= b.depth or min(b.taps) < 0:
+    return f"model.backbone.taps={tuple(b.taps)}: each must lie in 0 … depth − 1 = {b.depth - 1}"
+  if m.lora.enabled and m.lora.rank < 1:
+    return f"model.lora.rank={m.lora.rank}: must be at least 1"
+  return None

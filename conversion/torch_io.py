@@ -72,6 +72,8 @@ def load_state_dict(path: str, *, unsafe_pickle: bool = False) -> Mapping:
   except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     hint = ""
+    if "_use_new_zipfile_serialization" in str(e):  # torch's mmap refusing a file it cannot read
+      msg = "not a PyTorch checkpoint (neither a zip archive nor a .safetensors file)"
     if "weights_only" in str(e) or "Unsupported global" in str(e):
       hint = " (the pickle holds non-tensor objects; pass --unsafe_pickle if you trust the file)"
     raise ConversionError(f"{path}: cannot read the checkpoint: {msg}{hint}") from None

@@ -354,3 +354,13 @@ def test_a_cut_off_video_is_named_as_such_in_one_line(tmp_path):
   message = str(info.value)
   assert message.startswith(f"{cut}: ") and "\n" not in message, message
   assert "truncated or corrupt" in message and ".cc:" not in message, message
+
+
+def test_an_offset_past_a_videos_frames_is_refused_naming_it(synth, tmp_path):
+  """Before issue 33, `--offset=1000` on 30-frame videos wrote one frame per video, silently."""
+  out = str(tmp_path / "prepared")
+  with pytest.raises(challenge.DataError, match=rf"\.mp4: --offset={FRAMES} lies past its "):
+    prepare("ntire2026", synth, out, size=32, offset=FRAMES)
+  assert not os.path.exists(out)
+  report = prepare("ntire2026", synth, out, size=32, offset=FRAMES - 1)  # the last frame: fine
+  assert report["offset"] == FRAMES - 1 and not report["skipped"]

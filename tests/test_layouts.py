@@ -99,7 +99,9 @@ def test_frame_folders(tmp_path):
     open_video(str(folder), fps=25.0)
   os.remove(folder / "frame_0002.png")
   write_png(str(folder / "frame_13.png"), frames[0][:10])
-  with pytest.raises(VideoError, match="frame_13.png: 10×64, the first frame is 36×64"):
+  with pytest.raises(
+    VideoError, match=r"frame_13.png: 64×10 \(width × height\), the first frame is 64×36"
+  ):
     open_video(str(folder), fps=25.0).frames([12])
   deep = (frames[0, ..., 0].astype(np.uint16) * 257).astype(np.uint16)  # a 16-bit grey frame
   Image.fromarray(deep).save(folder / "frame_13.png")

@@ -107,6 +107,27 @@ def parse_config_flags(argv, prog: str):
     fail(prog, config_mistake(argv, e))
 
 
+def require_extra(prog: str, module: str, what: str) -> None:
+  """One line, exit 2, when `module` (PyTorch, say) is not installed: `what` needs it, and the
+  `[convert]` extra installs it. Looked up without importing it (torch takes seconds)."""
+  import importlib.util
+
+  if importlib.util.find_spec(module) is None:
+    fail(
+      prog,
+      f"{what} needs {module}, which visage-jax installs with its [convert] extra: "
+      "pip install 'visage-jax[convert]'",
+    )
+
+
+def check_new_output(prog: str, output: str, flag: str = "--output") -> None:
+  """An output that must not exist yet and can be made there (`check_output`): else one line,
+  exit 2."""
+  if os.path.lexists(output):
+    fail(prog, f"{flag}={output} already exists; remove it or choose another {flag}")
+  check_output(prog, output, flag)
+
+
 def must_be_positive(*names: str) -> None:
   """Validators that refuse a value ≤ 0 of these flags at parsing (one line, exit 2); a flag left
   out (None) passes."""

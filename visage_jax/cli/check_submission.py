@@ -6,7 +6,10 @@ ROOT is a challenge-layout dataset (its TrainTestSplit.json names the videos of 
 folder of video files (those visage-predict finds there: mp4, avi, mkv, ...). For every video,
 DIR must hold `<name>/eyeMap_%05d.png` (1-based, one per frame, 8-bit, readable, the video's
 width × height) and/or `<name>.mp4` with the video's frame count. Every problem is printed
-naming the video and the frame; the exit code is 1 if there was any.
+naming the video and the frame, on stdout.
+
+Exit codes: 0 the submission is fine, 1 it has problems (listed on stdout), 2 a usage mistake
+(one line on stderr: a missing flag, a --predictions or --videos that is not a folder).
 """
 
 from __future__ import annotations
@@ -133,6 +136,11 @@ def main(_):
 
   if not FLAGS.predictions or not FLAGS.videos:
     fail("visage-check-submission", "--predictions and --videos are required")
+  for flag in ("predictions", "videos"):  # usage mistakes, not problems of a submission
+    path = FLAGS[flag].value
+    if not os.path.isdir(path):
+      what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
+      fail("visage-check-submission", f"--{flag}={path} {what}")
   try:
     videos = expected_videos(FLAGS.videos, FLAGS.split)
   except DataError as e:

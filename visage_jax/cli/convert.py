@@ -12,7 +12,14 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from visage_jax.cli import fail, parse_config_flags, run_app
+from visage_jax.cli import (
+  check_apart,
+  check_new_output,
+  fail,
+  parse_config_flags,
+  require_extra,
+  run_app,
+)
 
 FLAGS = flags.FLAGS
 
@@ -24,6 +31,7 @@ def main(_):
   from conversion.torch_io import ConversionError
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save at INFO
+  _check_before_work()
   try:
     convert(
       FLAGS.config,
@@ -36,6 +44,19 @@ def main(_):
     )
   except ConversionError as e:
     fail("visage-convert", str(e))
+
+
+def _check_before_work() -> None:
+  """The extra, the config's model and the output, before a tensor is read (minutes at 6B)."""
+  from configs.visage import model_mistake
+
+  require_extra("visage-convert", "torch", "reading the original's checkpoints")
+  mistake = model_mistake(FLAGS.config.model)
+  if mistake:
+    fail("visage-convert", f"--config.{mistake}")
+  inputs = [(f"--{k}", FLAGS[k].value) for k in ("backbone", "expert1", "expert2")]
+  check_apart("visage-convert", FLAGS.output, inputs)
+  check_new_output("visage-convert", FLAGS.output)
 
 
 def run(argv=None) -> None:

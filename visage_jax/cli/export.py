@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from visage_jax.cli import check_apart, fail, run_app
+from visage_jax.cli import check_apart, check_new_output, fail, require_extra, run_app
 
 FLAGS = flags.FLAGS
 
@@ -23,29 +23,37 @@ FLAGS = flags.FLAGS
 def main(_):
   from absl import logging
 
-  from visage_jax import checkpoint as ckpt
-  from visage_jax.training.checks import TrainError
-
   logging.set_verbosity(logging.WARNING)
   fmt = FLAGS.format
   if not FLAGS.output:
     fail("visage-export", "--output is required")
   if fmt == "orbax":
-    if FLAGS.checkpoint or FLAGS.full_state_dict:
-      fail("visage-export", "--format=orbax takes --workdir only (it merges training workdirs)")
+    clash = (
+      "--checkpoint" if FLAGS.checkpoint else "--full_state_dict" if FLAGS.full_state_dict else ""
+    )
+    if clash:
+      fail(
+        "visage-export",
+        f"{clash} is for --format=pytorch or safetensors; --format=orbax "
+        "merges training workdirs (--workdir)",
+      )
   elif bool(FLAGS.checkpoint) == bool(FLAGS.workdir):
     fail("visage-export", f"--format={fmt} takes either --checkpoint or --workdir (repeatable)")
   if not FLAGS.checkpoint and not FLAGS.workdir:
     fail("visage-export", "--workdir (once per expert) is required")
+  if fmt != "orbax":
+    require_extra("visage-export", "torch", f"--format={fmt}")
   inputs = [("--workdir", w) for w in FLAGS.workdir] + [("--checkpoint", FLAGS.checkpoint)]
   check_apart("visage-export", FLAGS.output, inputs)
-  from conversion.convert import new_output
-  from conversion.torch_io import ConversionError
+  check_new_output("visage-export", FLAGS.output)  # before any weights are read (minutes at 6B)
+  _export(fmt)
+  print(f"wrote {FLAGS.output}")
 
-  try:  # before any weights are read (minutes at 6B)
-    new_output(FLAGS.output)
-  except ConversionError as e:
-    fail("visage-export", str(e))
+
+def _export(fmt: str) -> None:
+  from visage_jax import checkpoint as ckpt  # JAX: after the checks, which need none of it
+  from visage_jax.training.checks import TrainError
+
   try:
     if fmt == "orbax":
       from visage_jax.training.weights import export
@@ -55,7 +63,6 @@ def main(_):
       _export_original(fmt)
   except (TrainError, ckpt.CheckpointError, FileNotFoundError) as e:
     fail("visage-export", str(e))
-  print(f"wrote {FLAGS.output}")
 
 
 def _export_original(fmt: str) -> None:

@@ -40,7 +40,10 @@ flags.DEFINE_multi_string(
 )
 flags.DEFINE_string("output", None, "Output directory")
 flags.DEFINE_enum(
-  "map_size", "source", ["source", "model"], "Write maps at the video's size or 224"
+  "map_size",
+  "source",
+  ["source", "model"],
+  "Write maps at the video's size or the model's output size",
 )
 flags.DEFINE_bool("save_experts", False, "Also write each expert's maps")
 flags.DEFINE_integer("batch_size", 1, "Windows per step on each device", lower_bound=1)
@@ -82,7 +85,7 @@ def videos_to_do(videos, settings) -> tuple[list[str], int]:
 def main(_):
   from absl import logging
 
-  from visage_jax.inference.predict import run_settings
+  from visage_jax.inference.predict import SETTINGS_DIR, run_settings
   from visage_jax.runtime.config_file import CheckpointError, read_config
 
   logging.set_verbosity(logging.WARNING)
@@ -122,10 +125,18 @@ def main(_):
   except CheckpointError as e:
     fail("visage-predict", str(e))
   done, failed = predict_each(predictor, videos, FLAGS.output, settings, FLAGS.batch_size)
+  _remove_if_empty(os.path.join(FLAGS.output, SETTINGS_DIR))  # nothing finished: no records
   print(f"{done} predicted, {skipped} already complete, {len(failed)} failed -> {FLAGS.output}")
   for message in failed:
     print(f"failed: {message}", file=sys.stderr)
   sys.exit(1 if failed else 0)
+
+
+def _remove_if_empty(folder: str) -> None:
+  try:
+    os.rmdir(folder)
+  except OSError:  # not empty, or not there
+    pass
 
 
 def _input_videos() -> list[str]:
@@ -140,7 +151,7 @@ def _input_videos() -> list[str]:
   for folder in folders_not_searched(FLAGS.input):  # the output lies apart (check_apart)
     print(f"visage-predict: not searched: {folder} (give it as an --input)", file=sys.stderr)
   if not videos:
-    fail("visage-predict", f"no videos in {FLAGS.input}")
+    fail("visage-predict", f"no videos in {', '.join(FLAGS.input)}")
   folders = [v for v in videos if os.path.isdir(v)]
   if folders and not FLAGS.source_fps:
     fail("visage-predict", f"{folders[0]} is a folder of frames: give their rate (--source_fps)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from visage_jax.cli import fail, run_app
+from visage_jax.cli import check_new_output, fail, run_app
 
 flags.DEFINE_string("output", None, "Output directory (must not exist)")
 flags.DEFINE_enum(
@@ -31,6 +31,7 @@ def main(_):
     h, w = (int(v) for v in FLAGS.size.lower().split("x"))
   except ValueError:
     fail("visage-synth", f"--size must look like 144x256, got {FLAGS.size!r}")
+  check_new_output("visage-synth", FLAGS.output)
   bars = []  # made at the first call: after write_dataset has checked the flags
 
   def progress(done, total):

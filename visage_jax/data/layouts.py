@@ -167,8 +167,8 @@ def open_entry(
       )
     if os.path.isdir(entry.saliency) and (sal.height, sal.width) != (video.height, video.width):
       raise DataError(
-        f"{entry.saliency}: maps of {sal.height}×{sal.width}, the video is "
-        f"{video.height}×{video.width}"
+        f"{entry.saliency}: maps of {sal.width}×{sal.height} (width × height), the video is "
+        f"{video.width}×{video.height}"
       )
   per_frame = load_points(entry.fixations, video) if entry.fixations and points else None
   return video, sal, per_frame
@@ -193,7 +193,8 @@ def load_points(path: str, video) -> list[np.ndarray]:
       raise DataError(f"{f}: cannot read the fixation map: {e}") from None
     if binary.shape != (video.height, video.width):
       raise DataError(
-        f"{f}: {binary.shape[0]}×{binary.shape[1]}, the video is {video.height}×{video.width}"
+        f"{f}: {binary.shape[1]}×{binary.shape[0]} (width × height), the video is "
+        f"{video.width}×{video.height}"
       )
     out.append(np.argwhere(binary > 0).astype(np.int32))
   return out

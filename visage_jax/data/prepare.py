@@ -63,7 +63,9 @@ def prepare(
   layouts.check_frame_rate(layout, source_fps)
   splits = splits or ["train", layouts.EVAL_SPLIT[layout]]
   skipped: list[dict] = []
-  check = _checker(skipped, skip_bad=skip_bad, source_fps=source_fps, progress=progress)
+  check = _checker(
+    skipped, skip_bad=skip_bad, source_fps=source_fps, progress=progress, offset=offset
+  )
   sources = _openers(layouts.open_layout(layout, root), splits, check, source_fps)
   stride = _stride(sources, root, fps=fps, source_fps=source_fps)
   builder = BUILDERS[layout]
@@ -79,7 +81,7 @@ def prepare(
   }
 
 
-def _checker(skipped: list, *, skip_bad: bool, source_fps, progress):
+def _checker(skipped: list, *, skip_bad: bool, source_fps, progress, offset: int = 0):
   """What `_openers` applies to a split's openers: each video opened once (the checks live in the
   openers), the good ones kept with their frame rates; a bad one raises its error, or with
   `skip_bad` is left out and appended to `skipped`. `progress` hears "checked NAME (i of n)" for
@@ -92,6 +94,10 @@ def _checker(skipped: list, *, skip_bad: bool, source_fps, progress):
       try:
         src = opener()
         rate = source_fps or src.video.fps
+        if offset >= src.video.num_frames:
+          raise challenge.DataError(
+            f"{src.video.path}: --offset={offset} lies past its {src.video.num_frames} frames"
+          )
         del src
       except (challenge.DataError, VideoError) as e:
         if not skip_bad:

@@ -295,8 +295,8 @@ class FrameFolderReader:
       raise VideoError(f"{self.files[i]}: a {mode} image; frames and maps are read as 8-bit")
     if i and rgb.shape[:2] != (self.height, self.width):
       raise VideoError(
-        f"{self.files[i]}: {rgb.shape[0]}×{rgb.shape[1]}, the first frame is "
-        f"{self.height}×{self.width}"
+        f"{self.files[i]}: {rgb.shape[1]}×{rgb.shape[0]} (width × height), the first frame is "
+        f"{self.width}×{self.height}"
       )
     return rgb
 

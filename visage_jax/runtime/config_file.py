@@ -45,6 +45,8 @@ ADDED_FIELDS = {"model.backbone.drop_path_rate": 0.0}
 
 def read_config(directory: str) -> ml_collections.ConfigDict:
   path = os.path.join(directory, CONFIG_FILE)
+  if os.path.isfile(directory):
+    raise CheckpointError(f"{directory}: a file, not a checkpoint folder")
   if not os.path.isdir(directory):
     raise CheckpointError(f"{directory}: no such checkpoint folder")
   if not os.path.isfile(path):

@@ -78,7 +78,13 @@ def _check_sharding(cfg, mesh) -> None:
 
 
 def check_config(cfg) -> None:
-  """`cfg.train`'s values, its weights' sources and its data; reads only config files."""
+  """`cfg.model` and `cfg.train`'s values, its weights' sources and its data; reads only config
+  files."""
+  from configs.visage import model_mistake
+
+  mistake = model_mistake(cfg.model)
+  if mistake:
+    raise TrainError(mistake)
   _check_train_values(cfg)
   _check_weights_sources(cfg)
   _check_data(cfg)
@@ -127,6 +133,11 @@ LEAST = {
   "eval_every": -1,
   "warmup_steps": 0,
   "cosine_steps": 0,
+  "lr_decoder_stage1": 0.0,
+  "lr_decoder_stage2": 0.0,
+  "lr_lora": 0.0,
+  "weight_decay": 0.0,
+  "min_lr": 0.0,
 }
 
 
