@@ -201,3 +201,38 @@ def test_prepare_reads_the_turned_frames(tmp_path):
   assert tagged.keys() == plain.keys()
   for key in tagged:
     assert np.array_equal(tagged[key], plain[key]), key
+
+
+def test_a_variable_rate_video_keeps_its_timestamps(predictor, tmp_path):
+  """Issue 33, item 9: a variable-rate video's maps video and overlay show each frame when the
+  source shows it (they were constant-rate, drifting up to 0.39 s on a phone video); a
+  constant-rate one is still written at its rate."""
+  import fractions
+
+  from visage_jax.data.video import variable_times
+  from visage_jax.inference.predict import run_settings, write_video_outputs
+
+  shown = make_video(9, FRAMES, SIZE)[0]
+  gaps = [1 / 30 if i % 3 else 1 / 8 for i in range(FRAMES - 1)]  # bursts and pauses
+  times = np.concatenate([[0.0], np.cumsum(gaps)])
+  path = str(tmp_path / "vfr.mp4")
+  with av.open(path, "w") as container:
+    stream = container.add_stream("libx264", rate=30)
+    stream.height, stream.width = SIZE
+    stream.pix_fmt = "yuv420p"
+    stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, 90000)
+    for t, f in zip(times, shown):
+      frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+      frame.pts = int(round(t * 90000))
+      container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+  assert variable_times(open_video(path)) is not None
+  out = tmp_path / "out"
+  os.makedirs(out)
+  write_video_outputs(predictor, path, str(out), settings=run_settings("ckpt"))
+  for written in (out / "vfr.mp4", out / "overlays" / "vfr.mp4"):
+    with av.open(str(written)) as video:
+      got = [frame.time for frame in video.decode(video=0)]
+    np.testing.assert_allclose(got, times, atol=1 / 90000 + 1e-9, err_msg=str(written))
+  _, plain = tagged_pair(tmp_path, (90, False))  # 25 fps
+  assert variable_times(open_video(plain)) is None

@@ -48,6 +48,7 @@ def write_png(path: str, image_u8) -> None:
       f.write(struct.pack(">I", zlib.crc32(tag + body)))
 
 
+TICKS = 90_000  # a variable-rate video's timestamps: ticks a second (MPEG's clock)
 LOSSLESS_FORMAT = "yuv444p"  # x264's lossless mode keeps every sample in 4:4:4
 VIEWING_FORMAT = "yuv420p"  # what every player reads
 
@@ -114,9 +115,14 @@ class Mp4Encoder:
   the YUV↔RGB conversion of the reader); the preset then only trades file size for speed, so the
   fastest is used. Otherwise yuv420p at `crf` with `preset`, which every player reads; odd sizes
   are padded by repeating the last row/column (yuv420p needs even sizes).
+
+  `times` (seconds, one per frame) gives a variable frame rate: each frame is shown when the
+  source's was (to 1/90000 s); without it the frames are `fps` apart.
   """
 
-  def __init__(self, path, fps, height, width, *, crf=18, lossless=False, preset="medium"):
+  def __init__(
+    self, path, fps, height, width, *, crf=18, lossless=False, preset="medium", times=None
+  ):
     import fractions
 
     import av
@@ -136,6 +142,10 @@ class Mp4Encoder:
     else:
       stream.options = {"crf": str(crf), "preset": preset}
     stream.time_base = 1 / rate
+    self._ticks = None
+    if times is not None:  # the source's timestamps, in ticks of 1/90000 s
+      stream.time_base = stream.codec_context.time_base = fractions.Fraction(1, TICKS)
+      self._ticks = np.rint((np.asarray(times) - times[0]) * TICKS).astype(np.int64)
     self._stream = stream
 
   def add(self, frame_u8) -> None:
@@ -153,7 +163,7 @@ class Mp4Encoder:
         f"{self.path}: a {frame.format.name} frame of {frame.height}×{frame.width}, the video is "
         f"{self.pix_fmt} {s.height}×{s.width}"
       )
-    frame.pts = self.frames
+    frame.pts = self.frames if self._ticks is None else int(self._ticks[self.frames])
     self.frames += 1
     for packet in s.encode(frame):
       self._container.mux(packet)

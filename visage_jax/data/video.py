@@ -101,6 +101,7 @@ class VideoReader(Protocol):
   height: int  # as shown
   width: int
   orientation: Orientation  # how its stored frames are turned to be shown
+  times: np.ndarray  # float64 (num_frames,): when each frame is shown, seconds from the first
 
   def frames(self, indices) -> np.ndarray:
     """uint8 (len(indices), H, W, 3) RGB frames, in the order asked."""
@@ -156,6 +157,8 @@ class DecordReader:
     if self.num_frames == 0:
       raise VideoError(f"{path}: no frames")
     self.fps = float(self._vr.get_avg_fps())
+    starts = np.asarray(self._vr.get_frame_timestamp(range(self.num_frames)))[:, 0]
+    self.times = starts.astype(np.float64) - float(starts[0])
     first = self.frames([0])
     self.height, self.width = int(first.shape[1]), int(first.shape[2])
 
@@ -276,6 +279,7 @@ class FrameFolderReader:
     if not self.files:
       raise VideoError(f"{path}: no frames ({'/'.join(IMAGE_EXTENSIONS)} files)")
     self.num_frames, self.fps = len(self.files), float(fps)
+    self.times = np.arange(self.num_frames) / self.fps
     first = self.frames([0])
     self.height, self.width = int(first.shape[1]), int(first.shape[2])
 
@@ -355,6 +359,14 @@ def open_video(path: str, *, fps: float | None = None, timeout_s: float = 60.0) 
   if os.path.isdir(path):
     return FrameFolderReader(path, fps)
   return DecordReader(path, timeout_s=timeout_s)
+
+
+def variable_times(video: VideoReader) -> np.ndarray | None:
+  """The frames' times of a variable-rate video (one whose frames stray more than half a frame
+  from the even spacing of its average rate), for outputs that keep time with it; None for a
+  constant-rate one, whose outputs are written at its `fps`."""
+  even = np.arange(video.num_frames) / video.fps
+  return video.times if np.max(np.abs(video.times - even)) > 0.5 / video.fps else None
 
 
 def resize_frames(frames, size: int | tuple[int, int]) -> np.ndarray:

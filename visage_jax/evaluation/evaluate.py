@@ -428,7 +428,7 @@ def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
 def _save_maps_of(entry, pred_root, run, source_fps=None):
   """Run `run(outputs=...)` with the video's maps written into a staging folder and moved into
   place when whole."""
-  from visage_jax.data.video import open_video
+  from visage_jax.data.video import open_video, variable_times
   from visage_jax.inference import writers
 
   video = open_video(entry.video, fps=source_fps)
@@ -436,7 +436,11 @@ def _save_maps_of(entry, pred_root, run, source_fps=None):
     maps, mp4 = os.path.join(stage, "maps"), os.path.join(stage, "maps.mp4")
     os.makedirs(maps)
     outputs = writers.VideoOutputs(
-      {"fused": maps}, source_hw=(video.height, video.width), fps=video.fps, maps_mp4=mp4
+      {"fused": maps},
+      source_hw=(video.height, video.width),
+      fps=video.fps,
+      maps_mp4=mp4,
+      times=variable_times(video),
     )
     try:
       run(outputs=outputs)

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from visage_jax.data.video import IMAGE_EXTENSIONS, open_video
+from visage_jax.data.video import IMAGE_EXTENSIONS, open_video, variable_times
 from visage_jax.inference import writers
 from visage_jax.runtime import rerun
 from visage_jax.runtime.files import into_place, staging
@@ -200,6 +200,7 @@ def write_video_outputs(
       map_size=settings["map_size"],
       maps_mp4=os.path.join(stage, "maps.mp4"),
       overlay_mp4=os.path.join(stage, "overlay.mp4"),
+      times=variable_times(video),
     )
     try:
       frames = frame_stream(

@@ -120,7 +120,8 @@ class VideoOutputs:
   blended over the frame → the overlay mp4. The per-frame work runs on `workers` threads, at most
   2·workers frames ahead, and makes the encoders' frames in their pixel formats; the two encoders
   take them in order and only encode. `close()` waits for all of it and finishes the files;
-  `abort()` stops without finishing. Nothing is renamed here.
+  `abort()` stops without finishing. Nothing is renamed here. `times`: the frames' times of a
+  variable-rate source (`data.video.variable_times`), which the videos keep.
   """
 
   def __init__(
@@ -133,6 +134,7 @@ class VideoOutputs:
     maps_mp4=None,
     overlay_mp4=None,
     workers=0,
+    times=None,
   ):
     self.png_dirs, self.source_hw, self.map_size = png_dirs, tuple(source_hw), map_size
     workers = workers or default_workers()
@@ -141,6 +143,7 @@ class VideoOutputs:
     self._pending: collections.deque = collections.deque()
     self._maps_mp4 = self._overlay_mp4 = None
     self._fps, self._maps_path, self._overlay_path = fps, maps_mp4, overlay_mp4
+    self._times = times  # a variable-rate source's frame times: the videos keep them
     self.frames = 0
 
   def _frame_work(self, index, maps, frame):
@@ -167,13 +170,13 @@ class VideoOutputs:
     if self._maps_path:
       h, w = fused.height, fused.width
       self._maps_mp4 = _EncoderThread(
-        "encode-maps", self._maps_path, self._fps, h, w, lossless=True
+        "encode-maps", self._maps_path, self._fps, h, w, lossless=True, times=self._times
       )
     if self._overlay_path:
       # x264's fastest preset: the overlay is for looking at (crf 18 as before), not scored
       h, w = self.source_hw
       self._overlay_mp4 = _EncoderThread(
-        "encode-overlay", self._overlay_path, self._fps, h, w, preset="ultrafast"
+        "encode-overlay", self._overlay_path, self._fps, h, w, preset="ultrafast", times=self._times
       )
 
   def _drain(self, keep: int) -> None:
