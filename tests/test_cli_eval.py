@@ -18,7 +18,7 @@ from visage_jax.data.synth import write_dataset
 from visage_jax.data.video import open_video, to_gray
 
 # one worker runs the whole module: its module fixtures are computed once
-pytestmark = pytest.mark.xdist_group("eval")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("eval")]
 
 FRAMES = 26  # not a multiple of 6 · 8
 

@@ -11,6 +11,8 @@ from conftest import CONFIG, convert_golden, golden, run_convert
 
 from visage_jax.inference import Predictor
 
+pytestmark = pytest.mark.slow  # whole commands and programs, end to end
+
 
 def _assert_clean_failure(res, out_dir, *must_name):
   assert res.returncode != 0

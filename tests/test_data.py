@@ -235,6 +235,7 @@ def test_dhf1k_layout(tmp_path):
   assert sorted(map(tuple, got.tolist())) == sorted(set(map(tuple, fix[6])))  # binary: unique
 
 
+@pytest.mark.slow
 def test_two_processes_read_disjoint_shards_of_the_same_global_batches(tmp_path):
   import socket
   import subprocess

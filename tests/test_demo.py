@@ -9,7 +9,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # whole commands and programs, end to end
 
 
 def _run(out, *extra):

@@ -9,6 +9,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from helpers.small import small_config
 
 from configs.visage import get_config
@@ -89,6 +90,7 @@ def _step_outputs(cfg, *seeds):
   return out
 
 
+@pytest.mark.slow
 def test_training_step_with_drop_path_and_the_stage2_loss():
   """A rate so small that every sample is kept, at scale 1 in float32, gives today's step bit for
   bit; a real rate makes the step depend on its key, in stage 1 too (the frozen backbone is
@@ -117,6 +119,7 @@ def test_training_step_with_drop_path_and_the_stage2_loss():
   assert not np.array_equal(model(clip, rng=jax.random.key(0))["fused"], plain(clip)["fused"])
 
 
+@pytest.mark.slow
 def test_checkpoints_written_before_drop_path_still_load(ckpt_small, tmp_path):
   """A config.json without model.backbone.drop_path_rate (every checkpoint converted before it
   existed) reads as rate 0, what the code did then, and predicts what it did."""

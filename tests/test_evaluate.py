@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 from conftest import run_helper
 
 from visage_jax.evaluation import evaluate
 from visage_jax.evaluation import records as eval_records
 
 
+@pytest.mark.slow
 def test_sharded_eval_step_matches_single_device(ckpt_small):
   out = run_helper("sharded_eval.py", ckpt_small)
   assert out["devices"] == 8

@@ -24,6 +24,8 @@ from conversion import export as to_original
 from conversion.torch_io import ConversionError
 from visage_jax import checkpoint as ckpt
 
+pytestmark = pytest.mark.slow  # whole commands and programs, end to end
+
 
 def _load(path):
   return torch.load(path, map_location="cpu", weights_only=True)

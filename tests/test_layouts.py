@@ -21,7 +21,7 @@ from visage_jax.data.prepare import data_source, prepare
 from visage_jax.data.synth import make_video
 from visage_jax.data.video import FrameFolderReader, VideoError, open_video
 
-pytestmark = pytest.mark.xdist_group("layouts")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("layouts")]
 
 FRAMES, SIZE, FPS = 14, (36, 64), 30.0
 

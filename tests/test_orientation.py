@@ -123,6 +123,7 @@ def predictor(ckpt_small):
   return Predictor.load(ckpt_small)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tag", [(90, False), (180, False), (90, True)], ids=["90", "180", "90m"])
 def test_predict_writes_the_maps_of_the_turned_frames(predictor, tmp_path, tag):
   """At 90° visage-predict crashed in the overlay (the reader's size was decord's displayed one,
@@ -164,6 +165,7 @@ def _dataset_pair(tmp_path, tag):
   return roots
 
 
+@pytest.mark.slow
 def test_eval_scores_the_maps_of_the_turned_frames(ckpt_small, tmp_path):
   import json
 
@@ -184,6 +186,7 @@ def test_eval_scores_the_maps_of_the_turned_frames(ckpt_small, tmp_path):
   assert all(np.array_equal(a, b) for a, b in zip(tagged_maps, plain_maps))
 
 
+@pytest.mark.slow
 def test_prepare_reads_the_turned_frames(tmp_path):
   """visage-prepare's examples (frames, maps, fixations at the model's size) of the tagged video
   equal those of the turned one: it reads through the same readers."""
@@ -203,6 +206,7 @@ def test_prepare_reads_the_turned_frames(tmp_path):
     assert np.array_equal(tagged[key], plain[key]), key
 
 
+@pytest.mark.slow
 def test_a_variable_rate_video_keeps_its_timestamps(predictor, tmp_path):
   """Issue 33, item 9: a variable-rate video's maps video and overlay show each frame when the
   source shows it (they were constant-rate, drifting up to 0.39 s on a phone video); a

@@ -91,6 +91,7 @@ def _step_program(mesh):
   return step.lower(state, frozen, batch, jax.random.key(0)).as_text()
 
 
+@pytest.mark.slow
 def test_activations_are_batch_split_at_block_boundaries():
   """Under `jit_step`'s mesh every block's output (E, B, N, D) is constrained to (_, data+fsdp,
   _, _); a step jitted without a mesh carries no constraint (and `constrain_batch` outside one

@@ -19,7 +19,7 @@ from visage_jax.data.synth import make_video
 from visage_jax.data.video import open_video
 
 # one worker runs the whole module: its module fixtures are computed once
-pytestmark = pytest.mark.xdist_group("predict")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("predict")]
 
 FRAMES, SIZE = 26, (72, 128)  # 26 is not a multiple of 6 · num_frames (48)
 

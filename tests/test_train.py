@@ -11,9 +11,11 @@ going wrong under a sharded batch.
 
 from __future__ import annotations
 
+import pytest
 from conftest import run_helper
 
 
+@pytest.mark.slow
 def test_sharded_train_step_matches_single_device():
   out = run_helper("sharded_train.py", "float64")
   assert set(out) == {f"expert{e}_stage{s}" for e in (1, 2) for s in (1, 2)}
@@ -124,6 +126,7 @@ def test_accelerator_remat_keeps_what_fits_half_the_device(monkeypatch):
   assert policy(4, 1) == "full"
 
 
+@pytest.mark.slow
 def test_a_nonfinite_step_changes_nothing():
   """NaN in the batch: the step says so (metrics["finite"]) and gives its state back unchanged."""
   import jax
@@ -160,6 +163,7 @@ def test_a_nonfinite_step_changes_nothing():
     np.testing.assert_array_equal(before, after)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_big_batch():
   """4 micro-batches × 2 clips against one step of 8 clips, float64, on one device and on 8
   (`tests/helpers/accum_train.py`): the loss, every gradient tensor and every updated tensor
@@ -198,6 +202,7 @@ def test_training_keeps_the_models_attention_in_both_stages(monkeypatch):
     cfg.model.backbone.attention_impl = "auto"
 
 
+@pytest.mark.slow
 def test_step_flops_agree_with_xlas_count():
   """`perf.train_step_flops` (the MFU's numerator) against XLA's cost analysis of the backbone's
   forward (stage 1) and of the LoRA gradients through it (stage 2), unrolled and with XLA's

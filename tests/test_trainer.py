@@ -20,6 +20,8 @@ from conftest import CONFIG, REPO, free_port, run_convert
 from visage_jax import checkpoint as ckpt
 from visage_jax.training import weights as provenance
 
+pytestmark = pytest.mark.slow  # whole commands and programs, end to end
+
 SMALL = [
   "--config.model.backbone.img_size=56",
   "--config.model.output_size=56",

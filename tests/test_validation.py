@@ -109,6 +109,7 @@ def _close(got, want, what):
     assert abs(got[metric] - value) <= 1e-5 * max(1.0, abs(value)), (what, metric, got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("expert, metrics", [(1, "challenge"), (2, "challenge"), (2, "original")])
 def test_validation_scores_the_models_windows_as_the_challenge_or_the_original_does(
   trainset, expert, metrics
@@ -159,6 +160,7 @@ def test_validation_scores_the_models_windows_as_the_challenge_or_the_original_d
   assert abs(moved["cc"] - got["cc"]) > 1e-4
 
 
+@pytest.mark.slow
 def test_fused_validation_on_a_mesh_equals_one_device(trainset):
   """The partner's pass and the scoring split over 2 × 2 (data × fsdp) emulated devices, the
   partner's weights laid out by mesh.rules as the trained model's: the numbers of one device."""
