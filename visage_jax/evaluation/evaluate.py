@@ -222,8 +222,8 @@ def on_fixation_points(step, mesh=None):
   by a small program, one per P, then `step` runs."""
   from visage_jax.runtime import parallel
 
-  sharding = {} if mesh is None else {"out_shardings": parallel.batch_sharding(mesh)}
-  to_maps = jax.jit(fixation_maps, static_argnums=1, **sharding)
+  out = None if mesh is None else parallel.batch_sharding(mesh)
+  to_maps = parallel.jit_on_mesh(fixation_maps, mesh, out_shardings=out, static_argnums=1)
 
   def step_on_points(state, batch):
     hw = tuple(batch["gt"].shape[-2:])
