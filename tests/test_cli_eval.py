@@ -109,12 +109,13 @@ def test_check_submission_accepts_and_rejects(evaluated, dataset, tmp_path):
   bad = _run("visage_jax.cli.check_submission", f"--predictions={broken}", f"--videos={dataset}")
   assert bad.returncode == 1
   assert f"{name}: missing frame 17 (eyeMap_00017.png)" in bad.stdout
-  for path, why in (
-    (broken + "x", "no such folder"),
-    (os.path.join(dataset, "TrainTestSplit.json"), "not a folder"),
+  for path, why in (  # usage mistakes (issue 33): one line on stderr, exit 2, not a "problem"
+    (broken + "x", "does not exist"),
+    (os.path.join(dataset, "TrainTestSplit.json"), "is a file, not a folder"),
   ):
     res = _run("visage_jax.cli.check_submission", f"--predictions={path}", f"--videos={dataset}")
-    assert res.returncode == 1 and res.stdout.startswith(f"{path}: {why}\n"), res.stdout
+    line = f"visage-check-submission: error: --predictions={path} {why}\n"
+    assert (res.returncode, res.stderr, res.stdout) == (2, line, ""), res.stderr
 
 
 def test_check_submission_takes_the_videos_visage_predict_finds(tmp_path):

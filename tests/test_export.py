@@ -313,7 +313,7 @@ APART = "its outputs could overwrite what it reads; choose an output folder apar
       "run",
       "visage-export",
       ["--workdir=w", "--output=a_file"],
-      "a_file: output already exists; remove it or choose another --output",
+      "--output=a_file already exists; remove it or choose another --output",
     ),
     (
       "visage_jax.cli.prepare",

@@ -363,7 +363,7 @@ def test_a_refused_run_leaves_no_output_folder(videos, tmp_path):
   res = _predict(videos, str(output), str(tmp_path / "by_topic"))
   assert res.returncode == 2 and res.stderr.splitlines() == [
     f"visage-predict: not searched: {tmp_path}/by_topic/sports (give it as an --input)",
-    f"visage-predict: error: no videos in ['{tmp_path}/by_topic']",
+    f"visage-predict: error: no videos in {tmp_path}/by_topic",
   ]
 
 
