@@ -21,6 +21,7 @@ from conftest import REPO
 
 PRESETS = os.path.join(REPO, "configs", "visage.py")
 APART = "its outputs could overwrite what it reads; choose an output folder apart from the inputs"
+HELP = "(--help lists the flags)"
 EXTRA = "which visage-jax installs with its [convert] extra: pip install 'visage-jax[convert]'"
 CONVERT = ("visage_jax.cli.convert", "run", "visage-convert")
 EXPORT = ("visage_jax.cli.export", "run", "visage-export")
@@ -34,7 +35,8 @@ DEMO = ("visage_jax.cli.demo", "run", "visage-demo")
 TINY = "--config={presets}:tiny"
 CONVERT_ARGS = (TINY, "--backbone=junk.pt")
 
-# (command, arguments, the line's words after "PROG: error: ", exit code[, torch installed])
+# (command, arguments, the line's words after "PROG: error: " (or its end, after "…"), exit
+# code[, torch installed])
 MISTAKES = [
   (
     CONVERT,
@@ -206,6 +208,68 @@ MISTAKES = [
   (CHECK, ["--predictions=nosuch", "--videos=a_dir"], "--predictions=nosuch does not exist", 2),
   (CHECK, ["--predictions=a_dir", "--videos=a_file"], "--videos=a_file is a file, not a folder", 2),
   (DEMO, ["--output=a_dir"], "{tmp}/a_dir exists and is not an earlier demo", 2),
+  # moved from test_export.py, which matched the line's end (words starting with …)
+  (PREDICT, ["--bogus=1"], f"…flag 'bogus' {HELP}", 2),
+  (
+    EVAL,
+    ["--batch_size=two"],
+    f"…--batch_size=two: invalid literal for int() with base 10: 'two' {HELP}",
+    2,
+  ),
+  (TRAIN, ["--workdir=w"], f"…must have a value other than None. {HELP}", 2),
+  (PREDICT, ["--source_fps=0"], f"…must be > 0 {HELP}", 2),
+  (
+    PREDICT,
+    ["--checkpoint=c", "--input=a_file", "--input=clips/*.mp4", "--output=o"],
+    "…--input=clips/*.mp4: no such file or folder",
+    2,
+  ),
+  (PREPARE, ["--fps=-5"], f"…must be > 0 {HELP}", 2),
+  (EVAL, ["--dtype=bf16"], f"…--dtype=bf16: value should be one of <float32|bfloat16> {HELP}", 2),
+  (EVAL, ["--sauc_frames=0"], f"…--sauc_frames=0: 0 is not a positive integer {HELP}", 2),
+  (
+    TRAIN,
+    [f"--config={PRESETS}:7b", "--workdir=w", "--config.data.dir=d"],
+    f"…--config={PRESETS}:7b: unknown preset '7b'; choose one of ('6b', '1b', 'tiny') {HELP}",
+    2,
+  ),
+  (
+    CONVERT,
+    ["--config=configs/visage.py:tiny", "--backbone=b.pt", "--output=c"],
+    "…--config: cannot load the config file: [Errno 2] No such file or directory: "
+    f"'configs/visage.py'; the presets are in {PRESETS}",
+    2,
+  ),
+  (
+    PREPARE,
+    ["--layout=ntire2026", "--root=d", "--output=a_file"],
+    "…--output=a_file is an existing file, not a folder",
+    2,
+  ),
+  (
+    EVAL,
+    ["--checkpoint=c", "--data=d", "--output=d/out"],
+    "…--output=d/out lies inside --data=d: " + APART,
+    2,
+  ),
+  (
+    PREPARE,
+    ["--layout=ntire2026", "--root=.", "--output=prepared"],
+    "…--output=prepared lies inside --root=.: " + APART,
+    2,
+  ),
+  (
+    EXPORT,
+    ["--format=pytorch", "--checkpoint=..", "--output=new"],
+    "…--output=new lies inside --checkpoint=..: " + APART,
+    2,
+  ),
+  (
+    SYNTH,
+    ["--output=s", "--frames=0"],
+    "…--frames and --size must be ≥ 1 and --fps > 0, got 0, (144, 256), 30.0",
+    2,
+  ),
 ]
 
 
@@ -254,9 +318,13 @@ def test_a_mistake_is_one_line_and_leaves_nothing(row, tmp_path):
     timeout=60,
   )
   seconds = time.perf_counter() - t0
-  want = f"{prog}: error: {words.format(tmp=tmp_path)}"
   assert (res.returncode, res.stderr.count("\n")) == (code, 1), res.stderr[-2000:]
-  assert res.stderr.startswith(want), (want, res.stderr)
+  line = res.stderr.rstrip("\n")
+  assert line.startswith(f"{prog}: error: "), line
+  if words.startswith("…"):  # the line's end
+    assert line.endswith(words[1:].format(tmp=tmp_path)), (words, line)
+  else:
+    assert line.startswith(f"{prog}: error: {words.format(tmp=tmp_path)}"), (words, line)
   assert _snapshot(tmp_path) == before, "the mistake created or changed files"
   assert seconds < 5, f"{seconds:.1f} s"
 
