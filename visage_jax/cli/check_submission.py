@@ -43,10 +43,8 @@ def expected_videos(root: str, split: str) -> dict[str, str]:
 
 
 def check(predictions: str, videos: dict[str, str]) -> tuple[list[str], int]:
-  """(problems, number of videos that passed)."""
-  if not os.path.isdir(predictions):
-    what = "not a folder" if os.path.exists(predictions) else "no such folder"
-    return [f"{predictions}: {what}"], 0
+  """(problems, number of videos that passed) of a predictions folder (`main` has checked that
+  it is one)."""
   problems: list[str] = []
   ok = 0
   for name, src in sorted(videos.items()):
