@@ -38,6 +38,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
+from gpu_predict import plan_gib  # noqa: E402
+from gpu_train import random_batch  # noqa: E402
 
 
 class Budget:
@@ -262,32 +264,6 @@ class TrainBench:
       "compile_s": round(compile_s, 1),
       "loss": float(parts["total"]),
     }
-
-
-def random_batch(cfg) -> dict:
-  rng = np.random.default_rng(0)
-  n, b = cfg.train.batch_size, cfg.model.backbone
-  f, s = b.num_frames, b.img_size
-  return {
-    "frames": rng.integers(0, 255, (n, f, s, s, 3), dtype=np.uint8),
-    "saliency": rng.random((n, f, s, s), dtype=np.float32),
-    "fixations": (rng.random((n, f, s, s)) > 0.999).astype(np.float32),
-    "mask": np.ones((n, f), bool),
-  }
-
-
-def plan_gib(compiled) -> float | None:
-  """XLA's plan of the program's device memory: arguments + outputs + temporaries − aliased."""
-  mem = compiled.memory_analysis()
-  if mem is None:
-    return None
-  total = (
-    mem.argument_size_in_bytes
-    + mem.output_size_in_bytes
-    + mem.temp_size_in_bytes
-    - mem.alias_size_in_bytes
-  )
-  return round(total / 2**30, 2)
 
 
 def device_peak_gib() -> float | None:

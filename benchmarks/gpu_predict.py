@@ -35,6 +35,21 @@ def _emit(record, out):
       f.write(line + "\n")
 
 
+def plan_gib(compiled) -> float | None:
+  """XLA's plan of a compiled program's device memory: arguments + outputs + temporaries −
+  aliased, GiB (None where the backend gives no plan)."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return None
+  total = (
+    mem.argument_size_in_bytes
+    + mem.output_size_in_bytes
+    + mem.temp_size_in_bytes
+    - mem.alias_size_in_bytes
+  )
+  return round(total / 2**30, 2)
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--config", default="6b")
@@ -109,18 +124,7 @@ def main():
         "param_gib": round(param_bytes / 2**30, 2),
         "xla_temp_gib": round(mem.temp_size_in_bytes / 2**30, 2) if mem else None,
         "xla_args_gib": round(mem.argument_size_in_bytes / 2**30, 2) if mem else None,
-        "xla_total_gib": round(
-          (
-            mem.argument_size_in_bytes
-            + mem.output_size_in_bytes
-            + mem.temp_size_in_bytes
-            - mem.alias_size_in_bytes
-          )
-          / 2**30,
-          2,
-        )
-        if mem
-        else None,
+        "xla_total_gib": plan_gib(compiled),
         "peak_device_gib": round(stats.get("peak_bytes_in_use", 0) / 2**30, 2),
         "init_s": round(init_s, 1),
         "compile_s": round(compile_s, 1),

@@ -28,6 +28,22 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def random_batch(cfg) -> dict:
+  """A global batch of `cfg.train.batch_size` random clips at the model's size (speed does not
+  depend on the values)."""
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  n, b = cfg.train.batch_size, cfg.model.backbone
+  f, s = b.num_frames, b.img_size
+  return {
+    "frames": rng.integers(0, 255, (n, f, s, s, 3), dtype=np.uint8),
+    "saliency": rng.random((n, f, s, s), dtype=np.float32),
+    "fixations": (rng.random((n, f, s, s)) > 0.999).astype(np.float32),
+    "mask": np.ones((n, f), bool),
+  }
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--config", default="6b")
@@ -45,7 +61,6 @@ def main():
 
   import jax
   import jax.numpy as jnp
-  import numpy as np
   from flax import nnx
 
   from configs.visage import get_config
@@ -81,18 +96,8 @@ def main():
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
 
-  b = cfg.model.backbone
-  rng = np.random.default_rng(0)
-  n, f, s = t.batch_size, b.num_frames, b.img_size
-  batch = jax.device_put(
-    {
-      "frames": rng.integers(0, 255, (n, f, s, s, 3), dtype=np.uint8),
-      "saliency": rng.random((n, f, s, s), dtype=np.float32),
-      "fixations": (rng.random((n, f, s, s)) > 0.999).astype(np.float32),
-      "mask": np.ones((n, f), bool),
-    },
-    parallel.batch_sharding(mesh),
-  )
+  n, f = t.batch_size, cfg.model.backbone.num_frames
+  batch = jax.device_put(random_batch(cfg), parallel.batch_sharding(mesh))
   key = jax.random.key(0)
   t0 = time.perf_counter()
   state, parts = step(state, frozen, batch, key)
