@@ -208,6 +208,8 @@ MISTAKES = [
   (CHECK, ["--predictions=nosuch", "--videos=a_dir"], "--predictions=nosuch does not exist", 2),
   (CHECK, ["--predictions=a_dir", "--videos=a_file"], "--videos=a_file is a file, not a folder", 2),
   (DEMO, ["--output=a_dir"], "{tmp}/a_dir exists and is not an earlier demo", 2),
+  (DEMO, ["--output=/proc/visage"], "--output=/proc/visage: cannot create it in /proc", 2),
+  (DEMO, ["--output=a_file"], "--output={tmp}/a_file is an existing file, not a folder", 2),
   # moved from test_export.py, which matched the line's end (words starting with …)
   (PREDICT, ["--bogus=1"], f"…flag 'bogus' {HELP}", 2),
   (

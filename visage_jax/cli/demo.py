@@ -28,7 +28,7 @@ import time
 
 from absl import flags
 
-from visage_jax.cli import fail, run_app
+from visage_jax.cli import check_output, fail, run_app
 
 flags.DEFINE_string("output", "visage_demo", "Where everything goes")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and the training")
@@ -47,10 +47,12 @@ def _say(msg: str) -> None:
 
 
 def _prepare_output(out: str) -> None:
-  if os.path.exists(out):
+  if os.path.isdir(out):
     if not os.path.isfile(os.path.join(out, MARKER)):
       fail("visage-demo", f"{out} exists and is not an earlier demo; choose another --output")
     shutil.rmtree(out)
+  else:
+    check_output("visage-demo", out)  # a file there, or a place that cannot be written
   os.makedirs(out)
   open(os.path.join(out, MARKER), "w").close()
 
