@@ -181,6 +181,15 @@ def make_case(kind: str, seed: int):
     gt = np.zeros((h, w))
   elif kind == "many_fixations":  # more fixated pixels than metrics.SPARSE_SLOTS: the full sort
     pred = np.round(pred / pred.max() * 5) * 51
+  elif kind == "softmax":  # a long flat tail: most values within 1e-7 of each other and of 0
+    z = 40 * pred / pred.max()
+    pred = np.exp(z - z.max()) / np.sum(np.exp(z - z.max()))
+  elif kind == "exp_peaks":
+    pred = 1e-5 * np.exp(-30 * (1 - pred / pred.max()))
+  elif kind == "offset":  # near values far from 0: spread over four jitters around 100
+    pred = 100 + 4e-7 * pred / pred.max()
+  elif kind == "near_one":  # float32 neighbours below 1, 2⁻²⁴ ≈ 0.6e-7 apart
+    pred = 1 - np.round(8 * (1 - pred / pred.max())) * 2.0**-24
   elif kind != "smooth":
     raise ValueError(kind)
   n = 2000 if kind == "many_fixations" else int(rng.integers(15, 40))
@@ -189,6 +198,8 @@ def make_case(kind: str, seed: int):
   return pred, gt, fix, neg
 
 
+# maps whose distinct values lie closer than AUC_Judd.m's jitter (rand/1e7)
+CLOSER_THAN_JITTER = ["softmax", "exp_peaks", "offset", "near_one"]
 KINDS = [
   "smooth",
   "uint8",
@@ -198,6 +209,7 @@ KINDS = [
   "zero_pred",
   "zero_gt",
   "many_fixations",
+  *CLOSER_THAN_JITTER,
 ]
 
 
@@ -248,11 +260,13 @@ def test_all_zero_maps_follow_the_any_guards():
 
 
 @pytest.mark.parametrize(
-  "kind", ["uint8", "few_levels", "binary", "constant", "smooth", "many_fixations"]
+  "kind",
+  ["uint8", "few_levels", "binary", "constant", "smooth", "many_fixations", *CLOSER_THAN_JITTER],
 )
 def test_auc_judd_is_the_mean_of_the_jittered_code(kind):
   """Ours (no random draw) against the mean of 4000 runs of AUC_Judd.m with its default jitter
-  (a random map's AUC spreads by ~0.04 a run: 4000 runs bring the mean's error to ~6e-4)."""
+  (a random map's AUC spreads by ~0.04 a run: 4000 runs bring the mean's error to ~6e-4; on the
+  maps closer than the jitter, the jitter-free value is 0.01–0.2 away)."""
   pred, _, fix, _ = make_case(kind, 7)
   rng = np.random.default_rng(0)
   runs = np.array([m_auc_judd(pred, fix, jitter=True, rng=rng) for _ in range(4000)])
@@ -264,16 +278,57 @@ def test_auc_judd_is_the_mean_of_the_jittered_code(kind):
     assert abs(ours - 0.5) < 0.02 and np.isnan(without)
   if kind == "many_fixations":
     assert np.sum(fix > 0) > metrics.SPARSE_SLOTS
-  if kind in ("few_levels", "binary"):  # ties matter: the jitter-free value is far from it
+  if kind in ("few_levels", "binary", *CLOSER_THAN_JITTER):  # the jitter-free value is far off
     assert abs(ours - without) > 0.01, (ours, without)
 
 
+def expected_auc_judd(saliency_map, fixation_map, jitter=1e-7, steps=1000):
+  """E[AUC_Judd.m] under its jitter, by brute force over pixel pairs (float64, no code shared
+  with ours). Per draw the trapezoids sum to 1 + (N² + A_last − 2·Σ_p A_p)/(2·N·D), A_p the
+  pixels at or above fixated pixel p and A_last those at or above the lowest; so E[AUC] takes
+  E[A_p] = 1 + Σ_{q≠p} P(s_q + U_q > s_p + U_p), the difference of two uniform jitters being
+  triangular, and E[A_last] = N + Σ_{q unfixated} (1 − P(every fixated value stays above q's)),
+  the last an integral over q's jitter by a midpoint rule of `steps` points."""
+  s = np.asarray(saliency_map, np.float64).ravel() / jitter
+  fixated = np.asarray(fixation_map).ravel() > 0
+  n, d = fixated.sum(), s.size - fixated.sum()
+  gap = s[fixated][:, None] - s[None, :]  # (N, P): s_p − s_q in jitters
+  # P(s_q + U_q > s_p + U_p) = P(U_q − U_p > gap), U_q − U_p triangular on (−1, 1)
+  chance = np.where(gap < 0, 1 - (1 + gap) ** 2 / 2, (1 - gap) ** 2 / 2)
+  above = np.where(gap <= -1, 1.0, np.where(gap >= 1, 0.0, chance))
+  a_p = 1 + above.sum(axis=1) - 0.5  # q = p itself is a tie: take its 1/2 back
+  t = (np.arange(steps) + 0.5) / steps
+  low = s[fixated].min()
+  q = s[~fixated]
+  q = q[q > low - 1]  # lower ones stay below every fixated value
+  stays_above = np.ones((q.size, steps))
+  for p in s[fixated]:  # P(p's value > q's value + t) for every unfixated q and draw t of q's
+    stays_above *= 1 - np.clip(q[:, None] + t[None, :] - p, 0, 1)
+  a_last = n + np.sum(1 - stays_above.mean(axis=1))
+  return 1 + (n * n + a_last - 2 * a_p.sum()) / (2 * n * d)
+
+
+@pytest.mark.parametrize("kind", ["smooth", "uint8", "few_levels", *CLOSER_THAN_JITTER])
+@pytest.mark.parametrize("events", [30, 2000])
+def test_auc_judd_is_the_brute_force_expectation(kind, events):
+  """To 1e-6 of the pairwise expectation, on both of ours paths: a few fixated pixels (searched
+  among) and more than `SPARSE_SLOTS` (the full sort)."""
+  pred, _, _, _ = make_case(kind, 5)
+  rng = np.random.default_rng(5)
+  fix = _fixations(rng, pred.shape, _smooth(rng, *pred.shape), events)
+  assert (np.sum(fix > 0) > metrics.SPARSE_SLOTS) == (events > metrics.SPARSE_SLOTS)
+  with jax.enable_x64(True):
+    ours = float(metrics.auc_judd(pred, fix, variant="mit"))
+  _same("AUC-Judd (jittered)", ours, expected_auc_judd(pred, fix))
+
+
 def test_auc_judd_in_float32_and_batched():
-  cases = [make_case(k, 3) for k in ("uint8", "few_levels", "smooth")]
+  kinds = ("uint8", "few_levels", "smooth", "softmax", "exp_peaks", "near_one")
+  cases = [make_case(k, 3) for k in kinds]
   pred = np.stack([c[0] for c in cases]).astype(np.float32)
   fix = np.stack([c[2] for c in cases])
-  with jax.enable_x64(True):
-    want = [float(metrics.auc_judd(c[0], c[2], variant="mit")) for c in cases]
+  with jax.enable_x64(True):  # the float32 maps, scored in float64
+    want = [float(metrics.auc_judd(p, c[2], variant="mit")) for p, c in zip(pred, cases)]
   ours = np.asarray(jax.jit(lambda p, f: metrics.auc_judd(p, f, variant="mit"))(pred, fix))
   np.testing.assert_allclose(ours, want, atol=2e-5)
 

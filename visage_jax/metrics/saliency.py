@@ -242,11 +242,9 @@ def _compact(mask, values, slots: int, fills):
   return (*packed, count)
 
 
-def _count_sparse(flat, values, *, strict_too: bool):
-  """For each row, #{q : flat_q ≥ v} for every v in `values` (R, K), and with `strict_too` also
-  #{q : flat_q > v}; by one binary search of every pixel into the sorted values and histograms:
-  O(P·log K) instead of a sort of P. The strict counts take away the pixels equal to v: a pixel
-  equals one of the values when the largest value at or below it is itself."""
+def _count_sparse(flat, values):
+  """For each row, #{q : flat_q ≥ v} for every v in `values` (R, K); by one binary search of every
+  pixel into the sorted values and histograms: O(P·log K) instead of a sort of P."""
   k = values.shape[-1]
   u = jnp.sort(values, axis=-1)
   ranks = jax.vmap(lambda a, q: jnp.searchsorted(a, q, side="right", method="scan"))(u, flat)
@@ -257,13 +255,7 @@ def _count_sparse(flat, values, *, strict_too: bool):
 
   hist = jax.vmap(lambda r: jnp.bincount(r, length=k + 1))(ranks)
   beyond = jnp.cumsum(hist[:, ::-1], axis=-1)[:, ::-1][:, 1:]  # #{q : rank_q > j} = #{q ≥ u_j}
-  at_least = at_position(beyond, "left")
-  if not strict_too:
-    return at_least
-  below = jnp.take_along_axis(u, jnp.maximum(ranks - 1, 0), axis=-1)
-  tied = (ranks > 0) & (below == flat)  # such a pixel's rank is one past its value's last place
-  ties = jax.vmap(lambda r, t: jnp.bincount(r, t.astype(jnp.int32), length=k + 1))(ranks, tied)
-  return at_least, at_least - at_position(ties, "right")
+  return at_position(beyond, "left")
 
 
 def _per_level(q, values):
@@ -330,15 +322,17 @@ def auc_judd(
   ntire2026: not tie-aware, c = event counts, D = H·W − U where U is the scorer's
   `np.unique(F, axis=1)` column count (1 when every fixation has y == x, else 2).
   mit (`AUC_Judd.m`): c = binary map, D = H·W − N. Its default `jitter = 1` adds rand/1e7 to the
-  map, which breaks ties at random (distinct values of a map lie further apart: it reorders
-  nothing else); the AUC is linear in the A's, so `jitter=None` (the default, as True) gives the
-  exact expected value of what the code returns. `jitter=False` gives its value without jitter
-  (NaN for a constant map, as the code returns).
+  map, which breaks ties at random and also reorders distinct values closer than 1e-7 (a
+  softmax-like map's long tail); the AUC is linear in the A's, so `jitter=None` (the default, as
+  True) gives the expected value of what the code returns: exact for ties and for E[A_p], and
+  within 1e-6 for E[A_last] (`_expected_last`; no random draw). `jitter=False` gives its value
+  without jitter (NaN for a constant map, as the code returns).
 
   `levels`: optionally the 8-bit map (…, H, W) (grey levels 0…255, int or float) of which `pred`
   is a strictly increasing function, as a read submission is of its PNG's levels: the pixels at
   or above each value are then counted from its histogram (the same counts, in O(H·W)) instead
-  of by a search of the fixated values.
+  of by a search of the fixated values. Its distinct levels must map to values further apart
+  than the jitter (a min-max normalised 8-bit map's are 1/255 apart).
   """
   _check(variant)
   if jitter is None:
@@ -370,13 +364,18 @@ def _judd_pixel_sums(s, c, levels, jitter: bool):
 
   def dense(_):
     v, cs, start, end = _sorted_groups(flat, cflat)
-    return _judd_sums(v, cs, h * w - start, h * w - 1 - end, jitter)
+    if not jitter:
+      return _judd_sums(v, cs, h * w - start, h * w - 1 - end, False)
+    lowest, _ = _compact(cs > 0, (v,), slots, (jnp.inf,))
+    return _jittered_sums(v, cs, h * w - start, (v, cs), lowest)
 
   def sparse(_):
     vals, cs, _ = _compact(cflat > 0, (flat, cflat), slots, (jnp.inf, 0))
-    counts = _count_sparse(flat, vals, strict_too=jitter)
-    at_least, greater = counts if jitter else (counts, counts)
-    return _judd_sums(vals, cs, at_least, greater, jitter)
+    at_least = _count_sparse(flat, vals)
+    if not jitter:
+      return _judd_sums(vals, cs, at_least, at_least, False)
+    fixated = jax.lax.sort((vals, cs), num_keys=1)
+    return _jittered_sums(flat, cflat, jnp.sum(cs * at_least, axis=-1), fixated, fixated[0])
 
   if levels is not None:
     sum_ca, a_last = _level_sums(levels, cflat, jitter)
@@ -384,6 +383,111 @@ def _judd_pixel_sums(s, c, levels, jitter: bool):
     fits = jnp.max(jnp.sum(cflat > 0, axis=-1)) <= slots
     sum_ca, a_last = jax.lax.cond(fits, sparse, dense, None)
   return sum_ca.reshape(s.shape[:-2]), a_last.reshape(s.shape[:-2])
+
+
+# AUC_Judd.m's jitter, rand/1e7, also reorders distinct values closer than 1e-7 (the long flat
+# tails of softmax-like maps lie far closer). Its expectations there, exactly for E[A_p] and by
+# JITTER_STEPS trapezoids for E[A_last] (the AUC's error below 1e-6; docs/metrics.md):
+JITTER = 1e-7
+JITTER_STEPS = 512
+# Distances in JITTERs without the values' magnitude: each value is taken from the start of its
+# bucket, a span of 2·BUCKET (a power of two, so exact in any float format) starting at an even
+# multiple of BUCKET, or in the second alignment at an odd one. A window of one JITTER < BUCKET
+# lies whole in a bucket of one of the two alignments, where the distance of two of its values
+# is the difference of their offsets, each below 2·BUCKET/JITTER ≈ 2.4.
+BUCKET = 2.0**-23
+
+
+def _jittered_sums(flat, cflat, at_least, fixated, lowest):
+  """(Σ_p c_p·E[A_p], E[A_last]) under AUC_Judd.m's jitter, over (R, P) pixels `flat` with
+  weights `cflat`. `at_least`: (R, P) per pixel, or (R,) Σ_p c_p·#{q : flat_q ≥ flat_p} already
+  summed; `fixated`: the fixated values (R, K) ascending with their weights (+inf, 0 padded);
+  `lowest`: the lowest fixated values so (R, L). Each pair of values at most a JITTER apart moves
+  A_p from the count of pixels at or above p (p itself taken back by half)."""
+  if at_least.ndim == 2:
+    at_least = jnp.sum(cflat * at_least, axis=-1)
+  pairs = jnp.sum(_closer_pairs(*fixated, flat), axis=-1)
+  sum_ca = at_least.astype(flat.dtype) + jnp.sum(cflat, axis=-1) / 2 + pairs
+  return sum_ca, _expected_last(flat, cflat, lowest)
+
+
+def _offsets(v, alignment):
+  """(v − the start of its bucket) / JITTER for buckets at even (alignment 0) or odd (1)
+  multiples of BUCKET; 0 for infinite v."""
+  start = (2 * jnp.floor((v / BUCKET - alignment) / 2) + alignment) * BUCKET
+  return jnp.where(jnp.isfinite(v), (v - start) / JITTER, 0)
+
+
+def _same_bucket(a, b):
+  """Whether a ≤ b lie in one bucket of the even alignment (else they do in the odd one)."""
+  return jnp.floor(a / (2 * BUCKET)) == jnp.floor(b / (2 * BUCKET))
+
+
+def _beyond(x, d):
+  """x + d rounded, then moved one float further from x where it rounded towards x: the floats
+  strictly between x and the result are those strictly between x and the exact x + d (the
+  float32 grid near 1 is as coarse as JITTER)."""
+  t = x + d
+  moved = t - x  # TwoSum: the exact x + d − t, of which only the sign is used
+  error = (x - (t - moved)) + (d - moved)
+  towards_x = error * d > 0
+  return jnp.where(towards_x, jnp.nextafter(t, jnp.full_like(t, jnp.inf * d)), t)
+
+
+def _closer_pairs(u, weights, x):
+  """For each query x (R, Q), Σ_p weight_p · (P(S_x > S_p) − [x ≥ u_p]) over the sorted u (R, K),
+  S the jittered values. For values y JITTERs apart (0 ≤ y < 1), the chance that the higher one
+  stays higher is 1 − (1 − y)²/2 (one half for a tie); Σ weight·(1 ± (ρ_x − ρ_p))² over a window
+  comes from running sums of weight·ρ_pⁱ (i = 0, 1, 2) in the window's bucket alignment."""
+  find = jax.vmap(lambda a, q, side: jnp.searchsorted(a, q, side=side, method="scan"), (0, 0, None))
+  by_alignment = {}
+  for alignment in (0, 1):
+    rho = _offsets(u, alignment)
+    running = [jnp.cumsum(weights * rho**i, axis=-1) for i in range(3)]
+    sums = [jnp.pad(r, ((0, 0), (1, 0))) for r in running]
+    by_alignment[alignment] = sums, _offsets(x, alignment)
+
+  def squares(lo, hi, even, sign):  # Σ weight_p (1 + sign·(ρ_x − ρ_p))² over sorted places [lo, hi)
+    def aligned(alignment):
+      sums, rho_x = by_alignment[alignment]
+      w0, w1, w2 = (jnp.take_along_axis(r, hi, -1) - jnp.take_along_axis(r, lo, -1) for r in sums)
+      c = 1 + sign * rho_x
+      return c * c * w0 - sign * 2 * c * w1 + w2
+
+    return jnp.where(even, aligned(0), aligned(1))
+
+  top, bottom = _beyond(x, JITTER), _beyond(x, -JITTER)
+  at, above, under = find(u, x, "right"), find(u, top, "left"), find(u, bottom, "right")
+  higher = squares(at, jnp.maximum(above, at), _same_bucket(x, top), 1)  # p above x
+  lower = squares(jnp.minimum(under, at), at, _same_bucket(bottom, x), -1)  # p at or below x
+  return (higher - lower) / 2
+
+
+def _expected_last(flat, cflat, fixated_values):
+  """E[A_last]: the pixels at or above the lowest jittered fixated value, over (R, P) pixels
+  with weights; fixated_values (R, K) ascending (+inf padded). With z in JITTERs above the lowest
+  fixated value m, Φ(z) = Π_p (1 − clip(z − b_p, 0, 1)) is the chance that every fixated value
+  stays above z (b_p: p's value in JITTERs above m) and J(a) = ∫_a^1 Φ; a pixel a JITTERs above
+  m (|a| < 1) is at or above the lowest with chance 1 − J(a) for a ≥ 0, 1 + a − J(0) + J(1 + a)
+  below. Up to K of the lowest fixated values enter Φ: with more of them within a JITTER of m
+  (so N > K), the others change a pixel's chance by under 1/K and the AUC by under 1/(2K²)."""
+  m = fixated_values[:, :1]
+  b = (fixated_values - m) / JITTER
+  z = jnp.linspace(0.0, 1.0, JITTER_STEPS + 1, dtype=flat.dtype)
+  phi = jnp.prod(1 - jnp.clip(z[None, :, None] - b[:, None, :], 0, 1), axis=-1)
+  steps = (phi[:, 1:] + phi[:, :-1]) / (2 * JITTER_STEPS)
+  j = jnp.pad(jnp.cumsum(steps[:, ::-1], axis=-1)[:, ::-1], ((0, 0), (0, 1)))
+
+  def j_at(a):  # J between the grid's points, linearly (a in [0, 1])
+    place = a * JITTER_STEPS
+    i = jnp.clip(jnp.floor(place), 0, JITTER_STEPS - 1).astype(jnp.int32)
+    left, right = jnp.take_along_axis(j, i, -1), jnp.take_along_axis(j, i + 1, -1)
+    return left + (place - i) * (right - left)
+
+  a = jnp.clip((flat - m) / JITTER, -1, 1)
+  chance = jnp.where(a >= 0, 1 - j_at(a), 1 + a - j[:, :1] + j_at(1 + a))
+  unfixated = jnp.where(cflat > 0, 0.0, chance)
+  return jnp.sum(cflat > 0, axis=-1).astype(flat.dtype) + jnp.sum(unfixated, axis=-1)
 
 
 def _judd_negatives(c, n, variant: str):
