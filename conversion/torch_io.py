@@ -54,16 +54,21 @@ def is_memory_mapped(path: str) -> bool:
   return not path.endswith(".safetensors")
 
 
+NOT_A_CHECKPOINT = "not a PyTorch checkpoint (neither a zip archive nor a .safetensors file)"
+
+
 def load_state_dict(path: str, *, unsafe_pickle: bool = False) -> Mapping:
   """The checkpoint's flat mapping of names to tensors, loaded lazily.
 
   A pickle's dict may be nested under 'model', 'module' or 'state_dict'. Pickles are read with
   `weights_only=True` (no code runs) and memory-mapped, so tensors are paged in as they are used.
   """
-  import torch
-
   if not os.path.isfile(path):
     raise ConversionError(f"{path}: no such file")
+  if not path.endswith(".safetensors") and not zipfile.is_zipfile(path):  # told before torch loads
+    raise ConversionError(f"{path}: cannot read the checkpoint: {NOT_A_CHECKPOINT}")
+  import torch
+
   try:
     if path.endswith(".safetensors"):
       sd = _SafetensorsDict(path)
@@ -72,8 +77,6 @@ def load_state_dict(path: str, *, unsafe_pickle: bool = False) -> Mapping:
   except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     hint = ""
-    if "_use_new_zipfile_serialization" in str(e):  # torch's mmap refusing a file it cannot read
-      msg = "not a PyTorch checkpoint (neither a zip archive nor a .safetensors file)"
     if "weights_only" in str(e) or "Unsupported global" in str(e):
       hint = " (the pickle holds non-tensor objects; pass --unsafe_pickle if you trust the file)"
     raise ConversionError(f"{path}: cannot read the checkpoint: {msg}{hint}") from None
