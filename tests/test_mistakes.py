@@ -22,6 +22,7 @@ from conftest import REPO
 PRESETS = os.path.join(REPO, "configs", "visage.py")
 APART = "its outputs could overwrite what it reads; choose an output folder apart from the inputs"
 HELP = "(--help lists the flags)"
+ONE_OR_MORE = "must be one or more of pngs, video, overlay, comma-separated"
 EXTRA = "which visage-jax installs with its [convert] extra: pip install 'visage-jax[convert]'"
 CONVERT = ("visage_jax.cli.convert", "run", "visage-convert")
 EXPORT = ("visage_jax.cli.export", "run", "visage-export")
@@ -220,6 +221,14 @@ MISTAKES = [
   ),
   (TRAIN, ["--workdir=w"], f"…must have a value other than None. {HELP}", 2),
   (PREDICT, ["--source_fps=0"], f"…must be > 0 {HELP}", 2),
+  (PREDICT, ["--outputs=pngs,mp4"], f"…{ONE_OR_MORE} {HELP}", 2),
+  (PREDICT, ["--outputs="], f"…{ONE_OR_MORE} {HELP}", 2),
+  (
+    PREDICT,
+    ["--outputs=video", "--save_experts"],
+    f"…--save_experts writes each expert's PNGs: --outputs must include pngs {HELP}",
+    2,
+  ),
   (
     PREDICT,
     ["--checkpoint=c", "--input=a_file", "--input=clips/*.mp4", "--output=o"],

@@ -164,6 +164,7 @@ def test_writers_that_fail_to_start_leave_no_staging_folder(videos, tmp_path, mo
     expert_names = ("expert1", "expert2")
 
   settings = {"source_fps": None, "save_experts": True, "map_size": "source", "stride": 0}
+  settings["outputs"] = list(predict.OUTPUTS)
   with pytest.raises(OSError, match="no H.264 encoder"):
     predict.write_video_outputs(
       NoModel(), os.path.join(videos, "clip0.mp4"), str(tmp_path), settings=settings
@@ -468,3 +469,40 @@ def test_a_failure_of_ours_in_one_video_does_not_stop_the_others(monkeypatch, ca
   ]
   stderr = capsys.readouterr().err
   assert "Traceback" in stderr and stderr.count("Traceback") == 1
+
+
+def _decoded(path):
+  video = open_video(path)
+  return video.frames(np.arange(video.num_frames))
+
+
+def test_outputs_choose_what_is_written_recorded_and_replaced(
+  reference, videos, ckpt_small, tmp_path
+):
+  """--outputs=video writes the maps mp4 alone (the reference's frames), records it, and a rerun
+  skips it; other outputs need --overwrite, which writes them and removes the mp4 it no longer
+  writes."""
+  import json
+
+  out = str(tmp_path / "out")
+  clip0 = os.path.join(videos, "clip0.mp4")
+  res = _predict(ckpt_small, out, clip0, "--outputs=video")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert sorted(os.listdir(out)) == [".visage-predict", "clip0.mp4"]
+  np.testing.assert_array_equal(
+    _decoded(os.path.join(out, "clip0.mp4")), _decoded(os.path.join(reference, "clip0.mp4"))
+  )
+  with open(os.path.join(out, ".visage-predict", "clip0.json")) as f:
+    assert json.load(f)["outputs"] == ["video"]
+  res = _predict(ckpt_small, out, clip0, "--outputs=video")
+  assert res.returncode == 0 and "0 predicted, 1 already complete" in res.stdout
+  res = _predict(ckpt_small, out, clip0, "--outputs=overlay,pngs")
+  assert res.returncode == 2 and "outputs ['video'] → ['pngs', 'overlay']" in res.stderr
+  res = _predict(ckpt_small, out, clip0, "--outputs=overlay,pngs", "--overwrite")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert sorted(os.listdir(out)) == [".visage-predict", "clip0", "overlays"]
+  assert _tree(os.path.join(out, "clip0")) == _tree(os.path.join(reference, "clip0"))
+  np.testing.assert_array_equal(
+    _decoded(os.path.join(out, "overlays", "clip0.mp4")),
+    _decoded(os.path.join(reference, "overlays", "clip0.mp4")),
+  )

@@ -139,6 +139,43 @@ def test_resized_uint8_equals_resize_then_uint8(shape, out_hw):
   np.testing.assert_array_equal(maps.resized_uint8(prob, out_hw), want)
 
 
+def _hard_maps(shape, seed: int) -> np.ndarray:
+  """Four maps whose 8-bit levels are hard to get from float32: every value on a level's edge
+  (k/255), blocks of 1 and 0, values a hair above an edge, and a smooth map."""
+  rng = np.random.default_rng(seed)
+  prob = rng.random((4, *shape)).astype(np.float32) ** 3
+  prob[0] = np.round(prob[0] * 255) / 255
+  prob[1, : shape[0] // 2] = 1.0
+  prob[1, shape[0] // 2 :, : shape[1] // 2] = 0.0
+  prob[2] = (np.floor(prob[2] * 255) + 1e-4) / 255
+  return prob
+
+
+@pytest.mark.parametrize(
+  "shape,out_hw",
+  [((224, 224), (720, 1280)), ((112, 112), (72, 128)), ((36, 64), (36, 64)), ((7, 9), (300, 3))],
+)
+def test_device_levels_settled_are_resized_uint8(shape, out_hw):
+  """The 8-bit maps `visage-predict` has the device make (float32) and the writers settle equal
+  the host's float64 `resized_uint8` pixel for pixel; every pixel the device got wrong was
+  marked unsure, and few are marked on a smooth map."""
+  import jax
+
+  prob = _hard_maps(shape, 3)
+  levels, bits = (np.asarray(a) for a in jax.jit(lambda p: maps.device_levels(p, out_hw))(prob))
+  wrong_on_device = 0
+  for i in range(len(prob)):
+    want = maps.resized_uint8(prob[i], out_hw)
+    np.testing.assert_array_equal(maps.settle_levels(levels[i], bits[i], prob[i]), want)
+    unsure = np.unpackbits(bits[i], count=want.size, bitorder="little").reshape(want.shape)
+    wrong = levels[i] != want
+    assert not (wrong & ~unsure.astype(bool)).any()
+    wrong_on_device += wrong.sum()
+    if i == 3:
+      assert unsure.mean() < 0.01, unsure.mean()
+  assert (wrong_on_device > 0) == (shape != out_hw), wrong_on_device  # the settling matters
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (5, 1), (17, 30), (1, 1, 3), (33, 65, 3)])
 def test_png_pixels_are_the_arrays(tmp_path, shape):
   """Our PNG writer against PIL's reader (which checks every chunk's CRC)."""

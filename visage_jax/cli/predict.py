@@ -1,23 +1,24 @@
 """`visage-predict`: saliency maps for any video.
 
     visage-predict --checkpoint=DIR --input=VIDEO_OR_FOLDER [--input=...] --output=OUT
-        [--map_size=source|model] [--save_experts] [--batch_size=1] [--stride=0]
-        [--source_fps=25] [--dtype=bfloat16] [--overwrite]
+        [--outputs=pngs,video,overlay] [--map_size=source|model] [--save_experts]
+        [--batch_size=1] [--stride=0] [--source_fps=25] [--dtype=bfloat16] [--overwrite]
 
 An input folder that holds numbered images (frame_0001.png, …) is one video, its frames
 (--source_fps gives its frame rate; a folder called images/ takes its parent's name); any other
 folder is searched for video files and for subfolders of numbered images (in the subfolder or in
 its images/ or frames/); other subfolders are named on stderr, not searched.
 
-For each video: OUT/<video>/eyeMap_%05d.png (8-bit fused maps, one per frame, 1-based),
-OUT/<video>.mp4 (the maps at the source frame rate and frame count) and OUT/overlays/<video>.mp4
-(the map as a heat map over the frames); with --save_experts also OUT/experts/<expert>/<video>/.
+For each video, as --outputs chooses (all three by default): OUT/<video>/eyeMap_%05d.png (pngs:
+8-bit fused maps, one per frame, 1-based), OUT/<video>.mp4 (video: the maps at the source frame
+rate and frame count) and OUT/overlays/<video>.mp4 (overlay: the map as a heat map over the
+frames); with --save_experts also OUT/experts/<expert>/<video>/ (pngs).
 OUT must lie apart from the inputs and the checkpoint (not one of them, not holding one, not
 inside one), and a file or folder at one of a video's output names that visage-predict did not
 write (no record of it in OUT/.visage-predict/) is refused before any work, never replaced.
 Outputs are written while the model runs, each video into OUT/.visage-predict/<video>.partial/,
 moved into place when whole. Each finished video records its settings (the checkpoint and when it
-was written, --dtype, --stride, --source_fps, --map_size, --save_experts) in
+was written, --dtype, --stride, --source_fps, --map_size, --save_experts, --outputs) in
 OUT/.visage-predict/<video>.json: a rerun skips videos made with the same settings (so an
 interrupted command finishes the job) and refuses, naming them, videos made with other settings
 unless --overwrite. A video that cannot be read is reported and skipped; the exit code is 1 if any
@@ -33,12 +34,21 @@ import sys
 from absl import flags
 
 from visage_jax.cli import check_apart, check_output, fail, must_be_positive, run_app
+from visage_jax.inference.predict import OUTPUTS
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_multi_string(
   "input", None, "Video file, folder of numbered frames, or folder of videos (repeatable)"
 )
 flags.DEFINE_string("output", None, "Output directory")
+flags.DEFINE_list(
+  "outputs", list(OUTPUTS), "What to write of each video, comma-separated: pngs, video, overlay"
+)
+flags.register_validator(
+  "outputs",
+  lambda kinds: bool(kinds) and set(kinds) <= set(OUTPUTS),
+  message="must be one or more of pngs, video, overlay, comma-separated",
+)
 flags.DEFINE_enum(
   "map_size",
   "source",
@@ -46,6 +56,11 @@ flags.DEFINE_enum(
   "Write maps at the video's size or the model's output size",
 )
 flags.DEFINE_bool("save_experts", False, "Also write each expert's maps")
+flags.register_multi_flags_validator(
+  ["save_experts", "outputs"],
+  lambda f: not f["save_experts"] or "pngs" in f["outputs"],
+  message="--save_experts writes each expert's PNGs: --outputs must include pngs",
+)
 flags.DEFINE_integer("batch_size", 1, "Windows per step on each device", lower_bound=1)
 flags.DEFINE_integer(
   "stride", 0, "Source frames per model frame (0: round(fps / 5))", lower_bound=0
@@ -107,6 +122,7 @@ def main(_):
     stride=FLAGS.stride,
     source_fps=FLAGS.source_fps,
     dtype=FLAGS.dtype,
+    outputs=FLAGS.outputs,
   )
   import jax  # after the checks above, which need none of it (a mistake is told at once)
 

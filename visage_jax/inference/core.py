@@ -1,7 +1,8 @@
 """The one program every job runs on a batch of windows: the model's maps (each expert's and their
 fusion) and, given a scorer, per-frame scores on top, jitted on a mesh. `visage-predict` and
 `Predictor` take the maps, `visage-eval` scores them against the ground truth, the trainer's
-validation against a prepared split (with its partner's maps); all build theirs here.
+validation against a prepared split (with its partner's maps); all build theirs here. Beside it,
+`levels_program` makes the maps' 8-bit files' pixels where the maps are.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from visage_jax.data.video import normalize
+from visage_jax.metrics.maps import device_levels
 from visage_jax.models.precision import high
 from visage_jax.runtime import parallel
 
@@ -49,3 +51,18 @@ def maps_program(graphdef, *, mesh=None, score=None, replicate_state: bool = Tru
   data = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
   return parallel.jit_on_mesh(program, mesh, in_shardings=(replicated, data), out_shardings=data)
+
+
+def levels_program(sizes: dict, *, mesh=None):
+  """jit(maps) → {name: {(H, W): (levels, unsure bits)}}: `metrics.maps.device_levels` of each
+  named map (B, T, S, S) at each size in `sizes` ({name: [(H, W), …]}), made on the device that
+  holds the maps so that only 8-bit pixels travel to the host (`writers.VideoOutputs` settles the
+  few unsure ones). Split over `mesh`'s batch axes as the maps are."""
+
+  def program(maps):
+    return {name: {hw: device_levels(maps[name], hw) for hw in hws} for name, hws in sizes.items()}
+
+  if mesh is None:
+    return parallel.jit_on_mesh(program)
+  data = parallel.batch_sharding(mesh)
+  return parallel.jit_on_mesh(program, mesh, in_shardings=(data,), out_shardings=data)

@@ -18,12 +18,18 @@ from visage_jax.runtime.files import into_place, staging
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 SETTINGS_DIR = ".visage-predict"  # one JSON record per finished video: what made it
+OUTPUTS = ("pngs", "video", "overlay")  # what `--outputs` chooses among: all by default
 
 
-def frame_stream(predictor, video, *, batch_size=1, stride=0, keep_frames=False, progress=None):
-  """`stream.FrameMaps` for every frame of an open video, in order, as the model finishes them."""
-  from visage_jax.inference import (
-    stream,  # JAX: this module's file handling is used before it is imported
+def frame_stream(
+  predictor, video, *, batch_size=1, stride=0, keep_frames=False, progress=None, levels=None
+):
+  """`stream.FrameMaps` for every frame of an open video, in order, as the model finishes them;
+  with `levels` ({name: [(H, W), …]}) also those maps' 8-bit levels at those sizes, made on the
+  device (`core.levels_program`)."""
+  from visage_jax.inference import (  # JAX: this module's file handling is used before it is
+    core,
+    stream,
   )
 
   b = predictor.config.model.backbone
@@ -35,10 +41,18 @@ def frame_stream(predictor, video, *, batch_size=1, stride=0, keep_frames=False,
     batch_size=batch_size * predictor.mesh.size,
     keep_frames=keep_frames,
   )
-  results = stream.run_batches(
-    predictor.forward, predictor.state, stream.prefetch(batches, 2), predictor.mesh
-  )
-  for frame in stream.frames_in_order(results):
+  step, levels_of = predictor.forward, None
+  if levels:
+    make_levels = core.levels_program(levels, mesh=predictor.mesh)
+
+    def step(state, clip):
+      maps = predictor.forward(state, clip)
+      return {"maps": maps, "levels": make_levels(maps)}
+
+    levels_of = lambda out: out["levels"]  # noqa: E731
+  results = stream.run_batches(step, predictor.state, stream.prefetch(batches, 2), predictor.mesh)
+  maps_of = (lambda out: out["maps"]) if levels else (lambda out: out)
+  for frame in stream.frames_in_order(results, maps_of, levels_of):
     if progress:
       progress(1)
     yield frame
@@ -125,8 +139,18 @@ def video_name(path: str) -> str:
 
 
 def is_complete(output: str, name: str) -> bool:
-  """A video's folder appears (by rename) only after everything else of it is written."""
-  return os.path.isdir(os.path.join(output, name))
+  """A video's marker (`marker_path` of the outputs its record names; all of them for a folder of
+  maps with no record, as visage-eval writes) appears (by rename) only after everything else of
+  it is written."""
+  recorded = recorded_settings(output, name) or {}
+  return os.path.lexists(marker_path(output, name, recorded.get("outputs", OUTPUTS)))
+
+
+def marker_path(output: str, name: str, outputs=OUTPUTS) -> str:
+  """The output whose appearance marks a video complete: its PNG folder, else its maps mp4,
+  else its overlay, whichever of them `outputs` writes first."""
+  first = next(kind for kind in OUTPUTS if kind in outputs)
+  return output_paths(output, name)[OUTPUTS.index(first)]
 
 
 def settings_path(output: str, name: str) -> str:
@@ -188,8 +212,9 @@ def write_video_outputs(
   if taken:
     raise ForeignOutput(f"{taken} exists and was not written by visage-predict: not replaced")
   video = open_video(path, fps=settings["source_fps"])
+  outputs = settings["outputs"]
   experts = [k for k in predictor.expert_names if settings["save_experts"]]
-  png_names = ["fused", *experts]
+  png_names = ["fused", *experts] if "pngs" in outputs else []
   with staging(os.path.join(output, SETTINGS_DIR, f"{name}.partial"), folder=True) as stage:
     for sub in png_names:
       os.makedirs(os.path.join(stage, sub))
@@ -198,8 +223,8 @@ def write_video_outputs(
       source_hw=(video.height, video.width),
       fps=video.fps,
       map_size=settings["map_size"],
-      maps_mp4=os.path.join(stage, "maps.mp4"),
-      overlay_mp4=os.path.join(stage, "overlay.mp4"),
+      maps_mp4=os.path.join(stage, "maps.mp4") if "video" in outputs else None,
+      overlay_mp4=os.path.join(stage, "overlay.mp4") if "overlay" in outputs else None,
       times=variable_times(video),
     )
     try:
@@ -208,11 +233,12 @@ def write_video_outputs(
         video,
         batch_size=batch_size,
         stride=settings["stride"],
-        keep_frames=True,
+        keep_frames="overlay" in outputs,
         progress=progress,
+        levels=out.sizes((predictor.config.model.output_size,) * 2),
       )
       for fm in frames:
-        out.add(fm.index, fm.maps, fm.frame)
+        out.add(fm.index, fm.maps, fm.frame, fm.levels)
       out.close()
     except BaseException:
       out.abort()
@@ -221,37 +247,64 @@ def write_video_outputs(
       raise RuntimeError(f"{path}: internal: {out.frames} maps for {video.num_frames} frames")
     with open(os.path.join(stage, "settings.json"), "w") as f:
       json.dump(settings, f, indent=2)
-    _move_into_place(stage, output, name, experts)
+    _move_into_place(stage, output, name, experts, outputs)
   return video.num_frames
 
 
-def _move_into_place(stage: str, output: str, name: str, experts) -> None:
+def _move_into_place(stage: str, output: str, name: str, experts, outputs) -> None:
   """A finished video's files from its staging folder to their places. Its record goes first
-  (what lies at its output names is ours from here on: `foreign_output`), then its maps' folder
-  goes (an overwritten video is incomplete from here on) and comes back last: its appearance
-  marks the video complete (`is_complete`)."""
-  fused = os.path.join(output, name)
+  (what lies at its output names is ours from here on: `foreign_output`), then its marker goes
+  (an overwritten video is incomplete from here on) with any output of an earlier run that this
+  one does not write, and the marker comes back last: its appearance marks the video complete
+  (`is_complete`)."""
   record = settings_path(output, name)
   os.makedirs(os.path.dirname(record), exist_ok=True)
   into_place(os.path.join(stage, "settings.json"), record)
-  shutil.rmtree(fused, ignore_errors=True)
+  fused, maps_mp4, overlay_mp4 = output_paths(output, name)[:3]
   moves = [(os.path.join(stage, e), os.path.join(output, "experts", e, name)) for e in experts]
   moves += [
-    (os.path.join(stage, "overlay.mp4"), os.path.join(output, "overlays", name + ".mp4")),
-    (os.path.join(stage, "maps.mp4"), os.path.join(output, name + ".mp4")),
+    (os.path.join(stage, "overlay.mp4"), overlay_mp4),
+    (os.path.join(stage, "maps.mp4"), maps_mp4),
     (os.path.join(stage, "fused"), fused),
   ]
+  moves = [(staged, final) for staged, final in moves if os.path.lexists(staged)]
+  marker = marker_path(output, name, outputs)
+  written = {final for _, final in moves}
+  for path in [marker, *(p for p in output_paths(output, name) if p not in written)]:
+    _remove(path)
+  moves.sort(key=lambda move: move[1] == marker)  # the marker last
   for staged, final in moves:
     os.makedirs(os.path.dirname(final), exist_ok=True)
     into_place(staged, final)
 
 
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
 def run_settings(
-  checkpoint: str, *, map_size="source", save_experts=False, stride=0, source_fps=None, dtype=None
+  checkpoint: str,
+  *,
+  map_size="source",
+  save_experts=False,
+  stride=0,
+  source_fps=None,
+  dtype=None,
+  outputs=OUTPUTS,
 ) -> dict:
-  """What decides a video's outputs, as recorded with each finished video."""
+  """What decides a video's outputs, as recorded with each finished video. `outputs`: which of
+  `OUTPUTS` to write."""
+  unknown = sorted(set(outputs) - set(OUTPUTS))
+  if unknown or not outputs:
+    raise ValueError(f"outputs must be some of {', '.join(OUTPUTS)}, got {list(outputs)}")
+  if save_experts and "pngs" not in outputs:
+    raise ValueError("save_experts writes each expert's PNGs: outputs must hold pngs")
   return {
     **rerun.model_settings(checkpoint, dtype=dtype, stride=stride, source_fps=source_fps),
     "map_size": map_size,
     "save_experts": bool(save_experts),
+    "outputs": [kind for kind in OUTPUTS if kind in outputs],
   }

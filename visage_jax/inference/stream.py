@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import queue
 import threading
@@ -267,22 +268,32 @@ class FrameMaps:
   index: int  # source frame
   maps: dict  # {name: float32 (S, S)}
   frame: np.ndarray | None  # uint8 (H, W, 3) source frame, when kept
+  levels: dict | None = None  # {name: {(H, W): (levels, unsure bits)}}, when the device made them
 
 
-def frames_in_order(results, maps_of=lambda out: out) -> Iterator[FrameMaps]:
+def _at_frame(v, *, b: int, t: int):
+  return v[b, t]
+
+
+def frames_in_order(results, maps_of=lambda out: out, levels_of=None) -> Iterator[FrameMaps]:
   """Per-frame maps from (batch, outputs) pairs, in source-frame order. `maps_of(outputs)` gives
-  {name: (B, T, S, S)}. Holds only frames that wait for an earlier one."""
-  ready: dict[int, dict] = {}
+  {name: (B, T, S, S)}, `levels_of(outputs)` (optional) the 8-bit levels the device made of them
+  (`core.levels_program`). Holds only frames that wait for an earlier one."""
+  ready: dict[int, tuple] = {}
   frames: dict[int, np.ndarray] = {}
   next_index = 0
   for batch, out in results:
     frames.update(batch.frames)
     maps = maps_of(out)
+    levels = levels_of(out) if levels_of else None
     for b in range(batch.real):
       for t in np.nonzero(batch.mask[b])[0]:
-        ready[int(batch.indices[b, t])] = {k: np.asarray(v[b, t]) for k, v in maps.items()}
+        at = functools.partial(_at_frame, b=b, t=t)
+        frame_levels = jax.tree.map(at, levels) if levels is not None else None
+        ready[int(batch.indices[b, t])] = ({k: at(v) for k, v in maps.items()}, frame_levels)
     while next_index in ready:
-      yield FrameMaps(next_index, ready.pop(next_index), frames.pop(next_index, None))
+      frame_maps, frame_levels = ready.pop(next_index)
+      yield FrameMaps(next_index, frame_maps, frames.pop(next_index, None), frame_levels)
       next_index += 1
   if ready:
     raise RuntimeError(f"internal: frames {sorted(ready)[:3]}… never became final")

@@ -22,7 +22,7 @@ from visage_jax.data.encode import (
   video_frame,
   write_png,
 )
-from visage_jax.metrics.maps import map_to_uint8, resized_uint8
+from visage_jax.metrics.maps import resized_uint8, settle_levels
 
 
 def map_filename(frame_index: int) -> str:
@@ -146,25 +146,44 @@ class VideoOutputs:
     self._times = times  # a variable-rate source's frame times: the videos keep them
     self.frames = 0
 
-  def _frame_work(self, index, maps, frame):
+  def _frame_work(self, index, maps, frame, levels):
     """Runs on a worker: PNGs, and the fused map and overlay as the encoders' frames (or None).
-    Each map is resized to the source size at most once."""
-    at_source: dict = {}
+    Each map is made 8-bit at a size at most once: settled from the device's levels where it
+    made them (`levels`: {name: {(H, W): `metrics.maps.device_levels` of the frame}}), else
+    resized here."""
+    made: dict = {}
 
-    def source_u8(name):
-      if name not in at_source:
-        at_source[name] = resized_uint8(maps[name], self.source_hw)
-      return at_source[name]
+    def at_size(name, hw):
+      if (name, hw) not in made:
+        on_device = (levels or {}).get(name, {}).get(hw)
+        if on_device is None:
+          made[name, hw] = resized_uint8(maps[name], hw)
+        else:
+          made[name, hw] = settle_levels(*on_device, maps[name])
+      return made[name, hw]
 
     def written(name):
-      return source_u8(name) if self.map_size == "source" else map_to_uint8(maps[name])
+      return at_size(name, self.source_hw if self.map_size == "source" else maps[name].shape)
 
     for name, folder in self.png_dirs.items():
       write_png(os.path.join(folder, map_filename(index)), written(name))
     fused = video_frame(written("fused"), LOSSLESS_FORMAT) if self._maps_path else None
     if not self._overlay_path:
       return fused, None
-    return fused, video_frame(overlay_lookup(frame, source_u8("fused")), VIEWING_FORMAT)
+    return fused, video_frame(
+      overlay_lookup(frame, at_size("fused", self.source_hw)), VIEWING_FORMAT
+    )
+
+  def sizes(self, model_hw) -> dict:
+    """{name: [(H, W), …]}: the sizes each map is made 8-bit at for these outputs, for the device
+    to make them (`core.levels_program`); `model_hw`: the maps' own size."""
+    written = self.source_hw if self.map_size == "source" else tuple(model_hw)
+    wanted = {name: {written} for name in self.png_dirs}
+    if self._maps_path:
+      wanted.setdefault("fused", set()).add(written)
+    if self._overlay_path:
+      wanted.setdefault("fused", set()).add(self.source_hw)
+    return {name: sorted(hws) for name, hws in wanted.items()}
 
   def _start_encoders(self, fused):
     if self._maps_path:
@@ -190,10 +209,12 @@ class VideoOutputs:
         self._overlay_mp4.add(blended)
       self.frames += 1
 
-  def add(self, index: int, maps: dict, frame=None) -> None:
+  def add(self, index: int, maps: dict, frame=None, levels=None) -> None:
+    """Frame `index`'s maps {name: float32 (S, S)}, its source frame (for the overlay) and, where
+    the device made them, their 8-bit levels (see `_frame_work`)."""
     if self._overlay_path and frame is None:
       raise ValueError(f"frame {index}: the overlay needs the source frame")
-    self._pending.append(self._pool.submit(self._frame_work, index, maps, frame))
+    self._pending.append(self._pool.submit(self._frame_work, index, maps, frame, levels))
     self._drain(self._limit)
 
   def close(self) -> None:

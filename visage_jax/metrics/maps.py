@@ -73,3 +73,64 @@ def resized_uint8(prob, out_hw: tuple[int, int], *, rows: int = 64) -> np.ndarra
       block = x[r0:r1]
     out[r0:r1] = map_to_uint8(block)
   return out
+
+
+# A map resized and quantised in float32 (on the device) lands on the same level as
+# `resized_uint8`'s float64 unless p·255 lies within this many levels of a level's edge: for maps
+# in [0, 1] the two values differ by under 8·2⁻²⁴·255 ≈ 1.2e-4 (two passes of two rounded
+# products and a sum, the weights rounded, the cast and the scaling), so 1e-3 leaves 8×.
+LEVEL_MARGIN = 1e-3
+
+
+def device_levels(prob, out_hw: tuple[int, int]):
+  """`resized_uint8` of maps (..., h, w) computed in float32 with jax.numpy (jittable), and which
+  pixels it may have got wrong: (levels uint8 (..., H, W), unsure bits uint8 (..., ⌈H·W/8⌉),
+  little-endian over the row-major pixels). A pixel is unsure where p·255 lies within
+  LEVEL_MARGIN of a level's edge (1 … 255); `settle_levels` recomputes those on the host. Without
+  a resize nothing is unsure: the float32 products are the host's."""
+  import jax.numpy as jnp
+
+  prob = jnp.asarray(prob, jnp.float32)
+  scaled = resize_linear(prob, out_hw, xp=jnp) * jnp.float32(255)
+  levels = jnp.clip(scaled, 0, 255).astype(jnp.uint8)
+  edge = jnp.round(scaled)
+  unsure = (jnp.abs(scaled - edge) < LEVEL_MARGIN) & (edge >= 1) & (edge <= 255)
+  if tuple(prob.shape[-2:]) == tuple(out_hw):
+    unsure = jnp.zeros_like(unsure)
+  flat = unsure.reshape(*unsure.shape[:-2], -1)
+  flat = jnp.pad(flat, [(0, 0)] * (flat.ndim - 1) + [(0, -flat.shape[-1] % 8)])
+  bits = flat.reshape(*flat.shape[:-1], -1, 8).astype(jnp.uint8) << jnp.arange(8, dtype=jnp.uint8)
+  return levels, jnp.sum(bits, axis=-1, dtype=jnp.uint8)
+
+
+def settle_levels(levels, unsure_bits, prob) -> np.ndarray:
+  """`resized_uint8(prob, levels.shape)` from one map's `device_levels`: its unsure pixels
+  recomputed in float64 as `resized_uint8` computes them, the others kept."""
+  out_h, out_w = levels.shape
+  unsure = np.unpackbits(unsure_bits, count=out_h * out_w, bitorder="little")
+  at = np.flatnonzero(unsure)
+  if not at.size:
+    return levels
+  rows, cols = np.divmod(at, out_w)
+  levels = levels.copy()
+  levels.flat[at] = map_to_uint8(
+    _resized_at(np.asarray(prob, np.float64), (out_h, out_w), rows, cols)
+  )
+  return levels
+
+
+def _resized_at(prob, out_hw, rows, cols) -> np.ndarray:
+  """`resize_linear(prob float64, out_hw)` at the pixels (rows, cols) alone: the rows resized
+  first, then the columns, with the same operations on the same values."""
+  in_h, in_w = prob.shape
+
+  def across(source_rows):  # the horizontal pass at the wanted columns
+    if in_w == out_hw[1]:
+      return prob[source_rows, cols]
+    i0, i1, w0, w1 = linear_weights(in_w, out_hw[1])
+    return prob[source_rows, i0[cols]] * w0[cols] + prob[source_rows, i1[cols]] * w1[cols]
+
+  if in_h == out_hw[0]:
+    return across(rows)
+  i0, i1, w0, w1 = linear_weights(in_h, out_hw[0])
+  return across(i0[rows]) * w0[rows] + across(i1[rows]) * w1[rows]
