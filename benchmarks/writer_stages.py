@@ -4,9 +4,12 @@ thread, with the previous implementation of each stage beside the current one in
 At a given source size: the fused map (model size) to an 8-bit map at source size, its PNG, the
 overlay frame, each x264 stream's frame in its pixel format (made on the writer threads) and its
 encoding (on the stream's own thread), and the input side (decoding is not included; the resize
-to the model's input is). "previous" is what the writers did before (whole-frame passes for the
-resize and the overlay, PIL's PNG encoder at level 1, the gray map converted as an RGB frame);
-the outputs are checked equal (pixels, YUV samples) before timing.
+to the model's input is). "previous" is what the writers did before (the resize to the source
+size and the quantisation on the host, whole-frame passes for the overlay, PIL's PNG encoder at
+level 1, the gray map converted as an RGB frame); the 8-bit map is now made on the device and
+only its unsure pixels settled on the host (`metrics.maps.device_levels`, `settle_levels`: the
+host's share is timed; "device_levels_ms" is the device's share on this backend). The outputs
+are checked equal (pixels, YUV samples) before timing.
 
     python benchmarks/writer_stages.py [--size=1920x1080] [--repeats=20]
 
@@ -71,6 +74,19 @@ def inputs(h: int, w: int):
   return np.clip(fused, 0, 1).astype(np.float32), frame
 
 
+def on_device(fused, hw):
+  """`device_levels` of one map, jitted as `visage-predict` runs it: (levels, unsure bits)."""
+  return tuple(np.asarray(a) for a in _device_levels(hw)(fused))
+
+
+def _device_levels(hw):
+  import jax
+
+  from visage_jax.metrics import maps
+
+  return jax.jit(lambda m: maps.device_levels(m, hw))
+
+
 def check_equal(fused, frame, hw, png_path) -> None:
   from PIL import Image
 
@@ -82,6 +98,7 @@ def check_equal(fused, frame, hw, png_path) -> None:
   assert np.array_equal(
     at_source, maps.map_to_uint8(maps.resize_linear(np.asarray(fused, np.float64), hw))
   )
+  assert np.array_equal(maps.settle_levels(*on_device(fused, hw), fused), at_source)
   lookup = writers.overlay_lookup(frame, at_source)
   assert np.array_equal(lookup, previous_overlay_lookup(frame, at_source))
   encode.write_png(png_path, at_source)
@@ -109,12 +126,13 @@ def main():
   check_equal(fused, frame, (h, w), png)
   at_source = maps.resized_uint8(fused, (h, w))
   r = args.repeats
+  levels, unsure = on_device(fused, (h, w))
+  device = _device_levels((h, w))
+  device_ms = ms_per_call(lambda: device(fused)[0].block_until_ready(), r)
   stages = {
     "map_to_source_uint8": (
-      ms_per_call(
-        lambda: maps.map_to_uint8(maps.resize_linear(np.asarray(fused, np.float64), (h, w))), r
-      ),
       ms_per_call(lambda: maps.resized_uint8(fused, (h, w)), r),
+      ms_per_call(lambda: maps.settle_levels(levels, unsure, fused), r),
     ),
     "png": (
       ms_per_call(lambda: pil_png(png, at_source), r),
@@ -153,6 +171,8 @@ def main():
       k: {"previous": a, "now": b, "speedup": round(a / b, 2)} for k, (a, b) in stages.items()
     },
     "ms_per_frame_unchanged": unchanged,
+    "device_levels_ms": device_ms,
+    "unsure_pixels": int(np.unpackbits(unsure).sum()),
     **sizes,
   }
   before = sum(a for a, _ in stages.values()) + sum(unchanged.values())

@@ -284,3 +284,17 @@ def test_sequential_reader_gives_decords_frames(tmp_path, lossless):
   short = SequentialReader(path, 20)  # a reader that counted more frames than the file holds
   with pytest.raises(VideoError, match="ends after 13 frames"):
     short.read(0, 20)
+
+
+def test_writer_threads_follow_the_measured_cost_a_frame():
+  """The writers' pool runs as many frames at once as their CPU cost over the frames' pace asks,
+  plus one, within the pool's size; all of it until a window of frames is measured."""
+  for cost, gap, threads in ((0.01, 0.05, 2), (0.2, 0.05, 5), (1.0, 0.01, 8), (0.0, 0.05, 1)):
+    sizing = writers.PoolSizing(most=8, window=4)
+    for _ in range(3):
+      sizing.worked(cost)
+      sizing.arrived(gap)
+    assert sizing.threads == 8
+    sizing.worked(cost)
+    sizing.arrived(gap)
+    assert sizing.threads == threads, (cost, gap, sizing.threads)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
+import math
 import os
 import queue
 import threading
+import time
 
 import numpy as np
 
@@ -78,6 +80,33 @@ def default_workers() -> int:
   return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
+class PoolSizing:
+  """How many writer threads a video needs, from what its frames cost: every `window` frames, the
+  CPU seconds a frame's work took over the seconds between frames arriving (the device's and the
+  decoder's pace, the time the producer waited on the writers taken out), plus one, within
+  [1, `most`]; `most` until the first window is measured. The spare threads' cores stay with
+  decoding and the encoders."""
+
+  def __init__(self, most: int, window: int = 8):
+    self.most, self.window, self.threads = most, window, most
+    self._costs: collections.deque = collections.deque(maxlen=window)
+    self._gaps: collections.deque = collections.deque(maxlen=window)
+    self._lock = threading.Lock()
+
+  def worked(self, cpu_seconds: float) -> None:
+    with self._lock:
+      self._costs.append(cpu_seconds)
+
+  def arrived(self, gap_seconds: float) -> None:
+    """A frame came `gap_seconds` after the previous one (not counting waits on the writers)."""
+    self._gaps.append(gap_seconds)
+    with self._lock:
+      measured = len(self._gaps) == self.window and len(self._costs) == self.window
+      if measured and sum(self._gaps) > 0:
+        need = math.ceil(sum(self._costs) / sum(self._gaps)) + 1
+        self.threads = max(1, min(self.most, need))
+
+
 class _EncoderThread:
   """An `Mp4Encoder` fed frames made by `video_frame`, in order, through a bounded queue by its own
   thread (x264 and PyAV's encode release the GIL, so the two videos of a prediction encode beside
@@ -140,11 +169,29 @@ class VideoOutputs:
     workers = workers or default_workers()
     self._pool = concurrent.futures.ThreadPoolExecutor(workers, "write")
     self._limit = 2 * workers
+    self.sizing = PoolSizing(workers)
+    self._running, self._turn = 0, threading.Condition()
+    self._left_add = None  # when `add` last returned: the producer's time between frames
     self._pending: collections.deque = collections.deque()
     self._maps_mp4 = self._overlay_mp4 = None
     self._fps, self._maps_path, self._overlay_path = fps, maps_mp4, overlay_mp4
     self._times = times  # a variable-rate source's frame times: the videos keep them
     self.frames = 0
+
+  def _sized_work(self, *args):
+    """`_frame_work` on a worker, at most `sizing.threads` frames at once, its CPU time told to
+    the sizing."""
+    with self._turn:
+      self._turn.wait_for(lambda: self._running < self.sizing.threads)
+      self._running += 1
+    start = time.thread_time()
+    try:
+      return self._frame_work(*args)
+    finally:
+      self.sizing.worked(time.thread_time() - start)
+      with self._turn:
+        self._running -= 1
+        self._turn.notify_all()
 
   def _frame_work(self, index, maps, frame, levels):
     """Runs on a worker: PNGs, and the fused map and overlay as the encoders' frames (or None).
@@ -214,8 +261,11 @@ class VideoOutputs:
     the device made them, their 8-bit levels (see `_frame_work`)."""
     if self._overlay_path and frame is None:
       raise ValueError(f"frame {index}: the overlay needs the source frame")
-    self._pending.append(self._pool.submit(self._frame_work, index, maps, frame, levels))
+    if self._left_add is not None:
+      self.sizing.arrived(time.perf_counter() - self._left_add)
+    self._pending.append(self._pool.submit(self._sized_work, index, maps, frame, levels))
     self._drain(self._limit)
+    self._left_add = time.perf_counter()
 
   def close(self) -> None:
     try:

@@ -107,8 +107,9 @@ def settle_levels(levels, unsure_bits, prob) -> np.ndarray:
   """`resized_uint8(prob, levels.shape)` from one map's `device_levels`: its unsure pixels
   recomputed in float64 as `resized_uint8` computes them, the others kept."""
   out_h, out_w = levels.shape
-  unsure = np.unpackbits(unsure_bits, count=out_h * out_w, bitorder="little")
-  at = np.flatnonzero(unsure)
+  marked = np.flatnonzero(unsure_bits)  # the bytes with a bit set: few, so unpack only those
+  bits = np.unpackbits(unsure_bits[marked, None], axis=1, bitorder="little").astype(bool)
+  at = (marked[:, None] * 8 + np.arange(8))[bits]
   if not at.size:
     return levels
   rows, cols = np.divmod(at, out_w)
