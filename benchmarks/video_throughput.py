@@ -81,7 +81,9 @@ def load_predictor(args):
 
 
 class FixedMapModel:
-  """Stands in for a `Predictor` in the host-only run: every window gets the same smooth map."""
+  """Stands in for a `Predictor` in the host-only run: every window gets the same smooth map,
+  held on the devices as the model's are (so the 8-bit levels are made there, as in a real
+  run, and only the model's work is left out)."""
 
   def __init__(self, predictor):
     self.config, self.mesh, self.expert_names = (
@@ -89,14 +91,22 @@ class FixedMapModel:
       predictor.mesh,
       predictor.expert_names,
     )
-    s = predictor.config.model.backbone.img_size
+    s = predictor.config.model.output_size  # the maps the model gives
     yy, xx = np.mgrid[0:s, 0:s] / s
     self._map = np.exp(-((yy - 0.5) ** 2 + (xx - 0.4) ** 2) / 0.05).astype(np.float32)
+    self._placed: dict = {}
     self.state = None
 
   def forward(self, state, clip):
-    maps = np.broadcast_to(self._map, clip.shape[:2] + self._map.shape)
-    return {k: maps for k in (*self.expert_names, "fused")}
+    import jax
+
+    from visage_jax.runtime import parallel
+
+    shape = clip.shape[:2] + self._map.shape
+    if shape not in self._placed:
+      maps = np.ascontiguousarray(np.broadcast_to(self._map, shape))
+      self._placed[shape] = jax.device_put(maps, parallel.batch_sharding(self.mesh))
+    return {k: self._placed[shape] for k in (*self.expert_names, "fused")}
 
 
 def forward_only(predictor, video_path: str, batch_size: int) -> dict:
