@@ -406,7 +406,8 @@ def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
   batches = stream.window_batches(
     source, window=run.window, size=run.size, batch_size=run.batch_size
   )
-  results = stream.run_batches(run.step, run.state, stream.prefetch(batches, 2), run.mesh)
+  step, levels_of = (run.step, None) if outputs is None else _with_levels(run, outputs)
+  results = stream.run_batches(step, run.state, stream.prefetch(batches, 2), run.mesh)
 
   scores = WindowScores(run.agg, entry.name, run.protocol)
 
@@ -417,12 +418,26 @@ def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
       yield batch, out
 
   fused = lambda out: {"fused": out["maps"]["fused"]}  # noqa: E731
-  for frame in stream.frames_in_order(scored(results), fused):
+  for frame in stream.frames_in_order(scored(results), fused, levels_of):
     if outputs is not None:
-      outputs.add(frame.index, frame.maps)
+      outputs.add(frame.index, frame.maps, levels=frame.levels)
     if run.progress is not None:
       run.progress.update(1)
   scores.finish()
+
+
+def _with_levels(run: EvalRun, outputs):
+  """(run's step with the fused maps' 8-bit levels made on the devices as `outputs` writes them,
+  as visage-predict's are (`inference.core.levels_program`); where to find them in its output)."""
+  from visage_jax.inference import core
+
+  make_levels = core.levels_program(outputs.sizes(), mesh=run.mesh)
+
+  def step(state, feed):
+    out = run.step(state, feed)
+    return {**out, "levels": make_levels({"fused": out["maps"]["fused"]})}
+
+  return step, lambda out: out["levels"]
 
 
 def _save_maps_of(entry, pred_root, run, source_fps=None):

@@ -221,9 +221,11 @@ class VideoOutputs:
       overlay_lookup(frame, at_size("fused", self.source_hw)), VIEWING_FORMAT
     )
 
-  def sizes(self, model_hw) -> dict:
+  def sizes(self, model_hw=None) -> dict:
     """{name: [(H, W), …]}: the sizes each map is made 8-bit at for these outputs, for the device
-    to make them (`core.levels_program`); `model_hw`: the maps' own size."""
+    to make them (`core.levels_program`); `model_hw`: the maps' own size (`map_size="model"`)."""
+    if self.map_size != "source" and model_hw is None:
+      raise ValueError("map_size='model' writes the maps at their own size: give model_hw")
     written = self.source_hw if self.map_size == "source" else tuple(model_hw)
     wanted = {name: {written} for name in self.png_dirs}
     if self._maps_path:
