@@ -34,7 +34,7 @@ import sys
 from absl import flags
 
 from visage_jax.cli import check_apart, check_output, fail, must_be_positive, run_app
-from visage_jax.inference.predict import OUTPUTS
+from visage_jax.inference.predict import OUTPUTS, outputs_problem
 
 flags.DEFINE_string("checkpoint", None, "A visage-convert output (or a trained checkpoint)")
 flags.DEFINE_multi_string(
@@ -44,11 +44,6 @@ flags.DEFINE_string("output", None, "Output directory")
 flags.DEFINE_list(
   "outputs", list(OUTPUTS), "What to write of each video, comma-separated: pngs, video, overlay"
 )
-flags.register_validator(
-  "outputs",
-  lambda kinds: bool(kinds) and set(kinds) <= set(OUTPUTS),
-  message="must be one or more of pngs, video, overlay, comma-separated",
-)
 flags.DEFINE_enum(
   "map_size",
   "source",
@@ -56,11 +51,6 @@ flags.DEFINE_enum(
   "Write maps at the video's size or the model's output size",
 )
 flags.DEFINE_bool("save_experts", False, "Also write each expert's maps")
-flags.register_multi_flags_validator(
-  ["save_experts", "outputs"],
-  lambda f: not f["save_experts"] or "pngs" in f["outputs"],
-  message="--save_experts writes each expert's PNGs: --outputs must include pngs",
-)
 flags.DEFINE_integer("batch_size", 1, "Windows per step on each device", lower_bound=1)
 flags.DEFINE_integer(
   "stride", 0, "Source frames per model frame (0: round(fps / 5))", lower_bound=0
@@ -72,6 +62,14 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_bool("overwrite", False, "Recompute finished videos made with other settings")
 FLAGS = flags.FLAGS
+
+
+@flags.multi_flags_validator(["outputs", "save_experts"])
+def _outputs_chosen(values) -> bool:
+  problem = outputs_problem(values["outputs"], values["save_experts"])
+  if problem:
+    raise flags.ValidationError(problem)
+  return True
 
 
 def videos_to_do(videos, settings) -> tuple[list[str], int]:

@@ -391,7 +391,7 @@ def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
   """Score every frame of one video into `run.agg`; with `outputs` (a `writers.VideoOutputs`)
   also write its fused maps as they become final."""
   from visage_jax.data import layouts
-  from visage_jax.inference import stream
+  from visage_jax.inference import core, stream
 
   pooled = run.negatives is not None
   video, sal, points = layouts.open_entry(entry, source_fps=run.source_fps, points=not pooled)
@@ -406,7 +406,11 @@ def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
   batches = stream.window_batches(
     source, window=run.window, size=run.size, batch_size=run.batch_size
   )
-  step, levels_of = (run.step, None) if outputs is None else _with_levels(run, outputs)
+  fused = lambda out: {"fused": out["maps"]["fused"]}  # noqa: E731
+  step, levels_of = run.step, None
+  if outputs is not None:  # the maps' 8-bit levels made on the devices, as visage-predict's
+    step = core.with_levels(run.step, outputs.sizes(), maps_of=fused, mesh=run.mesh)
+    levels_of = lambda out: out["levels"]  # noqa: E731
   results = stream.run_batches(step, run.state, stream.prefetch(batches, 2), run.mesh)
 
   scores = WindowScores(run.agg, entry.name, run.protocol)
@@ -417,27 +421,12 @@ def evaluate_video(run: EvalRun, entry, outputs=None) -> None:
         scores.add(out, batch, b)
       yield batch, out
 
-  fused = lambda out: {"fused": out["maps"]["fused"]}  # noqa: E731
   for frame in stream.frames_in_order(scored(results), fused, levels_of):
     if outputs is not None:
       outputs.add(frame.index, frame.maps, levels=frame.levels)
     if run.progress is not None:
       run.progress.update(1)
   scores.finish()
-
-
-def _with_levels(run: EvalRun, outputs):
-  """(run's step with the fused maps' 8-bit levels made on the devices as `outputs` writes them,
-  as visage-predict's are (`inference.core.levels_program`); where to find them in its output)."""
-  from visage_jax.inference import core
-
-  make_levels = core.levels_program(outputs.sizes(), mesh=run.mesh)
-
-  def step(state, feed):
-    out = run.step(state, feed)
-    return {**out, "levels": make_levels({"fused": out["maps"]["fused"]})}
-
-  return step, lambda out: out["levels"]
 
 
 def _save_maps_of(entry, pred_root, run, source_fps=None):

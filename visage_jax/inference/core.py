@@ -66,3 +66,15 @@ def levels_program(sizes: dict, *, mesh=None):
     return parallel.jit_on_mesh(program)
   data = parallel.batch_sharding(mesh)
   return parallel.jit_on_mesh(program, mesh, in_shardings=(data,), out_shardings=data)
+
+
+def with_levels(step, sizes: dict, *, maps_of, mesh=None):
+  """`step` (state, batch) → {…}, its outputs with "levels" added: `levels_program` at `sizes` of
+  the maps `maps_of(outputs)` picks, dispatched right after the step on the same devices."""
+  make_levels = levels_program(sizes, mesh=mesh)
+
+  def step_with_levels(state, batch):
+    out = step(state, batch)
+    return {**out, "levels": make_levels(maps_of(out))}
+
+  return step_with_levels

@@ -43,12 +43,8 @@ def frame_stream(
   )
   step, levels_of = predictor.forward, None
   if levels:
-    make_levels = core.levels_program(levels, mesh=predictor.mesh)
-
-    def step(state, clip):
-      maps = predictor.forward(state, clip)
-      return {"maps": maps, "levels": make_levels(maps)}
-
+    named = lambda state, clip: {"maps": predictor.forward(state, clip)}  # noqa: E731
+    step = core.with_levels(named, levels, maps_of=lambda out: out["maps"], mesh=predictor.mesh)
     levels_of = lambda out: out["levels"]  # noqa: E731
   results = stream.run_batches(step, predictor.state, stream.prefetch(batches, 2), predictor.mesh)
   maps_of = (lambda out: out["maps"]) if levels else (lambda out: out)
@@ -285,6 +281,16 @@ def _remove(path: str) -> None:
     os.remove(path)
 
 
+def outputs_problem(outputs, save_experts: bool) -> str | None:
+  """What is wrong with a choice of `outputs` (and `save_experts`), in the command's words; None
+  if nothing. `visage-predict` checks it as it parses its flags, `run_settings` for callers."""
+  if not outputs or not set(outputs) <= set(OUTPUTS):
+    return f"--outputs must be one or more of {', '.join(OUTPUTS)}, comma-separated"
+  if save_experts and "pngs" not in outputs:
+    return "--save_experts writes each expert's PNGs: --outputs must include pngs"
+  return None
+
+
 def run_settings(
   checkpoint: str,
   *,
@@ -297,11 +303,9 @@ def run_settings(
 ) -> dict:
   """What decides a video's outputs, as recorded with each finished video. `outputs`: which of
   `OUTPUTS` to write."""
-  unknown = sorted(set(outputs) - set(OUTPUTS))
-  if unknown or not outputs:
-    raise ValueError(f"outputs must be some of {', '.join(OUTPUTS)}, got {list(outputs)}")
-  if save_experts and "pngs" not in outputs:
-    raise ValueError("save_experts writes each expert's PNGs: outputs must hold pngs")
+  problem = outputs_problem(outputs, save_experts)
+  if problem:
+    raise ValueError(problem)
   return {
     **rerun.model_settings(checkpoint, dtype=dtype, stride=stride, source_fps=source_fps),
     "map_size": map_size,

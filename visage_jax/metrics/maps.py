@@ -93,10 +93,11 @@ def device_levels(prob, out_hw: tuple[int, int]):
   prob = jnp.asarray(prob, jnp.float32)
   scaled = resize_linear(prob, out_hw, xp=jnp) * jnp.float32(255)
   levels = jnp.clip(scaled, 0, 255).astype(jnp.uint8)
-  edge = jnp.round(scaled)
-  unsure = (jnp.abs(scaled - edge) < LEVEL_MARGIN) & (edge >= 1) & (edge <= 255)
   if tuple(prob.shape[-2:]) == tuple(out_hw):
-    unsure = jnp.zeros_like(unsure)
+    unsure = jnp.zeros(levels.shape, bool)
+  else:
+    edge = jnp.round(scaled)
+    unsure = (jnp.abs(scaled - edge) < LEVEL_MARGIN) & (edge >= 1) & (edge <= 255)
   flat = unsure.reshape(*unsure.shape[:-2], -1)
   flat = jnp.pad(flat, [(0, 0)] * (flat.ndim - 1) + [(0, -flat.shape[-1] % 8)])
   bits = flat.reshape(*flat.shape[:-1], -1, 8).astype(jnp.uint8) << jnp.arange(8, dtype=jnp.uint8)

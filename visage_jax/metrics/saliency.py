@@ -367,7 +367,7 @@ def _judd_pixel_sums(s, c, levels, jitter: bool):
     if not jitter:
       return _judd_sums(v, cs, h * w - start, h * w - 1 - end, False)
     lowest, _ = _compact(cs > 0, (v,), slots, (jnp.inf,))
-    return _jittered_sums(v, cs, h * w - start, (v, cs), lowest)
+    return _jittered_sums(v, cs, jnp.sum(cs * (h * w - start), axis=-1), (v, cs), lowest)
 
   def sparse(_):
     vals, cs, _ = _compact(cflat > 0, (flat, cflat), slots, (jnp.inf, 0))
@@ -398,16 +398,14 @@ JITTER_STEPS = 512
 BUCKET = 2.0**-23
 
 
-def _jittered_sums(flat, cflat, at_least, fixated, lowest):
+def _jittered_sums(flat, cflat, sum_at_least, fixated, lowest):
   """(Σ_p c_p·E[A_p], E[A_last]) under AUC_Judd.m's jitter, over (R, P) pixels `flat` with
-  weights `cflat`. `at_least`: (R, P) per pixel, or (R,) Σ_p c_p·#{q : flat_q ≥ flat_p} already
-  summed; `fixated`: the fixated values (R, K) ascending with their weights (+inf, 0 padded);
-  `lowest`: the lowest fixated values so (R, L). Each pair of values at most a JITTER apart moves
-  A_p from the count of pixels at or above p (p itself taken back by half)."""
-  if at_least.ndim == 2:
-    at_least = jnp.sum(cflat * at_least, axis=-1)
+  weights `cflat`. `sum_at_least`: (R,) Σ_p c_p·#{q : flat_q ≥ flat_p}; `fixated`: the fixated
+  values (R, K) ascending with their weights (+inf, 0 padded); `lowest`: the lowest fixated
+  values so (R, L). Each pair of values at most a JITTER apart moves A_p from the count of
+  pixels at or above p (p itself taken back by half)."""
   pairs = jnp.sum(_closer_pairs(*fixated, flat), axis=-1)
-  sum_ca = at_least.astype(flat.dtype) + jnp.sum(cflat, axis=-1) / 2 + pairs
+  sum_ca = sum_at_least.astype(flat.dtype) + jnp.sum(cflat, axis=-1) / 2 + pairs
   return sum_ca, _expected_last(flat, cflat, lowest)
 
 
